@@ -1,0 +1,84 @@
+# Every dev command is one obvious line: `make run`, `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
+LLM_CONCURRENCY ?= 16
+PG_TEST_URL ?= postgres://postgres@127.0.0.1:5432/masscer
+
+.PHONY: run setup migrate demo worker worker-ingest worker-llm beat model web test test-sqlite test-pg \
+        lint migrations-check bench clean
+
+# Set up everything (virtualenv, pinned requirements, migrations, demo login) and start
+# the whole default stack: web, Celery workers, beat and the embedded local model.
+run: setup
+	$(VENV)/bin/honcho start -f Procfile
+
+setup: $(STAMP) migrate demo
+
+$(STAMP): requirements.txt
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install -r requirements.txt
+	touch $(STAMP)
+
+$(DEV_STAMP): $(STAMP) requirements-dev.txt
+	$(PIP) install -r requirements-dev.txt
+	touch $(DEV_STAMP)
+
+migrate: $(STAMP)
+	mkdir -p var
+	$(PY) manage.py migrate --noinput
+
+demo: $(STAMP)
+	$(PY) manage.py demo_setup
+
+web: $(STAMP)
+	$(PY) manage.py runserver 127.0.0.1:8000
+
+# Both workers in one terminal (for production, run them separately; see docker-compose.yml).
+worker: $(STAMP)
+	$(VENV)/bin/honcho start -f Procfile ingest llm beat
+
+worker-ingest: $(STAMP)
+	$(VENV)/bin/celery -A masscer worker -Q ingest -n ingest@%h --loglevel INFO
+
+worker-llm: $(STAMP)
+	$(VENV)/bin/celery -A masscer worker -Q llm -P threads -c $(LLM_CONCURRENCY) -n llm@%h --loglevel INFO
+
+beat: $(STAMP)
+	$(VENV)/bin/celery -A masscer beat --loglevel INFO -s var/celerybeat-schedule
+
+model: $(STAMP)
+	$(PY) -m masscer.localmodel
+
+# The test suite. It runs on SQLite and, when PostgreSQL is reachable (always in CI),
+# again on PostgreSQL. Real Redis is needed for the worker tests (required when CI is set).
+test: $(DEV_STAMP)
+	$(PY) manage.py makemigrations --check --dry-run
+	$(PY) -m pytest $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-pg
+
+test-sqlite: $(DEV_STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-pg: $(DEV_STAMP)
+	@if $(PY) scripts/pg_available.py "$(PG_TEST_URL)"; then \
+		DATABASE_URL="$(PG_TEST_URL)" $(PY) -m pytest -m "not localmodel" $(PYTEST_ARGS); \
+	elif [ -n "$$CI" ]; then echo "PostgreSQL is not reachable at $(PG_TEST_URL) and CI is set"; exit 1; \
+	else echo "PostgreSQL not reachable: skipping the PostgreSQL run"; fi
+
+lint: $(DEV_STAMP)
+	$(VENV)/bin/ruff check .
+
+migrations-check: $(STAMP)
+	$(PY) manage.py makemigrations --check --dry-run
+
+bench: $(DEV_STAMP)
+	$(PY) bench/ingest_bench.py
+	$(PY) bench/throughput_bench.py
+
+clean:
+	rm -rf var/broker var/test*.sqlite3

@@ -1,0 +1,43 @@
+"""Project-wide test fixtures: named users, the fake model server, settings for tests."""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+# Unit tests never touch a real broker: tasks run eagerly after commit. The integration
+# tests start real workers in subprocesses with their own broker URL.
+os.environ.setdefault("CELERY_BROKER_URL", "memory://")
+os.environ.setdefault("CELERY_TASK_ALWAYS_EAGER", "true")
+os.environ.setdefault("MASSCER_LLM_MODE", "chat")
+
+
+@pytest.fixture
+def alice(django_user_model: Any) -> Any:
+    return django_user_model.objects.create_user("alice", password="alice-Secret-123")
+
+
+@pytest.fixture
+def bob(django_user_model: Any) -> Any:
+    return django_user_model.objects.create_user("bob", password="bob-Secret-123")
+
+
+@pytest.fixture
+def charlie(django_user_model: Any) -> Any:
+    return django_user_model.objects.create_user("charlie", password="charlie-Secret-123")
+
+
+@pytest.fixture
+def fake_llm(settings: Any) -> Iterator[Any]:
+    """A fake OpenAI-compatible server on loopback, wired into the settings."""
+    from masscer.testing.fakellm import FakeLLMServer
+
+    with FakeLLMServer() as server:
+        settings.MASSCER_LLM_BASE_URL = server.base_url
+        settings.MASSCER_LLM_API_KEY = "sk-test-secret-key"
+        settings.MASSCER_LLM_MODEL = "fake-model"
+        settings.MASSCER_LLM_MODE = "chat"
+        settings.MASSCER_LLM_TIMEOUT = 5.0
+        yield server

@@ -1,0 +1,182 @@
+"""Every write to documents goes through here."""
+from __future__ import annotations
+
+import hashlib
+import logging
+from datetime import timedelta
+from pathlib import Path
+from typing import IO
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
+from django.core.files import File
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from masscer.lib.extract import ExtractionError, extract_isolated
+from masscer.lib.tokens import count_tokens
+
+from .models import Document, Page
+
+logger = logging.getLogger(__name__)
+
+
+def _human_bytes(size: int) -> str:
+    return f"{size / (1024 * 1024):.1f} MB"
+
+
+def _sha256_of(fileobj: IO[bytes]) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    fileobj.seek(0)
+    for block in iter(lambda: fileobj.read(1024 * 1024), b""):
+        digest.update(block)
+        size += len(block)
+    fileobj.seek(0)
+    return digest.hexdigest(), size
+
+
+def document_validate_upload(*, filename: str, size: int) -> None:
+    """Reject what we can tell from the outside before anything is written."""
+    limit = settings.MASSCER_MAX_UPLOAD_BYTES
+    if size > limit:
+        raise ValidationError(
+            f"'{filename}' is {_human_bytes(size)}; the limit is {_human_bytes(limit)}.", code="too_large"
+        )
+    if size == 0:
+        raise ValidationError(f"'{filename}' is empty.", code="empty")
+
+
+@transaction.atomic
+def document_create(
+    *, owner: AbstractBaseUser, fileobj: IO[bytes], filename: str, title: str = "", enqueue: bool = True
+) -> Document:
+    """Store an upload and queue its extraction (after commit)."""
+    sha256, size = _sha256_of(fileobj)
+    document_validate_upload(filename=filename, size=size)
+    document = Document(
+        owner=owner,
+        title=(title or Path(filename).stem or filename)[:300],
+        filename=Path(filename).name[:300],
+        size=size,
+        sha256=sha256,
+        enqueued_at=timezone.now(),
+    )
+    document.file.save(filename, File(fileobj), save=False)
+    # If saving the row fails, the stored file must not outlive it.
+    stored = document.file.name
+    try:
+        document.save()
+    except Exception:
+        document.file.storage.delete(stored)
+        raise
+    if enqueue:
+        from .tasks import ingest_document_task
+
+        ingest_document_task.delay_on_commit(document.pk)
+    return document
+
+
+def document_create_from_path(*, owner: AbstractBaseUser, path: str | Path, title: str = "") -> Document:
+    path = Path(path)
+    with path.open("rb") as handle:
+        return document_create(owner=owner, fileobj=handle, filename=path.name, title=title)
+
+
+def _claim_for_extraction(document_id: int) -> bool:
+    now = timezone.now()
+    lease = now + timedelta(seconds=settings.MASSCER_LEASE_SECONDS)
+    claimable = Q(status=Document.Status.UPLOADED) | Q(
+        status=Document.Status.EXTRACTING, lease_expires_at__lt=now
+    )
+    updated = (
+        Document.objects.filter(claimable, pk=document_id)
+        .update(status=Document.Status.EXTRACTING, lease_expires_at=lease, error="")
+    )
+    return updated == 1
+
+
+def document_fail(*, document_id: int, error: str) -> None:
+    Document.objects.filter(pk=document_id).exclude(status=Document.Status.READY).update(
+        status=Document.Status.FAILED, error=error, lease_expires_at=None
+    )
+
+
+def document_extract(*, document_id: int) -> Document:
+    """Extract pages of an uploaded document; a no-op if another worker has it or it is done.
+
+    The extraction runs in a child process with CPU and memory limits, so a hostile
+    file fails the document, not the worker.
+    """
+    if not _claim_for_extraction(document_id):
+        return Document.objects.get(pk=document_id)
+    document = Document.objects.get(pk=document_id)
+    try:
+        extracted = extract_isolated(
+            document.file.path,
+            filename=document.filename,
+            max_bytes=settings.MASSCER_MAX_UPLOAD_BYTES,
+            max_pages=settings.MASSCER_MAX_PAGES,
+            cpu_seconds=settings.MASSCER_EXTRACT_CPU_SECONDS,
+            memory_bytes=settings.MASSCER_EXTRACT_MEMORY_BYTES,
+        )
+    except ExtractionError as exc:
+        document_fail(document_id=document_id, error=str(exc))
+        return Document.objects.get(pk=document_id)
+    except FileNotFoundError:
+        document_fail(document_id=document_id, error="The uploaded file is missing from storage.")
+        return Document.objects.get(pk=document_id)
+    tokens = sum(count_tokens(text) for text in extracted.pages)
+    limit = settings.MASSCER_MAX_DOCUMENT_TOKENS
+    if tokens > limit:
+        document_fail(
+            document_id=document_id,
+            error=f"The document has {tokens:,} tokens of text; the limit is {limit:,}.",
+        )
+        return Document.objects.get(pk=document_id)
+    _store_pages(document, extracted.kind, extracted.title, extracted.pages, tokens)
+    return Document.objects.get(pk=document_id)
+
+
+@transaction.atomic
+def _store_pages(document: Document, kind: str, title: str, pages: list[str], tokens: int) -> None:
+    Page.objects.filter(document=document).delete()
+    Page.objects.bulk_create(
+        [Page(document=document, number=number, text=text) for number, text in enumerate(pages, start=1)]
+    )
+    fields: dict[str, object] = {
+        "status": Document.Status.READY,
+        "kind": kind,
+        "page_count": len(pages),
+        "token_count": tokens,
+        "lease_expires_at": None,
+    }
+    if title and document.title == Path(document.filename).stem:
+        fields["title"] = title[:300]
+    Document.objects.filter(pk=document.pk, status=Document.Status.EXTRACTING).update(**fields)
+
+
+def document_requeue_stale(*, older_than: timedelta) -> int:
+    """Re-send extraction for documents whose message or worker was lost."""
+    from .tasks import ingest_document_task
+
+    now = timezone.now()
+    stale = Document.objects.filter(
+        Q(status=Document.Status.UPLOADED, enqueued_at__lt=now - older_than)
+        | Q(status=Document.Status.EXTRACTING, lease_expires_at__lt=now)
+    ).values_list("pk", flat=True)
+    ids = list(stale[:500])
+    Document.objects.filter(pk__in=ids).update(enqueued_at=now)
+    for document_id in ids:
+        ingest_document_task.delay(document_id)
+    return len(ids)
+
+
+@transaction.atomic
+def document_delete(*, document: Document) -> None:
+    stored = document.file.name
+    storage = document.file.storage
+    document.delete()
+    transaction.on_commit(lambda: storage.delete(stored))

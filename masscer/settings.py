@@ -1,0 +1,232 @@
+"""One env-driven settings file.
+
+Every knob is an environment variable with a sane default for the embedded stack
+(SQLite in WAL mode and the kombu filesystem broker under var/, the local model on
+loopback). Helpers fail loudly on malformed values instead of guessing.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_str(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} must be an integer, got {raw!r}") from exc
+
+
+def env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} must be a number, got {raw!r}") from exc
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ImproperlyConfigured(f"{name} must be a boolean (1/0, true/false), got {raw!r}")
+
+
+def env_list(name: str, default: list[str]) -> list[str]:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+VAR_DIR = Path(env_str("MASSCER_VAR_DIR", str(BASE_DIR / "var")))
+
+DEBUG = env_bool("DJANGO_DEBUG", True)
+SECRET_KEY = env_str("DJANGO_SECRET_KEY", "dev-only-insecure-key-change-me-in-production-0123456789")
+if not DEBUG and SECRET_KEY.startswith("dev-only"):
+    raise ImproperlyConfigured("Set DJANGO_SECRET_KEY when DJANGO_DEBUG is off.")
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_htmx",
+    "documents",
+    "conversations",
+    "agents",
+    "training",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "masscer.urls"
+WSGI_APPLICATION = "masscer.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+
+def _database() -> dict:
+    url = env_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}")
+    config = dj_database_url.parse(url, conn_max_age=0)
+    if config["ENGINE"] == "django.db.backends.sqlite3":
+        # WAL lets the web process read while workers write; IMMEDIATE takes the
+        # write lock at BEGIN so concurrent writers queue instead of failing on upgrade.
+        config["OPTIONS"] = {
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 30,
+        }
+        # A file, not :memory:, so a Celery worker in another process sees the test data.
+        config["TEST"] = {"NAME": env_str("MASSCER_TEST_SQLITE", str(VAR_DIR / "test.sqlite3"))}
+    return config
+
+
+DATABASES = {"default": _database()}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+# Uploads live outside the static root under random names (see documents.models).
+MEDIA_ROOT = Path(env_str("MASSCER_MEDIA_ROOT", str(VAR_DIR / "uploads")))
+
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/"
+
+# --- Celery --------------------------------------------------------------------------
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    _broker_dir = VAR_DIR / "broker"
+    CELERY_BROKER_TRANSPORT_OPTIONS: dict = {
+        "data_folder_in": str(_broker_dir / "queue"),
+        "data_folder_out": str(_broker_dir / "queue"),
+        "processed_folder": str(_broker_dir / "processed"),
+        "store_processed": False,
+    }
+else:
+    # Redelivery of unacknowledged messages; the lease sweeper re-queues much sooner.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600)}
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = env_bool("CELERY_TASK_ACKS_LATE", True)
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
+CELERY_TASK_ROUTES = {
+    "documents.tasks.*": {"queue": "ingest"},
+    "training.tasks.job_prepare_task": {"queue": "ingest"},
+    "training.tasks.sweep_task": {"queue": "ingest"},
+    "training.tasks.*": {"queue": "llm"},
+}
+CELERY_BEAT_SCHEDULE = {
+    "sweep-expired-leases": {
+        "task": "training.tasks.sweep_task",
+        "schedule": env_float("MASSCER_SWEEP_SECONDS", 30.0),
+    },
+}
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+
+# --- The model -------------------------------------------------------------------------
+MASSCER_LLM_BASE_URL = env_str("MASSCER_LLM_BASE_URL", "http://127.0.0.1:8766/v1")
+MASSCER_LLM_API_KEY = env_str("MASSCER_LLM_API_KEY", "local")
+MASSCER_LLM_MODEL = env_str("MASSCER_LLM_MODEL", "gemma-3-270m")
+MASSCER_LLM_MODE = env_str("MASSCER_LLM_MODE", "completion")
+if MASSCER_LLM_MODE not in {"chat", "completion"}:
+    raise ImproperlyConfigured(f"MASSCER_LLM_MODE must be 'chat' or 'completion', got {MASSCER_LLM_MODE!r}")
+MASSCER_LLM_TIMEOUT = env_float("MASSCER_LLM_TIMEOUT", 120.0)
+# Prices per 1M tokens, "model=input:output,..." e.g. "gpt-4o-mini=0.15:0.60".
+MASSCER_LLM_PRICES = env_str("MASSCER_LLM_PRICES", "")
+
+# --- Limits and pipeline knobs ----------------------------------------------------------
+MASSCER_MAX_UPLOAD_BYTES = env_int("MASSCER_MAX_UPLOAD_BYTES", 50 * 1024 * 1024)
+MASSCER_MAX_PAGES = env_int("MASSCER_MAX_PAGES", 2000)
+MASSCER_MAX_DOCUMENT_TOKENS = env_int("MASSCER_MAX_DOCUMENT_TOKENS", 2_000_000)
+MASSCER_CHUNK_TOKENS = env_int("MASSCER_CHUNK_TOKENS", 800)
+MASSCER_CHUNK_OVERLAP = env_int("MASSCER_CHUNK_OVERLAP", 80)
+MASSCER_MAX_COMPLETIONS_PER_JOB = env_int("MASSCER_MAX_COMPLETIONS_PER_JOB", 5000)
+MASSCER_PAIRS_PER_CALL = env_int("MASSCER_PAIRS_PER_CALL", 10)
+# Calls allowed per batch of pairs before a chunk gives up with a recorded shortfall.
+MASSCER_CALLS_PER_BATCH = env_int("MASSCER_CALLS_PER_BATCH", 3)
+MASSCER_NEAR_DUPLICATE_JACCARD = env_float("MASSCER_NEAR_DUPLICATE_JACCARD", 0.8)
+MASSCER_LEASE_SECONDS = env_int("MASSCER_LEASE_SECONDS", 300)
+# A pending work item nobody claimed for this long is re-sent (the broker may have lost it).
+MASSCER_REQUEUE_AFTER_SECONDS = env_int("MASSCER_REQUEUE_AFTER_SECONDS", 120)
+# How long a chunk keeps waiting for an unreachable or overloaded model before failing.
+MASSCER_MODEL_UNREACHABLE_SECONDS = env_int("MASSCER_MODEL_UNREACHABLE_SECONDS", 600)
+MASSCER_RETRY_BACKOFF_MAX = env_float("MASSCER_RETRY_BACKOFF_MAX", 60.0)
+MASSCER_EXTRACT_CPU_SECONDS = env_int("MASSCER_EXTRACT_CPU_SECONDS", 120)
+MASSCER_EXTRACT_MEMORY_BYTES = env_int("MASSCER_EXTRACT_MEMORY_BYTES", 2 * 1024**3)
+
+DEFAULT_AGENT_SYSTEM_PROMPT = (
+    "You are a helpful assistant. Answer accurately and concisely using the knowledge "
+    "you were trained on; say so when you do not know."
+)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("MASSCER_LOG_LEVEL", "INFO")},
+    "loggers": {name: {"level": "WARNING"} for name in ("httpx", "httpx2", "openai")},
+}

@@ -1,0 +1,135 @@
+"""Start real Celery workers and management commands in subprocesses (tests, benchmarks)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+ROOT = Path(__file__).resolve().parents[2]
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+
+
+def port_open(host: str, port: int, timeout: float = 1.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def database_url(settings_dict: Mapping[str, Any]) -> str:
+    """A DATABASE_URL for the database Django is connected to (the test database in tests)."""
+    engine = settings_dict["ENGINE"]
+    name = str(settings_dict["NAME"])
+    if engine.endswith("sqlite3"):
+        return "sqlite:///" + str(Path(name).resolve())
+    user = quote(settings_dict.get("USER") or "")
+    password = settings_dict.get("PASSWORD") or ""
+    auth = f"{user}:{quote(password)}@" if password else (f"{user}@" if user else "")
+    host = settings_dict.get("HOST") or "127.0.0.1"
+    port = settings_dict.get("PORT") or 5432
+    return f"postgres://{auth}{host}:{port}/{name}"
+
+
+def child_env(**overrides: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    env.update(overrides)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+@contextmanager
+def celery_worker(
+    env: Mapping[str, str],
+    *,
+    queues: str = "ingest,llm",
+    pool: str = "threads",
+    concurrency: int = 4,
+    name: str = "test",
+    log_path: Path | None = None,
+    extra_args: tuple[str, ...] = (),
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A real worker process; stopped (warm, then killed) when the block ends."""
+    process = start_worker(
+        env,
+        queues=queues,
+        pool=pool,
+        concurrency=concurrency,
+        name=name,
+        log_path=log_path,
+        extra_args=extra_args,
+    )
+    try:
+        yield process
+    finally:
+        stop_process(process)
+
+
+def start_worker(
+    env: Mapping[str, str],
+    *,
+    queues: str = "ingest,llm",
+    pool: str = "threads",
+    concurrency: int = 4,
+    name: str = "test",
+    log_path: Path | None = None,
+    extra_args: tuple[str, ...] = (),
+) -> subprocess.Popen[bytes]:
+    command = [
+        sys.executable, "-m", "celery", "-A", "masscer", "worker",
+        "-Q", queues, "-P", pool, "-c", str(concurrency),
+        "-n", f"{name}-{os.getpid()}-{time.monotonic_ns()}@%h",
+        "--without-gossip", "--without-mingle", "--without-heartbeat",
+        "--loglevel", "INFO", *extra_args,
+    ]  # fmt: skip
+    output = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    return subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=dict(env),
+        stdout=output,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def stop_process(process: subprocess.Popen[bytes], *, timeout: float = 15.0) -> None:
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=timeout)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        kill_process(process)
+
+
+def kill_process(process: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    process.wait(timeout=10)
+
+
+def manage(
+    *args: str, env: Mapping[str, str], timeout: float = 300, check: bool = False
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=check,
+    )

@@ -1,0 +1,276 @@
+"""The generation service: one claimed work item, bounded model calls, validated output.
+
+No transaction or row lock is held across a model call: read, call, then write in one
+short transaction (`services.store_completions`).
+"""
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.db.models import F, Q
+from django.utils import timezone
+
+from masscer.lib import llm
+
+from . import services
+from .models import Completion, TrainingJob, WorkItem
+from .planning import calls_budget
+from .validation import Candidate, QuestionIndex, screen
+
+logger = logging.getLogger(__name__)
+
+# How many of a chunk's own questions the model is shown to avoid repeats.
+MAX_EXISTING_IN_PROMPT = 60
+
+
+class RetryLater(Exception):
+    """The model is unavailable for now; the task should run again after `countdown`."""
+
+    def __init__(self, countdown: float, reason: str) -> None:
+        super().__init__(reason)
+        self.countdown = countdown
+
+
+def llm_config() -> llm.LLMConfig:
+    return llm.LLMConfig(
+        base_url=settings.MASSCER_LLM_BASE_URL,
+        api_key=settings.MASSCER_LLM_API_KEY,
+        model=settings.MASSCER_LLM_MODEL,
+        mode=settings.MASSCER_LLM_MODE,
+        timeout=settings.MASSCER_LLM_TIMEOUT,
+    )
+
+
+def job_params(job: TrainingJob) -> llm.GenParams:
+    return llm.GenParams(
+        model=job.model,
+        temperature=job.temperature,
+        top_p=job.top_p,
+        max_tokens=job.max_tokens,
+        frequency_penalty=job.frequency_penalty,
+        stop=tuple(job.stop or ()),
+    )
+
+
+def _claim(item_id: int) -> int | None:
+    """Take a work item with a lease; returns the claim number, None if not ours."""
+    now = timezone.now()
+    claimable = Q(status=WorkItem.Status.PENDING) | Q(status=WorkItem.Status.RUNNING, lease_expires_at__lt=now)
+    item = WorkItem.objects.filter(pk=item_id).only("attempts").first()
+    if item is None:
+        return None
+    claim = item.attempts + 1
+    updated = WorkItem.objects.filter(claimable, pk=item_id, attempts=item.attempts).update(
+        status=WorkItem.Status.RUNNING,
+        attempts=claim,
+        lease_expires_at=now + timedelta(seconds=settings.MASSCER_LEASE_SECONDS),
+    )
+    return claim if updated == 1 else None
+
+
+def _renew(item_id: int, claim: int) -> bool:
+    lease = timezone.now() + timedelta(seconds=settings.MASSCER_LEASE_SECONDS)
+    return (
+        WorkItem.objects.filter(pk=item_id, attempts=claim, status=WorkItem.Status.RUNNING).update(
+            lease_expires_at=lease
+        )
+        == 1
+    )
+
+
+def _close(item_id: int, claim: int, status: str, **fields: object) -> None:
+    WorkItem.objects.filter(pk=item_id, attempts=claim, status=WorkItem.Status.RUNNING).update(
+        status=status, lease_expires_at=None, **fields
+    )
+
+
+def _record_call(item: WorkItem, usage: llm.Usage) -> None:
+    WorkItem.objects.filter(pk=item.pk).update(calls=F("calls") + 1, unavailable_since=None)
+    TrainingJob.objects.filter(pk=item.job_id).update(
+        calls=F("calls") + 1,
+        prompt_tokens=F("prompt_tokens") + usage.prompt_tokens,
+        completion_tokens=F("completion_tokens") + usage.completion_tokens,
+    )
+    item.calls += 1
+    item.unavailable_since = None
+
+
+@dataclass
+class _Progress:
+    """What one run of a work item knows between model calls."""
+
+    index: QuestionIndex
+    seen_completion_id: int
+    chunk_questions: list[str]
+    made: int
+    per_call: int
+    feedback: str | None = None
+
+
+def _load_progress(item: WorkItem) -> _Progress:
+    index = QuestionIndex(threshold=settings.MASSCER_NEAR_DUPLICATE_JACCARD)
+    rows = list(Completion.objects.filter(job_id=item.job_id).values_list("pk", "chunk_id", "question"))
+    index.extend(question for _, _, question in rows)
+    mine = [question for _, chunk_id, question in rows if chunk_id == item.chunk_id]
+    return _Progress(
+        index=index,
+        seen_completion_id=max((pk for pk, _, _ in rows), default=0),
+        chunk_questions=mine,
+        made=len(mine),
+        per_call=max(1, settings.MASSCER_PAIRS_PER_CALL),
+    )
+
+
+def _refresh_index(item: WorkItem, progress: _Progress) -> None:
+    # Other chunks of the same job store questions concurrently; fold in the new ones.
+    newer = Completion.objects.filter(job_id=item.job_id, pk__gt=progress.seen_completion_id).exclude(
+        chunk_id=item.chunk_id
+    )
+    for pk, question in newer.values_list("pk", "question"):
+        progress.index.add(question)
+        progress.seen_completion_id = max(progress.seen_completion_id, pk)
+
+
+def _feedback(reply: llm.Reply, reasons: Counter[str], asked: int, accepted: int) -> str | None:
+    if reply.parse_error:
+        return (
+            f"Your previous reply could not be parsed ({reply.parse_error}). "
+            "Reply with the required format only."
+        )
+    if reply.finish_reason == "length":
+        return "Your previous reply was cut off at the length limit. Write fewer, shorter pairs."
+    if accepted < asked:
+        problems = []
+        if reasons.get("evidence_not_found"):
+            problems.append("some evidence quotes were not copied verbatim from the source")
+        if reasons.get("duplicate"):
+            problems.append("some questions repeated earlier ones")
+        if reasons.get("empty_field"):
+            problems.append("some pairs had an empty field")
+        if problems:
+            return "In your previous reply " + "; ".join(problems) + "."
+    return None
+
+
+def _backoff(attempt: int, retry_after: float | None) -> float:
+    if retry_after is not None:
+        return max(0.5, retry_after)
+    # Exponential with full jitter, so many workers do not retry in lockstep.
+    ceiling = min(settings.MASSCER_RETRY_BACKOFF_MAX, 2.0 ** min(attempt, 10))
+    return random.uniform(ceiling / 2, ceiling)
+
+
+def _handle_transient(item: WorkItem, claim: int, exc: llm.LLMTransientError, attempt: int) -> None:
+    now = timezone.now()
+    since = item.unavailable_since or now
+    waited = (now - since).total_seconds()
+    if waited >= settings.MASSCER_MODEL_UNREACHABLE_SECONDS:
+        minutes = settings.MASSCER_MODEL_UNREACHABLE_SECONDS / 60
+        reasons = Counter(item.reasons or {})
+        reasons["model_error"] += 1
+        _close(
+            item.pk,
+            claim,
+            WorkItem.Status.FAILED,
+            error=f"Model unreachable for {minutes:g} minutes: {exc}",
+            reasons=dict(reasons),
+        )
+        services.job_finish_if_done(job_id=item.job_id)
+        return
+    countdown = _backoff(attempt, exc.retry_after)
+    # Hand the item back; the retry (or, if that message is lost, the sweeper) claims it again.
+    WorkItem.objects.filter(pk=item.pk, attempts=claim).update(
+        status=WorkItem.Status.PENDING,
+        lease_expires_at=None,
+        unavailable_since=since,
+        enqueued_at=now + timedelta(seconds=countdown),
+    )
+    raise RetryLater(countdown, str(exc))
+
+
+def work_item_run(*, item_id: int, attempt: int = 0) -> str:
+    """Make the completions of one chunk's quota; safe to run twice or after a crash."""
+    claim = _claim(item_id)
+    if claim is None:
+        return "not-claimed"
+    item = WorkItem.objects.select_related("job", "chunk").get(pk=item_id)
+    job = item.job
+    if job.status != TrainingJob.Status.GENERATING:
+        _close(item.pk, claim, WorkItem.Status.CANCELLED)
+        return "job-not-running"
+    progress = _load_progress(item)
+    budget = calls_budget(
+        item.quota, per_call=settings.MASSCER_PAIRS_PER_CALL, calls_per_batch=settings.MASSCER_CALLS_PER_BATCH
+    )
+    config, params = llm_config(), job_params(job)
+    while progress.made < item.quota and item.calls < budget:
+        if not _renew(item.pk, claim):
+            return "lost-lease"
+        asked = min(item.quota - progress.made, progress.per_call)
+        try:
+            reply = llm.generate_pairs(
+                config,
+                source=item.chunk.text,
+                count=asked,
+                existing_questions=progress.chunk_questions[-MAX_EXISTING_IN_PROMPT:],
+                instructions=job.instructions,
+                params=params,
+                feedback=progress.feedback,
+                source_kind=item.chunk.source_type,
+            )
+        except llm.LLMTransientError as exc:
+            _handle_transient(item, claim, exc, attempt)
+            return "failed-transient"
+        except llm.LLMPermanentError as exc:
+            reasons = Counter(item.reasons or {})
+            reasons["model_error"] += 1
+            _close(item.pk, claim, WorkItem.Status.FAILED, error=str(exc), reasons=dict(reasons))
+            services.job_finish_if_done(job_id=item.job_id)
+            return "failed-permanent"
+        _record_call(item, reply.usage)
+        stored = _absorb(item, claim, reply, asked, progress)
+        if stored < 0:
+            return "lost-lease"
+    return _finish(item, claim, progress)
+
+
+def _absorb(item: WorkItem, claim: int, reply: llm.Reply, asked: int, progress: _Progress) -> int:
+    _refresh_index(item, progress)
+    candidates = [Candidate(p.question, p.answer, p.evidence) for p in reply.pairs]
+    accepted, reasons = screen(
+        candidates, source=item.chunk.text, index=progress.index, wanted=item.quota - progress.made
+    )
+    if reply.parse_error:
+        reasons["invalid_output"] += 1
+    if reply.finish_reason == "length":
+        reasons["truncated"] += 1
+        progress.per_call = max(1, asked // 2)
+    stored = services.store_completions(
+        item=item,
+        claim=claim,
+        pairs=[(c.question, c.answer, c.evidence) for c in accepted],
+        model=reply.model,
+        redacted=item.job.redact,
+        reasons=reasons,
+    )
+    if stored > 0:
+        progress.made += stored
+        progress.chunk_questions.extend(c.question for c in accepted)
+    progress.feedback = _feedback(reply, reasons, asked, len(accepted))
+    return stored
+
+
+def _finish(item: WorkItem, claim: int, progress: _Progress) -> str:
+    fields: dict[str, object] = {}
+    if progress.made < item.quota:
+        reasons = Counter(item.reasons or {})
+        reasons["calls_exhausted"] += 1
+        fields["reasons"] = dict(reasons)
+    _close(item.pk, claim, WorkItem.Status.DONE, **fields)
+    services.job_finish_if_done(job_id=item.job_id)
+    return "done" if progress.made >= item.quota else "shortfall"

@@ -1,0 +1,119 @@
+"""`manage.py train PATH --count N --agent SLUG`: queue a job and follow it to the end."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from tqdm import tqdm
+
+from agents.services import agent_get_or_create
+from documents.services import document_create_from_path
+from training.models import TrainingJob
+from training.services import job_create, job_summary
+
+from ._common import cli_user
+
+# After this long with nothing picked up, tell the user the workers may not be running.
+NO_WORKER_HINT_SECONDS = 20
+
+
+class Command(BaseCommand):
+    help = "Train an agent from a document: create N question/answer completions via the Celery workers."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("path", nargs="+", help="PDF, DOCX, Markdown, text or HTML file(s)")
+        parser.add_argument("--count", "-n", type=int, required=True, help="number of completions (N)")
+        parser.add_argument("--agent", action="append", required=True, help="agent slug (repeatable)")
+        parser.add_argument("--user", help="account to work as (default: $MASSCER_CLI_USER or 'demo')")
+        parser.add_argument("--model", default="")
+        parser.add_argument("--temperature", type=float)
+        parser.add_argument("--top-p", type=float, dest="top_p")
+        parser.add_argument("--max-tokens", type=int, dest="max_tokens")
+        parser.add_argument("--frequency-penalty", type=float, dest="frequency_penalty")
+        parser.add_argument("--stop", action="append", default=[], help="stop sequence (repeatable)")
+        parser.add_argument("--instructions", default="", help="audience, language, style ...")
+        parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+        parser.add_argument("--no-wait", action="store_true", help="queue the job and return at once")
+        parser.add_argument("--timeout", type=float, default=0, help="stop following after this many seconds")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        user = cli_user(options["user"])
+        try:
+            job = self._create_job(user, options)
+        except ValidationError as exc:
+            raise CommandError(" ".join(exc.messages)) from exc
+        if options["no_wait"]:
+            self._print(job, options["json"])
+            return
+        job = self._follow(job, options)
+        self._print(job, options["json"])
+        if job.status == TrainingJob.Status.FAILED:
+            sys.exit(1)
+        if not job.is_finished:
+            sys.exit(2)
+
+    def _create_job(self, user: Any, options: dict[str, Any]) -> TrainingJob:
+        paths = [Path(p) for p in options["path"]]
+        for path in paths:
+            if not path.is_file():
+                raise CommandError(f"No such file: {path}")
+        agents = [agent_get_or_create(owner=user, slug=slug)[0] for slug in options["agent"]]
+        documents = [document_create_from_path(owner=user, path=path) for path in paths]
+        return job_create(
+            owner=user,
+            count=options["count"],
+            agents=agents,
+            documents=documents,
+            model=options["model"],
+            temperature=options["temperature"],
+            top_p=options["top_p"],
+            max_tokens=options["max_tokens"],
+            frequency_penalty=options["frequency_penalty"],
+            stop=options["stop"],
+            instructions=options["instructions"],
+        )
+
+    def _follow(self, job: TrainingJob, options: dict[str, Any]) -> TrainingJob:
+        started = time.monotonic()
+        hinted = False
+        quiet = options["json"] or not sys.stderr.isatty() and options["verbosity"] < 2
+        bar = tqdm(total=job.requested_count, unit="qa", file=sys.stderr, disable=quiet, dynamic_ncols=True)
+        with bar:
+            while True:
+                job.refresh_from_db()
+                bar.n = job.created_count
+                bar.set_postfix_str(f"{job.status}, {job.calls} calls", refresh=True)
+                if job.is_finished:
+                    return job
+                waited = time.monotonic() - started
+                if not hinted and job.status == TrainingJob.Status.QUEUED and waited > NO_WORKER_HINT_SECONDS:
+                    hinted = True
+                    self.stderr.write("No worker has picked the job up yet: is `make worker` running?")
+                if options["timeout"] and waited > options["timeout"]:
+                    self.stderr.write(f"Still {job.status} after {options['timeout']:g} s; job {job.pk} goes on.")
+                    return job
+                time.sleep(0.5)
+
+    def _print(self, job: TrainingJob, as_json: bool) -> None:
+        job.refresh_from_db()
+        summary = job_summary(job)
+        if as_json:
+            self.stdout.write(json.dumps(summary))
+            return
+        lines = [
+            f"Job {summary['job_id']}: {summary['status']}",
+            f"  completions: {summary['completions_created']} of {summary['requested']}",
+            f"  model calls: {summary['model_calls']}  tokens: {summary['prompt_tokens']} prompt"
+            f" + {summary['completion_tokens']} completion",
+            f"  elapsed: {summary['elapsed_seconds']} s",
+        ]
+        if summary["shortfall"]:
+            lines.append(f"  shortfall: {summary['shortfall']} ({summary['shortfall_reasons']})")
+        if summary["error"]:
+            lines.append(f"  error: {summary['error']}")
+        self.stdout.write("\n".join(lines))

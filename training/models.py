@@ -1,0 +1,216 @@
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class Chunk(models.Model):
+    """A token-bounded slice of one source (a document or a conversation)."""
+
+    document = models.ForeignKey(
+        "documents.Document", null=True, blank=True, on_delete=models.CASCADE, related_name="chunks"
+    )
+    conversation = models.ForeignKey(
+        "conversations.Conversation", null=True, blank=True, on_delete=models.CASCADE, related_name="chunks"
+    )
+    index = models.PositiveIntegerField()
+    text = models.TextField()
+    token_count = models.PositiveIntegerField()
+    # {"pages": [first, last]} for documents, {"messages": [first, last]} for conversations.
+    locator = models.JSONField(default=dict)
+    start = models.PositiveIntegerField(default=0)
+    end = models.PositiveIntegerField(default=0)
+    content_hash = models.CharField(max_length=64)
+
+    class Meta:
+        ordering = ["document_id", "conversation_id", "index"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(document__isnull=False, conversation__isnull=True)
+                | Q(document__isnull=True, conversation__isnull=False),
+                name="chunk_has_one_source",
+            ),
+            models.UniqueConstraint(
+                fields=["document", "index"], condition=Q(document__isnull=False), name="chunk_unique_doc_index"
+            ),
+            models.UniqueConstraint(
+                fields=["conversation", "index"],
+                condition=Q(conversation__isnull=False),
+                name="chunk_unique_conv_index",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"chunk {self.index} of {self.source_label}"
+
+    @property
+    def source_type(self) -> str:
+        return "document" if self.document_id else "conversation"
+
+    @property
+    def source_label(self) -> str:
+        if self.document_id:
+            return f"document {self.document_id}"
+        return f"conversation {self.conversation_id}"
+
+    @property
+    def locator_label(self) -> str:
+        if "pages" in self.locator:
+            first, last = self.locator["pages"]
+            return f"p. {first}" if first == last else f"pp. {first}–{last}"
+        if "messages" in self.locator:
+            first, last = self.locator["messages"]
+            return f"message {first}" if first == last else f"messages {first}–{last}"
+        return ""
+
+
+class TrainingJob(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        CHUNKING = "chunking", "Chunking"
+        GENERATING = "generating", "Generating"
+        COMPLETED = "completed", "Completed"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    class Style(models.TextChoices):
+        SYNTHESIZE = "synthesize", "Synthesize new pairs"
+        MINE = "mine", "Mine the questions users asked"
+
+    TRANSITIONS: dict[str, set[str]] = {
+        Status.QUEUED: {Status.CHUNKING, Status.FAILED, Status.CANCELLED},
+        Status.CHUNKING: {Status.GENERATING, Status.FAILED, Status.CANCELLED},
+        Status.GENERATING: {Status.COMPLETED, Status.FAILED, Status.CANCELLED},
+        Status.COMPLETED: set(),
+        Status.FAILED: set(),
+        Status.CANCELLED: set(),
+    }
+    FINISHED = (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="training_jobs")
+    documents = models.ManyToManyField("documents.Document", blank=True, related_name="training_jobs")
+    conversations = models.ManyToManyField("conversations.Conversation", blank=True, related_name="training_jobs")
+    agents = models.ManyToManyField("agents.Agent", blank=True, related_name="training_jobs")
+    requested_count = models.PositiveIntegerField()
+    style = models.CharField(max_length=20, choices=Style.choices, default=Style.SYNTHESIZE)
+    redact = models.BooleanField(default=False)
+    model = models.CharField(max_length=200)
+    temperature = models.FloatField(null=True, blank=True)
+    top_p = models.FloatField(null=True, blank=True)
+    max_tokens = models.PositiveIntegerField(null=True, blank=True)
+    frequency_penalty = models.FloatField(null=True, blank=True)
+    stop = models.JSONField(default=list, blank=True)
+    instructions = models.TextField(blank=True)
+
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED, db_index=True)
+    error = models.TextField(blank=True)
+    created_count = models.PositiveIntegerField(default=0)
+    calls = models.PositiveIntegerField(default=0)
+    prompt_tokens = models.PositiveBigIntegerField(default=0)
+    completion_tokens = models.PositiveBigIntegerField(default=0)
+    cost = models.DecimalField(max_digits=12, decimal_places=6, default=0)
+    shortfall = models.PositiveIntegerField(default=0)
+    shortfall_reasons = models.JSONField(default=dict, blank=True)
+    chunks_total = models.PositiveIntegerField(default=0)
+    chunks_done = models.PositiveIntegerField(default=0)
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["owner", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"job {self.pk} ({self.status})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in self.FINISHED
+
+
+class WorkItem(models.Model):
+    """One chunk's share of a job: the unit a generation task claims with a lease."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    job = models.ForeignKey(TrainingJob, on_delete=models.CASCADE, related_name="work_items")
+    chunk = models.ForeignKey(Chunk, on_delete=models.CASCADE, related_name="work_items")
+    quota = models.PositiveIntegerField()
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING, db_index=True)
+    made = models.PositiveIntegerField(default=0)
+    calls = models.PositiveIntegerField(default=0)
+    attempts = models.PositiveIntegerField(default=0)
+    # Why pairs were rejected or missing: {"evidence_not_found": 2, "invalid_output": 1, ...}.
+    reasons = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    # Start of the current run of transient model errors; reset on every successful call.
+    unavailable_since = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["job", "chunk__index"]
+        constraints = [models.UniqueConstraint(fields=["job", "chunk"], name="workitem_unique_job_chunk")]
+        indexes = [models.Index(fields=["status", "lease_expires_at"])]
+
+    def __str__(self) -> str:
+        return f"job {self.job_id} chunk {self.chunk_id} ({self.status})"
+
+
+class Completion(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending review"
+        APPROVED = "approved", "Approved"
+        REJECTED = "rejected", "Rejected"
+
+    job = models.ForeignKey(TrainingJob, on_delete=models.CASCADE, related_name="completions")
+    chunk = models.ForeignKey(Chunk, on_delete=models.PROTECT, related_name="completions")
+    ordinal = models.PositiveIntegerField()
+    question = models.TextField()
+    answer = models.TextField()
+    evidence = models.TextField()
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING, db_index=True)
+    model = models.CharField(max_length=200, blank=True)
+    redacted = models.BooleanField(default=False)
+    edited = models.BooleanField(default=False)
+    original_question = models.TextField(blank=True)
+    original_answer = models.TextField(blank=True)
+    reviewed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    reviewed_at = models.DateTimeField(null=True, blank=True)
+    agents = models.ManyToManyField("agents.Agent", through="Assignment", related_name="completions")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["job_id", "chunk_id", "ordinal"]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "chunk", "ordinal"], name="completion_unique_job_chunk_ordinal")
+        ]
+        indexes = [models.Index(fields=["status", "-created_at"])]
+
+    def __str__(self) -> str:
+        return self.question[:80]
+
+
+class Assignment(models.Model):
+    completion = models.ForeignKey(Completion, on_delete=models.CASCADE, related_name="assignments")
+    agent = models.ForeignKey("agents.Agent", on_delete=models.CASCADE, related_name="assignments")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["completion", "agent"], name="assignment_unique_pair")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.completion_id} → {self.agent_id}"

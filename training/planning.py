@@ -1,0 +1,46 @@
+"""How N completions are spread over a job's chunks (pure functions, no database)."""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+
+def allocate(count: int, token_counts: Sequence[int]) -> list[int]:
+    """Quotas per chunk that sum to `count`.
+
+    With at least as many completions as chunks, quotas are proportional to the chunks'
+    tokens (largest remainder, ties to the earlier chunk). With fewer, one each goes to
+    chunks spread evenly over the sources, so a short job still samples the whole text.
+    """
+    chunks = len(token_counts)
+    if count <= 0 or chunks == 0:
+        return [0] * chunks
+    if count < chunks:
+        return _spread(count, chunks)
+    return _largest_remainder(count, token_counts)
+
+
+def _spread(count: int, chunks: int) -> list[int]:
+    quotas = [0] * chunks
+    for i in range(count):
+        # The middle of the i-th of `count` equal stretches.
+        quotas[min(chunks - 1, math.floor((i + 0.5) * chunks / count))] += 1
+    return quotas
+
+
+def _largest_remainder(count: int, token_counts: Sequence[int]) -> list[int]:
+    weights = [max(1, tokens) for tokens in token_counts]
+    total = sum(weights)
+    exact = [count * weight / total for weight in weights]
+    quotas = [math.floor(value) for value in exact]
+    missing = count - sum(quotas)
+    order = sorted(range(len(exact)), key=lambda i: (-(exact[i] - quotas[i]), i))
+    for i in order[:missing]:
+        quotas[i] += 1
+    return quotas
+
+
+def calls_budget(quota: int, *, per_call: int, calls_per_batch: int) -> int:
+    """Model calls a chunk may spend: `calls_per_batch` tries for each batch of pairs."""
+    batches = max(1, math.ceil(quota / max(1, per_call)))
+    return batches * max(1, calls_per_batch)

@@ -1,0 +1,438 @@
+"""Writes of the training app: chunks, jobs, their lifecycle, review and assignment."""
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.db.models import F, QuerySet
+from django.utils import timezone
+
+from documents.models import Document
+from documents.services import document_extract
+from masscer.lib.tokens import chunk_pages
+
+from .models import Assignment, Chunk, Completion, TrainingJob, WorkItem
+from .planning import allocate
+from .validation import describe_reasons
+
+logger = logging.getLogger(__name__)
+
+Status = TrainingJob.Status
+
+
+class JobNotReady(Exception):
+    """A source is still being extracted by another worker; try again shortly."""
+
+
+# --- chunks -----------------------------------------------------------------------------
+
+
+def _hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def chunks_ensure_for_document(*, document: Document) -> list[Chunk]:
+    """Split a ready document once; later calls return the stored chunks."""
+    existing = list(Chunk.objects.filter(document=document).order_by("index"))
+    if existing:
+        return existing
+    texts = list(document.pages.order_by("number").values_list("text", flat=True))
+    specs = chunk_pages(texts, budget=settings.MASSCER_CHUNK_TOKENS, overlap=settings.MASSCER_CHUNK_OVERLAP)
+    rows = [
+        Chunk(
+            document=document,
+            index=spec.index,
+            text=spec.text,
+            token_count=spec.token_count,
+            locator={"pages": [spec.first_page, spec.last_page]},
+            start=spec.start,
+            end=spec.end,
+            content_hash=_hash(spec.text),
+        )
+        for spec in specs
+    ]
+    with transaction.atomic():
+        # Two workers may chunk the same document at once; the unique index keeps one set.
+        Chunk.objects.bulk_create(rows, ignore_conflicts=True)
+        Document.objects.filter(pk=document.pk).update(chunk_count=len(rows))
+    return list(Chunk.objects.filter(document=document).order_by("index"))
+
+
+def chunks_ensure_for_conversation(*, conversation: Any, redact: bool = False) -> list[Chunk]:
+    from conversations.chunking import conversation_chunk_specs
+
+    existing = list(Chunk.objects.filter(conversation=conversation).order_by("index"))
+    if existing:
+        return existing
+    specs = conversation_chunk_specs(
+        conversation, budget=settings.MASSCER_CHUNK_TOKENS, overlap=settings.MASSCER_CHUNK_OVERLAP
+    )
+    rows = [
+        Chunk(
+            conversation=conversation,
+            index=spec.index,
+            text=spec.text,
+            token_count=spec.token_count,
+            locator={"messages": [spec.first, spec.last]},
+            content_hash=_hash(spec.text),
+        )
+        for spec in specs
+    ]
+    Chunk.objects.bulk_create(rows, ignore_conflicts=True)
+    return list(Chunk.objects.filter(conversation=conversation).order_by("index"))
+
+
+# --- jobs ---------------------------------------------------------------------------------
+
+
+def _check_count(count: int) -> None:
+    limit = settings.MASSCER_MAX_COMPLETIONS_PER_JOB
+    if count < 1:
+        raise ValidationError("Number of completions must be at least 1.", code="count")
+    if count > limit:
+        raise ValidationError(
+            f"Number of completions must be at most {limit:,} per job (asked for {count:,}).", code="count"
+        )
+
+
+def _check_owned(owner: AbstractBaseUser, objects: Sequence[Any], label: str) -> None:
+    for obj in objects:
+        if obj.owner_id != owner.pk:
+            raise ValidationError(f"You do not have access to this {label}.", code="forbidden")
+
+
+@transaction.atomic
+def job_create(
+    *,
+    owner: AbstractBaseUser,
+    count: int,
+    agents: Sequence[Any],
+    documents: Sequence[Document] = (),
+    conversations: Sequence[Any] = (),
+    model: str = "",
+    temperature: float | None = None,
+    top_p: float | None = None,
+    max_tokens: int | None = None,
+    frequency_penalty: float | None = None,
+    stop: Sequence[str] = (),
+    instructions: str = "",
+    style: str = TrainingJob.Style.SYNTHESIZE,
+    redact: bool = False,
+) -> TrainingJob:
+    """Create a queued job and send it to the workers after commit."""
+    _check_count(count)
+    if not documents and not conversations:
+        raise ValidationError("Choose at least one document or conversation to train with.", code="sources")
+    _check_owned(owner, documents, "document")
+    _check_owned(owner, conversations, "conversation")
+    _check_owned(owner, agents, "agent")
+    if style not in TrainingJob.Style.values:
+        raise ValidationError(f"Unknown style {style!r}; use synthesize or mine.", code="style")
+    job = TrainingJob.objects.create(
+        owner=owner,
+        requested_count=count,
+        model=model or settings.MASSCER_LLM_MODEL,
+        temperature=temperature,
+        top_p=top_p,
+        max_tokens=max_tokens,
+        frequency_penalty=frequency_penalty,
+        stop=[s for s in stop if s],
+        instructions=instructions.strip(),
+        style=style,
+        redact=redact,
+        enqueued_at=timezone.now(),
+    )
+    job.documents.set(documents)
+    job.conversations.set(conversations)
+    job.agents.set(agents)
+    from .tasks import job_prepare_task
+
+    job_prepare_task.delay_on_commit(job.pk)
+    return job
+
+
+def _transition(job_id: int, source: Sequence[str], target: str, **fields: Any) -> bool:
+    """Move a job between statuses only along the documented transitions."""
+    for status in source:
+        if target not in TrainingJob.TRANSITIONS[status]:
+            raise ValueError(f"job transition {status} → {target} is not allowed")
+    updated = TrainingJob.objects.filter(pk=job_id, status__in=list(source)).update(status=target, **fields)
+    return updated == 1
+
+
+def job_fail(*, job_id: int, error: str) -> bool:
+    now = timezone.now()
+    failed = _transition(
+        job_id, [Status.QUEUED, Status.CHUNKING, Status.GENERATING], Status.FAILED, error=error, finished_at=now
+    )
+    if failed:
+        WorkItem.objects.filter(job_id=job_id, status__in=[WorkItem.Status.PENDING, WorkItem.Status.RUNNING]).update(
+            status=WorkItem.Status.CANCELLED
+        )
+    return failed
+
+
+def job_cancel(*, job: TrainingJob) -> bool:
+    cancelled = _transition(
+        job.pk,
+        [Status.QUEUED, Status.CHUNKING, Status.GENERATING],
+        Status.CANCELLED,
+        error="Cancelled by the user.",
+        finished_at=timezone.now(),
+    )
+    if cancelled:
+        WorkItem.objects.filter(job=job, status=WorkItem.Status.PENDING).update(status=WorkItem.Status.CANCELLED)
+    return cancelled
+
+
+def _job_chunks(job: TrainingJob) -> list[Chunk]:
+    chunks: list[Chunk] = []
+    for document in job.documents.order_by("pk"):
+        if document.status in (Document.Status.UPLOADED, Document.Status.EXTRACTING):
+            document = document_extract(document_id=document.pk)
+        if document.status == Document.Status.EXTRACTING:
+            raise JobNotReady(f"document {document.pk} is being extracted")
+        if document.status == Document.Status.FAILED:
+            raise ValidationError(f"The document '{document.title}' could not be read: {document.error}")
+        chunks.extend(chunks_ensure_for_document(document=document))
+    for conversation in job.conversations.order_by("pk"):
+        chunks.extend(chunks_ensure_for_conversation(conversation=conversation))
+    return chunks
+
+
+def job_prepare(*, job_id: int) -> None:
+    """Extract and chunk the sources, plan quotas and send one task per chunk.
+
+    Idempotent: a second run (redelivery, sweeper) finds the work items already planned
+    and only re-sends the ones nobody has claimed.
+    """
+    if not _transition(job_id, [Status.QUEUED], Status.CHUNKING, started_at=timezone.now()):
+        job = TrainingJob.objects.get(pk=job_id)
+        if job.status != Status.CHUNKING:
+            return
+    job = TrainingJob.objects.get(pk=job_id)
+    try:
+        chunks = _job_chunks(job)
+    except ValidationError as exc:
+        job_fail(job_id=job_id, error=" ".join(exc.messages))
+        return
+    if not chunks:
+        job_fail(job_id=job_id, error="The sources have no text to train with.")
+        return
+    _plan(job, chunks)
+
+
+def _plan(job: TrainingJob, chunks: list[Chunk]) -> None:
+    quotas = allocate(job.requested_count, [chunk.token_count for chunk in chunks])
+    now = timezone.now()
+    items = [
+        WorkItem(job=job, chunk=chunk, quota=quota, enqueued_at=now)
+        for chunk, quota in zip(chunks, quotas, strict=True)
+        if quota > 0
+    ]
+    with transaction.atomic():
+        WorkItem.objects.bulk_create(items, ignore_conflicts=True)
+        _transition(job.pk, [Status.CHUNKING], Status.GENERATING, chunks_total=len(items))
+        pending = list(
+            WorkItem.objects.filter(job=job, status=WorkItem.Status.PENDING).values_list("pk", flat=True)
+        )
+        from .tasks import generate_task
+
+        for item_id in pending:
+            generate_task.delay_on_commit(item_id)
+
+
+def job_finish_if_done(*, job_id: int) -> bool:
+    """Close a job once none of its work items can still make completions."""
+    open_items = WorkItem.objects.filter(
+        job_id=job_id, status__in=[WorkItem.Status.PENDING, WorkItem.Status.RUNNING]
+    )
+    finished_items = WorkItem.objects.filter(job_id=job_id).exclude(
+        status__in=[WorkItem.Status.PENDING, WorkItem.Status.RUNNING]
+    )
+    TrainingJob.objects.filter(pk=job_id).update(chunks_done=finished_items.count())
+    if open_items.exists():
+        return False
+    job = TrainingJob.objects.get(pk=job_id)
+    if job.status != Status.GENERATING:
+        return False
+    created = Completion.objects.filter(job_id=job_id).count()
+    reasons: Counter[str] = Counter()
+    errors: list[str] = []
+    for item in WorkItem.objects.filter(job_id=job_id).only("reasons", "error", "status"):
+        reasons.update(item.reasons or {})
+        if item.error:
+            errors.append(item.error)
+    shortfall = max(0, job.requested_count - created)
+    now = timezone.now()
+    if created == 0 and errors:
+        return _transition(
+            job_id, [Status.GENERATING], Status.FAILED, error=errors[0], finished_at=now, created_count=created
+        )
+    summary: dict[str, Any] = {key: n for key, n in reasons.items() if n}
+    if shortfall and errors:
+        summary["errors"] = sorted(set(errors))[:5]
+    return _transition(
+        job_id,
+        [Status.GENERATING],
+        Status.COMPLETED,
+        finished_at=now,
+        created_count=created,
+        shortfall=shortfall,
+        shortfall_reasons=summary,
+        error=(f"Made {created} of {job.requested_count}: {describe_reasons(reasons)}" if shortfall else ""),
+    )
+
+
+def job_summary(job: TrainingJob) -> dict[str, Any]:
+    """What `train --json` prints and the API returns."""
+    elapsed = None
+    if job.started_at:
+        elapsed = round(((job.finished_at or timezone.now()) - job.started_at).total_seconds(), 3)
+    return {
+        "job_id": job.pk,
+        "status": job.status,
+        "requested": job.requested_count,
+        "completions_created": job.created_count,
+        "shortfall": job.shortfall,
+        "shortfall_reasons": job.shortfall_reasons,
+        "model_calls": job.calls,
+        "prompt_tokens": job.prompt_tokens,
+        "completion_tokens": job.completion_tokens,
+        "elapsed_seconds": elapsed,
+        "error": job.error or None,
+    }
+
+
+# --- sweeper --------------------------------------------------------------------------------
+
+
+def sweep() -> dict[str, int]:
+    """Re-queue work whose lease expired or whose message was lost; close finished jobs."""
+    from documents.services import document_requeue_stale
+
+    from .tasks import generate_task, job_prepare_task
+
+    now = timezone.now()
+    requeue_after = timedelta(seconds=settings.MASSCER_REQUEUE_AFTER_SECONDS)
+    expired = WorkItem.objects.filter(status=WorkItem.Status.RUNNING, lease_expires_at__lt=now)
+    lost = WorkItem.objects.filter(status=WorkItem.Status.PENDING, enqueued_at__lt=now - requeue_after)
+    item_ids = list(expired.values_list("pk", flat=True)[:1000]) + list(lost.values_list("pk", flat=True)[:1000])
+    # Expired leases become claimable again via the lease test in the claim itself.
+    WorkItem.objects.filter(pk__in=item_ids).update(enqueued_at=now)
+    for item_id in item_ids:
+        generate_task.delay(item_id)
+    stale_jobs = list(
+        TrainingJob.objects.filter(
+            status__in=[Status.QUEUED, Status.CHUNKING], enqueued_at__lt=now - requeue_after
+        ).values_list("pk", flat=True)[:200]
+    )
+    TrainingJob.objects.filter(pk__in=stale_jobs).update(enqueued_at=now)
+    for job_id in stale_jobs:
+        job_prepare_task.delay(job_id)
+    finished = 0
+    for job_id in TrainingJob.objects.filter(status=Status.GENERATING).values_list("pk", flat=True)[:200]:
+        finished += int(job_finish_if_done(job_id=job_id))
+    documents = document_requeue_stale(older_than=requeue_after)
+    return {"work_items": len(item_ids), "jobs": len(stale_jobs), "finished": finished, "documents": documents}
+
+
+# --- review and assignment -------------------------------------------------------------------
+
+
+def completion_review(
+    *, completion: Completion, status: str, reviewer: AbstractBaseUser, question: str = "", answer: str = ""
+) -> Completion:
+    if status not in Completion.Status.values:
+        raise ValidationError(f"Unknown status {status!r}.")
+    fields: dict[str, Any] = {"status": status, "reviewed_by": reviewer, "reviewed_at": timezone.now()}
+    if question.strip() and answer.strip() and (question != completion.question or answer != completion.answer):
+        if not completion.edited:
+            fields["original_question"] = completion.question
+            fields["original_answer"] = completion.answer
+        fields.update(question=question.strip(), answer=answer.strip(), edited=True)
+    Completion.objects.filter(pk=completion.pk).update(**fields)
+    completion.refresh_from_db()
+    return completion
+
+
+def completions_review_bulk(*, completions: QuerySet[Completion], status: str, reviewer: AbstractBaseUser) -> int:
+    if status not in Completion.Status.values:
+        raise ValidationError(f"Unknown status {status!r}.")
+    return completions.update(status=status, reviewed_by=reviewer, reviewed_at=timezone.now())
+
+
+@transaction.atomic
+def completions_assign(*, completion_ids: Sequence[int], agent: Any) -> int:
+    rows = [Assignment(completion_id=cid, agent=agent) for cid in completion_ids]
+    created = Assignment.objects.bulk_create(rows, ignore_conflicts=True)
+    return len(created)
+
+
+@transaction.atomic
+def completions_unassign(*, completion_ids: Sequence[int], agent: Any) -> int:
+    deleted, _ = Assignment.objects.filter(completion_id__in=completion_ids, agent=agent).delete()
+    return deleted
+
+
+def store_completions(
+    *,
+    item: WorkItem,
+    claim: int,
+    pairs: Sequence[tuple[str, str, str]],
+    model: str,
+    redacted: bool,
+    reasons: Counter[str],
+) -> int:
+    """Store accepted pairs for a claimed work item in one short transaction.
+
+    `claim` is the attempt number that claimed the item; if another worker has taken it
+    over since (our lease expired), nothing is written.
+    """
+    with transaction.atomic():
+        still_ours = WorkItem.objects.filter(
+            pk=item.pk, status=WorkItem.Status.RUNNING, attempts=claim
+        ).select_for_update()
+        if not still_ours.exists():
+            return -1
+        start = Completion.objects.filter(job_id=item.job_id, chunk_id=item.chunk_id).count()
+        rows = [
+            Completion(
+                job_id=item.job_id,
+                chunk_id=item.chunk_id,
+                ordinal=start + offset,
+                question=question,
+                answer=answer,
+                evidence=evidence,
+                model=model,
+                redacted=redacted,
+            )
+            for offset, (question, answer, evidence) in enumerate(pairs)
+        ]
+        try:
+            with transaction.atomic():
+                created = Completion.objects.bulk_create(rows)
+        except IntegrityError:
+            return -1
+        agent_ids = list(TrainingJob.agents.through.objects.filter(trainingjob_id=item.job_id).values_list(
+            "agent_id", flat=True
+        ))
+        Assignment.objects.bulk_create(
+            [Assignment(completion=row, agent_id=agent_id) for row in created for agent_id in agent_ids],
+            ignore_conflicts=True,
+        )
+        merged = Counter(item.reasons or {})
+        merged.update(reasons)
+        WorkItem.objects.filter(pk=item.pk).update(made=F("made") + len(created), reasons=dict(merged))
+        item.reasons = dict(merged)
+        TrainingJob.objects.filter(pk=item.job_id).update(created_count=F("created_count") + len(created))
+    return len(created)
+

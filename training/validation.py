@@ -1,0 +1,113 @@
+"""Model output is data: every pair is checked before it is stored (pure functions)."""
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+_SPACE = re.compile(r"\s+")
+# Quote marks models like to wrap evidence in; they are not part of the source.
+_QUOTES = "\"'“”‘’«»„`"
+
+REASON_LABELS = {
+    "empty_field": "a question, answer or evidence was empty",
+    "evidence_not_found": "the evidence quote was not found in the source",
+    "duplicate": "the question duplicated or nearly duplicated an earlier one",
+    "invalid_output": "the model's output could not be parsed",
+    "truncated": "the model's output was cut off at the token limit",
+    "extra_dropped": "the model returned more pairs than asked (extras dropped)",
+    "calls_exhausted": "the model did not deliver enough valid pairs within the allowed calls",
+    "model_error": "the model endpoint returned an error",
+    "cancelled": "the job was cancelled",
+}
+
+
+def normalise(text: str) -> str:
+    text = unicodedata.normalize("NFKC", text).casefold()
+    return _SPACE.sub(" ", text).strip()
+
+
+def _evidence_form(text: str) -> str:
+    # Whitespace- and case-insensitive; hyphenation and quote styles vary between
+    # the PDF text layer and what a model copies, so those are ignored too.
+    text = normalise(text).strip(_QUOTES + " .…")
+    text = text.replace("…", "").replace("...", "")
+    return _SPACE.sub("", text)
+
+
+def evidence_in_source(evidence: str, source: str) -> bool:
+    needle = _evidence_form(evidence)
+    return bool(needle) and needle in _evidence_form(source)
+
+
+def question_words(question: str) -> frozenset[str]:
+    return frozenset(_WORD.findall(normalise(question)))
+
+
+def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
+    if not a and not b:
+        return 1.0
+    return len(a & b) / len(a | b)
+
+
+@dataclass
+class QuestionIndex:
+    """The questions of one job, for exact and near-duplicate checks."""
+
+    threshold: float
+    exact: set[str] = field(default_factory=set)
+    word_sets: list[frozenset[str]] = field(default_factory=list)
+
+    def add(self, question: str) -> None:
+        self.exact.add(normalise(question))
+        self.word_sets.append(question_words(question))
+
+    def extend(self, questions: Iterable[str]) -> None:
+        for question in questions:
+            self.add(question)
+
+    def is_duplicate(self, question: str) -> bool:
+        if normalise(question) in self.exact:
+            return True
+        words = question_words(question)
+        return any(jaccard(words, other) >= self.threshold for other in self.word_sets)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    question: str
+    answer: str
+    evidence: str
+
+
+def screen(
+    candidates: Iterable[Candidate], *, source: str, index: QuestionIndex, wanted: int
+) -> tuple[list[Candidate], Counter[str]]:
+    """Accept at most `wanted` valid, new pairs; count why the others were rejected.
+
+    Accepted questions are added to `index`, so duplicates inside one reply are caught.
+    """
+    accepted: list[Candidate] = []
+    reasons: Counter[str] = Counter()
+    for candidate in candidates:
+        cleaned = Candidate(candidate.question.strip(), candidate.answer.strip(), candidate.evidence.strip())
+        if not (cleaned.question and cleaned.answer and cleaned.evidence):
+            reasons["empty_field"] += 1
+        elif not evidence_in_source(cleaned.evidence, source):
+            reasons["evidence_not_found"] += 1
+        elif index.is_duplicate(cleaned.question):
+            reasons["duplicate"] += 1
+        elif len(accepted) >= wanted:
+            reasons["extra_dropped"] += 1
+        else:
+            accepted.append(cleaned)
+            index.add(cleaned.question)
+    return accepted, reasons
+
+
+def describe_reasons(reasons: dict[str, int]) -> str:
+    parts = [f"{REASON_LABELS.get(key, key)} ({n}×)" for key, n in sorted(reasons.items()) if n]
+    return "; ".join(parts)

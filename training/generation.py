@@ -107,6 +107,9 @@ class _Progress:
     index: QuestionIndex
     seen_completion_id: int
     chunk_questions: list[str]
+    # Questions other chunks of the job already have: overlapping or repetitive text
+    # makes the model repeat them unless it is told.
+    other_questions: list[str]
     made: int
     per_call: int
     feedback: str | None = None
@@ -117,10 +120,12 @@ def _load_progress(item: WorkItem) -> _Progress:
     rows = list(Completion.objects.filter(job_id=item.job_id).values_list("pk", "chunk_id", "question"))
     index.extend(question for _, _, question in rows)
     mine = [question for _, chunk_id, question in rows if chunk_id == item.chunk_id]
+    others = [question for _, chunk_id, question in rows if chunk_id != item.chunk_id]
     return _Progress(
         index=index,
         seen_completion_id=max((pk for pk, _, _ in rows), default=0),
         chunk_questions=mine,
+        other_questions=others,
         made=len(mine),
         per_call=max(1, settings.MASSCER_PAIRS_PER_CALL),
     )
@@ -133,7 +138,14 @@ def _refresh_index(item: WorkItem, progress: _Progress) -> None:
     )
     for pk, question in newer.values_list("pk", "question"):
         progress.index.add(question)
+        progress.other_questions.append(question)
         progress.seen_completion_id = max(progress.seen_completion_id, pk)
+
+
+def _prompt_questions(progress: _Progress) -> list[str]:
+    own = progress.chunk_questions[-MAX_EXISTING_IN_PROMPT:]
+    room = MAX_EXISTING_IN_PROMPT - len(own)
+    return (progress.other_questions[-room:] if room > 0 else []) + own
 
 
 def _feedback(reply: llm.Reply, reasons: Counter[str], asked: int, accepted: int) -> str | None:
@@ -212,12 +224,13 @@ def work_item_run(*, item_id: int, attempt: int = 0) -> str:
         if not _renew(item.pk, claim):
             return "lost-lease"
         asked = min(item.quota - progress.made, progress.per_call)
+        _refresh_index(item, progress)
         try:
             reply = llm.generate_pairs(
                 config,
                 source=item.chunk.text,
                 count=asked,
-                existing_questions=progress.chunk_questions[-MAX_EXISTING_IN_PROMPT:],
+                existing_questions=_prompt_questions(progress),
                 instructions=job.instructions,
                 params=params,
                 feedback=progress.feedback,

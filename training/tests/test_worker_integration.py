@@ -1,0 +1,98 @@
+"""End to end on real components: `manage.py train` → Redis → real Celery workers → the fake model."""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.db import connection
+
+from masscer.testing.processes import (
+    REDIS_HOST,
+    REDIS_PORT,
+    celery_worker,
+    child_env,
+    database_url,
+    manage,
+    port_open,
+)
+
+SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "samples"
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+
+def require_redis() -> str:
+    if not port_open(REDIS_HOST, REDIS_PORT):
+        message = f"Redis is not reachable at {REDIS_HOST}:{REDIS_PORT}"
+        if os.environ.get("CI"):
+            pytest.fail(message + " and CI is set: the worker tests must run")
+        pytest.skip(message)
+    import redis
+
+    url = f"redis://{REDIS_HOST}:{REDIS_PORT}/14"
+    redis.Redis.from_url(url).flushdb()
+    return url
+
+
+@pytest.fixture
+def worker_env(fake_llm: Any, tmp_path: Path) -> dict[str, str]:
+    return child_env(
+        DATABASE_URL=database_url(connection.settings_dict),
+        CELERY_BROKER_URL=require_redis(),
+        CELERY_TASK_ALWAYS_EAGER="false",
+        MASSCER_LLM_BASE_URL=fake_llm.base_url,
+        MASSCER_LLM_API_KEY="sk-test-secret-key",
+        MASSCER_LLM_MODEL="fake-model",
+        MASSCER_LLM_MODE="chat",
+        MASSCER_MEDIA_ROOT=str(tmp_path / "uploads"),
+        MASSCER_CLI_USER="alice",
+    )
+
+
+@pytest.fixture
+def workers(worker_env: dict[str, str], tmp_path: Path) -> Iterator[Path]:
+    """The production topology in miniature: a prefork ingest worker and a threads llm worker."""
+    log = tmp_path / "workers.log"
+    with celery_worker(worker_env, queues="ingest", pool="prefork", concurrency=1, name="ingest", log_path=log):
+        with celery_worker(worker_env, queues="llm", pool="threads", concurrency=4, name="llm", log_path=log):
+            yield log
+
+
+def test_train_runs_a_job_end_to_end_on_real_workers(worker_env, workers, fake_llm) -> None:
+    pdf = SAMPLES / "pdf" / "pdflatex-4-pages.pdf"
+    result = manage("train", str(pdf), "--count", "6", "--agent", "support", "--json", env=worker_env, timeout=180)
+    assert result.returncode == 0, result.stderr + result.stdout + workers.read_text()[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["status"] == "completed"
+    assert summary["completions_created"] == 6 and summary["shortfall"] == 0, json.dumps(summary)
+    assert summary["model_calls"] == len(fake_llm.calls) >= 1
+    assert summary["prompt_tokens"] > 0 and summary["elapsed_seconds"] > 0
+
+    exported = manage(
+        "export", "--agent", "support", "--format", "records", "--status", "all", env=worker_env, timeout=60
+    )
+    assert exported.returncode == 0, exported.stderr
+    records = [json.loads(line) for line in exported.stdout.splitlines()]
+    assert len(records) == 6
+    for record in records:
+        assert record["agents"] == ["support"]
+        assert record["source_type"] == "document"
+        first, last = record["locator"]["pages"]
+        assert 1 <= first <= last <= 4
+        assert record["status"] == "pending" and record["job_id"] == summary["job_id"]
+
+    approved = manage("export", "--agent", "support", "--format", "openai-jsonl", env=worker_env, timeout=60)
+    assert approved.stdout == ""  # nothing reviewed yet: the default export is approved only
+
+
+def test_train_exits_non_zero_with_the_reason_when_the_document_fails(worker_env, workers, fake_llm) -> None:
+    pdf = SAMPLES / "pdf" / "libreoffice-writer-password.pdf"
+    result = manage("train", str(pdf), "--count", "3", "--agent", "support", "--json", env=worker_env, timeout=120)
+    assert result.returncode == 1
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["status"] == "failed"
+    assert "password" in summary["error"].lower()
+    assert fake_llm.calls == []

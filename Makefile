@@ -18,10 +18,10 @@ run: setup
 
 setup: $(STAMP) migrate demo
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt requirements-local.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install -r requirements.txt
+	$(PIP) install -r requirements-local.txt
 	touch $(STAMP)
 
 $(DEV_STAMP): $(STAMP) requirements-dev.txt

@@ -123,7 +123,9 @@ def _database() -> dict:
             "timeout": 30,
         }
         # A file, not :memory:, so a Celery worker in another process sees the test data.
-        config["TEST"] = {"NAME": env_str("MASSCER_TEST_SQLITE", str(VAR_DIR / "test.sqlite3"))}
+        # One file per test run, so parallel runs do not share (and corrupt) it.
+        default_test_db = str(VAR_DIR / f"test-{os.getpid()}.sqlite3")
+        config["TEST"] = {"NAME": env_str("MASSCER_TEST_SQLITE", default_test_db)}
     return config
 
 

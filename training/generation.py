@@ -16,6 +16,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from masscer.lib import llm
+from masscer.lib.redact import redact
 
 from . import services
 from .models import Completion, TrainingJob, WorkItem
@@ -113,6 +114,7 @@ class _Progress:
     made: int
     per_call: int
     feedback: str | None = None
+    exhausted: bool = False
 
 
 def _load_progress(item: WorkItem) -> _Progress:
@@ -220,7 +222,10 @@ def work_item_run(*, item_id: int, attempt: int = 0) -> str:
         item.quota, per_call=settings.MASSCER_PAIRS_PER_CALL, calls_per_batch=settings.MASSCER_CALLS_PER_BATCH
     )
     config, params = llm_config(), job_params(job)
-    while progress.made < item.quota and item.calls < budget:
+    # Redaction happens before any text leaves for the model; evidence is checked
+    # against the same redacted text the model saw.
+    source = redact(item.chunk.text)[0] if job.redact else item.chunk.text
+    while progress.made < item.quota and item.calls < budget and not progress.exhausted:
         if not _renew(item.pk, claim):
             return "lost-lease"
         asked = min(item.quota - progress.made, progress.per_call)
@@ -228,13 +233,14 @@ def work_item_run(*, item_id: int, attempt: int = 0) -> str:
         try:
             reply = llm.generate_pairs(
                 config,
-                source=item.chunk.text,
+                source=source,
                 count=asked,
                 existing_questions=_prompt_questions(progress),
                 instructions=job.instructions,
                 params=params,
                 feedback=progress.feedback,
                 source_kind=item.chunk.source_type,
+                style=job.style,
             )
         except llm.LLMTransientError as exc:
             _handle_transient(item, claim, exc, attempt)
@@ -246,18 +252,21 @@ def work_item_run(*, item_id: int, attempt: int = 0) -> str:
             services.job_finish_if_done(job_id=item.job_id)
             return "failed-permanent"
         _record_call(item, reply.usage)
-        stored = _absorb(item, claim, reply, asked, progress)
+        stored = _absorb(item, claim, reply, asked, progress, source)
         if stored < 0:
             return "lost-lease"
     return _finish(item, claim, progress)
 
 
-def _absorb(item: WorkItem, claim: int, reply: llm.Reply, asked: int, progress: _Progress) -> int:
+def _absorb(item: WorkItem, claim: int, reply: llm.Reply, asked: int, progress: _Progress, source: str) -> int:
     _refresh_index(item, progress)
     candidates = [Candidate(p.question, p.answer, p.evidence) for p in reply.pairs]
-    accepted, reasons = screen(
-        candidates, source=item.chunk.text, index=progress.index, wanted=item.quota - progress.made
-    )
+    accepted, reasons = screen(candidates, source=source, index=progress.index, wanted=item.quota - progress.made)
+    if _mined_everything(item, reply, asked):
+        # Mining returns the questions the user asked; fewer than asked means there
+        # are no more, and asking again would only invite invented ones.
+        progress.exhausted = True
+        reasons["source_exhausted"] += asked - len(reply.pairs)
     if reply.parse_error:
         reasons["invalid_output"] += 1
     if reply.finish_reason == "length":
@@ -278,9 +287,18 @@ def _absorb(item: WorkItem, claim: int, reply: llm.Reply, asked: int, progress: 
     return stored
 
 
+def _mined_everything(item: WorkItem, reply: llm.Reply, asked: int) -> bool:
+    return (
+        item.job.style == TrainingJob.Style.MINE
+        and not reply.parse_error
+        and reply.finish_reason != "length"
+        and len(reply.pairs) < asked
+    )
+
+
 def _finish(item: WorkItem, claim: int, progress: _Progress) -> str:
     fields: dict[str, object] = {}
-    if progress.made < item.quota:
+    if progress.made < item.quota and not progress.exhausted:
         reasons = Counter(item.reasons or {})
         reasons["calls_exhausted"] += 1
         fields["reasons"] = dict(reasons)

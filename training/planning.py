@@ -44,3 +44,19 @@ def calls_budget(quota: int, *, per_call: int, calls_per_batch: int) -> int:
     """Model calls a chunk may spend: `calls_per_batch` tries for each batch of pairs."""
     batches = max(1, math.ceil(quota / max(1, per_call)))
     return batches * max(1, calls_per_batch)
+
+
+def allocate_capped(count: int, caps: Sequence[int]) -> list[int]:
+    """Quotas that never exceed each chunk's cap (mining: its user questions).
+
+    When the caps add up to less than `count`, every chunk gets its cap and the
+    job records the difference as a shortfall.
+    """
+    if sum(caps) <= count:
+        return list(caps)
+    eligible = [i for i, cap in enumerate(caps) if cap > 0]
+    quotas = [0] * len(caps)
+    # Proportional shares stay under each cap (share < cap, so its ceiling <= cap).
+    for i, quota in zip(eligible, allocate(count, [caps[i] for i in eligible]), strict=True):
+        quotas[i] = min(quota, caps[i])
+    return quotas

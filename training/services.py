@@ -20,7 +20,7 @@ from documents.services import document_extract
 from masscer.lib.tokens import chunk_pages
 
 from .models import Assignment, Chunk, Completion, TrainingJob, WorkItem
-from .planning import allocate
+from .planning import allocate, allocate_capped
 from .validation import describe_reasons
 
 logger = logging.getLogger(__name__)
@@ -136,6 +136,8 @@ def job_create(
     _check_owned(owner, agents, "agent")
     if style not in TrainingJob.Style.values:
         raise ValidationError(f"Unknown style {style!r}; use synthesize or mine.", code="style")
+    if style == TrainingJob.Style.MINE and documents:
+        raise ValidationError("The mine style works on conversations only; use synthesize for documents.")
     job = TrainingJob.objects.create(
         owner=owner,
         requested_count=count,
@@ -230,8 +232,21 @@ def job_prepare(*, job_id: int) -> None:
     _plan(job, chunks)
 
 
+def user_turns(chunk: Chunk) -> int:
+    return sum(1 for line in chunk.text.splitlines() if line.startswith("[user]"))
+
+
+def _quotas(job: TrainingJob, chunks: list[Chunk]) -> list[int]:
+    if job.style == TrainingJob.Style.MINE:
+        return allocate_capped(job.requested_count, [user_turns(chunk) for chunk in chunks])
+    return allocate(job.requested_count, [chunk.token_count for chunk in chunks])
+
+
 def _plan(job: TrainingJob, chunks: list[Chunk]) -> None:
-    quotas = allocate(job.requested_count, [chunk.token_count for chunk in chunks])
+    quotas = _quotas(job, chunks)
+    if not any(quotas):
+        job_fail(job_id=job.pk, error="The conversations contain no user questions to mine.")
+        return
     now = timezone.now()
     items = [
         WorkItem(job=job, chunk=chunk, quota=quota, enqueued_at=now)
@@ -271,6 +286,9 @@ def job_finish_if_done(*, job_id: int) -> bool:
         reasons.update(item.reasons or {})
         if item.error:
             errors.append(item.error)
+    planned = sum(WorkItem.objects.filter(job_id=job_id).values_list("quota", flat=True))
+    if planned < job.requested_count:
+        reasons["source_exhausted"] += job.requested_count - planned
     shortfall = max(0, job.requested_count - created)
     now = timezone.now()
     if created == 0 and errors:

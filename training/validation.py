@@ -22,6 +22,7 @@ REASON_LABELS = {
     "calls_exhausted": "the model did not deliver enough valid pairs within the allowed calls",
     "model_error": "the model endpoint returned an error",
     "cancelled": "the job was cancelled",
+    "source_exhausted": "the conversations hold fewer user questions than asked",
 }
 
 

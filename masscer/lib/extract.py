@@ -59,7 +59,6 @@ _EXTENSIONS = {
     ".html": "html",
     ".htm": "html",
 }
-_TEXT_KINDS = ("markdown", "text", "html")
 
 # A DOCX may legitimately hold large images, but XML that unpacks to many times the upload
 # limit is a zip bomb; python-docx would load it all into memory.

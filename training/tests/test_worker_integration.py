@@ -96,3 +96,15 @@ def test_train_exits_non_zero_with_the_reason_when_the_document_fails(worker_env
     assert summary["status"] == "failed"
     assert "password" in summary["error"].lower()
     assert fake_llm.calls == []
+
+
+def test_train_mines_an_imported_sharegpt_file_on_real_workers(worker_env, workers, fake_llm) -> None:
+    path = SAMPLES / "conversations" / "sharegpt.json"
+    result = manage(
+        "train", str(path), "--count", "3", "--agent", "support", "--style", "mine", "--json",
+        env=worker_env, timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr + workers.read_text()[-3000:]
+    assert "imported 2 conversation(s) (sharegpt)" in result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["status"] == "completed" and summary["completions_created"] == 3

@@ -12,6 +12,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
 from agents.services import agent_get_or_create
+from conversations.models import Conversation
+from conversations.services import conversations_import
 from documents.services import document_create_from_path
 from training.models import TrainingJob
 from training.services import job_create, job_summary
@@ -20,13 +22,22 @@ from ._common import cli_user
 
 # After this long with nothing picked up, tell the user the workers may not be running.
 NO_WORKER_HINT_SECONDS = 20
+# Files read as chat exports (OpenAI messages, ShareGPT, ChatGPT export); the rest are documents.
+CONVERSATION_SUFFIXES = {".json", ".jsonl", ".zip"}
 
 
 class Command(BaseCommand):
-    help = "Train an agent from a document: create N question/answer completions via the Celery workers."
+    help = (
+        "Train an agent from documents or conversation files: create N question/answer completions "
+        "via the Celery workers."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("path", nargs="+", help="PDF, DOCX, Markdown, text or HTML file(s)")
+        parser.add_argument(
+            "path",
+            nargs="+",
+            help="PDF, DOCX, Markdown, text or HTML file(s), or conversation files (.json, .jsonl, .zip)",
+        )
         parser.add_argument("--count", "-n", type=int, required=True, help="number of completions (N)")
         parser.add_argument("--agent", action="append", required=True, help="agent slug (repeatable)")
         parser.add_argument("--user", help="account to work as (default: $MASSCER_CLI_USER or 'demo')")
@@ -37,6 +48,15 @@ class Command(BaseCommand):
         parser.add_argument("--frequency-penalty", type=float, dest="frequency_penalty")
         parser.add_argument("--stop", action="append", default=[], help="stop sequence (repeatable)")
         parser.add_argument("--instructions", default="", help="audience, language, style ...")
+        parser.add_argument(
+            "--style",
+            choices=TrainingJob.Style.values,
+            default=TrainingJob.Style.SYNTHESIZE,
+            help="synthesize new pairs, or mine the questions users asked (conversations only)",
+        )
+        parser.add_argument(
+            "--redact", action="store_true", help="mask e-mails, phone and card numbers before the model sees text"
+        )
         parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
         parser.add_argument("--no-wait", action="store_true", help="queue the job and return at once")
         parser.add_argument("--timeout", type=float, default=0, help="stop following after this many seconds")
@@ -63,12 +83,25 @@ class Command(BaseCommand):
             if not path.is_file():
                 raise CommandError(f"No such file: {path}")
         agents = [agent_get_or_create(owner=user, slug=slug)[0] for slug in options["agent"]]
-        documents = [document_create_from_path(owner=user, path=path) for path in paths]
+        documents = [
+            document_create_from_path(owner=user, path=path)
+            for path in paths
+            if path.suffix.lower() not in CONVERSATION_SUFFIXES
+        ]
+        conversations = [
+            conversation
+            for path in paths
+            if path.suffix.lower() in CONVERSATION_SUFFIXES
+            for conversation in self._import(user, path)
+        ]
         return job_create(
             owner=user,
             count=options["count"],
             agents=agents,
             documents=documents,
+            conversations=conversations,
+            style=options["style"],
+            redact=options["redact"],
             model=options["model"],
             temperature=options["temperature"],
             top_p=options["top_p"],
@@ -77,6 +110,15 @@ class Command(BaseCommand):
             stop=options["stop"],
             instructions=options["instructions"],
         )
+
+    def _import(self, user: Any, path: Path) -> list[Any]:
+        report = conversations_import(owner=user, data=path.read_bytes(), filename=path.name)
+        for problem in report.problems:
+            self.stderr.write(f"{path.name}: skipped conversation {problem.index_or_id}: {problem.reason}")
+        if not report.imported:
+            raise CommandError(f"{path.name}: no conversation could be imported.")
+        self.stderr.write(f"{path.name}: imported {len(report.imported)} conversation(s) ({report.format}).")
+        return list(Conversation.objects.filter(pk__in=[c.id for c in report.imported]).order_by("pk"))
 
     def _follow(self, job: TrainingJob, options: dict[str, Any]) -> TrainingJob:
         started = time.monotonic()

@@ -1,0 +1,581 @@
+"""Generation throughput benchmark: real workers against the fake model with a fixed latency.
+
+Run from the project root::
+
+    .venv/bin/python bench/throughput_bench.py [--concurrency 16] [--latency 0.5] [--count 300]
+                                               [--database postgres|sqlite]
+
+What it does, all isolated from the development data (var/db.sqlite3 is never opened):
+
+* a database of its own: PostgreSQL ``masscer_bench`` (dropped, recreated) or a SQLite file in
+  a temporary directory, migrated with ``manage.py migrate`` in a subprocess;
+* a Redis database number of its own (``--redis-db``, flushed first) as the broker;
+* the fake OpenAI-compatible server (``python -m masscer.testing.fakellm``) with ``--latency``
+  seconds per call and a capacity of at least the worker concurrency;
+* one ``ingest`` worker (prefork, concurrency 1) and one ``llm`` worker (threads, concurrency C);
+* ``manage.py train GeoTopo-komprimiert.pdf --count N --agent bench --json``.
+
+The generation phase is measured from the fake's call log (first call start to last call end)
+and from the job's own started_at → finished_at. The ideal bound for C concurrent calls of
+latency L is ``max(ceil(calls / C), max_k) * L`` where ``max_k`` is the most model calls one
+chunk made (they are sequential). Efficiency = bound / measured wall time; the goal is ≥ 85 %.
+The figures are printed and written to the "## Generation throughput" section of BENCHMARKS.md
+(one subsection per database, other sections untouched).
+
+Everything the benchmark starts (workers, fake server) is stopped on exit, Ctrl-C or failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import fcntl
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT_ROOT))
+
+from masscer.testing.fakellm import FakeLLMClient  # noqa: E402
+from masscer.testing.processes import (  # noqa: E402
+    REDIS_HOST,
+    REDIS_PORT,
+    child_env,
+    manage,
+    port_open,
+    start_worker,
+    stop_process,
+)
+
+DEFAULT_SOURCE = PROJECT_ROOT / ".." / "shared" / "samples" / "pdf" / "GeoTopo-komprimiert.pdf"
+PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
+PG_DATABASE = "masscer_bench"
+BENCHMARKS_MD = PROJECT_ROOT / "BENCHMARKS.md"
+SECTION = "## Generation throughput"
+GOAL = 0.85
+
+# Runs inside `manage.py shell -c` against the bench database: the job and its work items.
+_STATS_SCRIPT = r"""
+import json
+from training.models import Completion, TrainingJob, WorkItem
+job = TrainingJob.objects.get(pk=JOB_ID)
+items = list(WorkItem.objects.filter(job=job).values("chunk_id", "chunk__content_hash", "chunk__token_count",
+    "quota", "made", "calls", "attempts", "status", "reasons"))
+times = Completion.objects.filter(job=job).values_list("created_at", flat=True)
+print(json.dumps({
+    "status": job.status,
+    "error": job.error,
+    "created_count": job.created_count,
+    "completions": Completion.objects.filter(job=job).count(),
+    "calls": job.calls,
+    "started_at": job.started_at.timestamp() if job.started_at else None,
+    "finished_at": job.finished_at.timestamp() if job.finished_at else None,
+    "first_completion_at": min(times).timestamp() if times else None,
+    "last_completion_at": max(times).timestamp() if times else None,
+    "items": items,
+}))
+"""
+
+
+class BenchError(RuntimeError):
+    """The run could not be completed; the message says why."""
+
+
+# --- processes ------------------------------------------------------------------------------
+
+
+@dataclass
+class Stack:
+    """Everything the benchmark starts, so that one `finally` can stop it."""
+
+    processes: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+
+    def add(self, name: str, process: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
+        self.processes.append((name, process))
+        return process
+
+    def stop(self) -> None:
+        # Reverse order: workers first, then the fake they talk to.
+        for _, process in reversed(self.processes):
+            with contextlib.suppress(Exception):
+                stop_process(process, timeout=10)
+        self.processes.clear()
+
+
+def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def start_fake(stack: Stack, *, latency: float, capacity: int, log: Path) -> str:
+    command = [
+        sys.executable, "-m", "masscer.testing.fakellm",
+        "--port", "0", "--latency", str(latency), "--capacity", str(capacity),
+        "--model", "fake-model",
+    ]  # fmt: skip
+    process = stack.add(
+        "fake",
+        subprocess.Popen(
+            command,
+            cwd=PROJECT_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=open(log, "ab"),  # noqa: SIM115
+            start_new_session=True,
+        ),
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline().decode().strip()  # the server prints its base URL first
+    if not line.startswith("http"):
+        raise BenchError(f"the fake server did not start: {line!r} (see {log})")
+    return line
+
+
+def wait_for_ready(log: Path, process: subprocess.Popen[bytes], name: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise BenchError(f"the {name} worker exited with {process.returncode}: {tail(log)}")
+        if log.exists() and re.search(r"\bready\.", log.read_text(errors="replace")):
+            return
+        time.sleep(0.2)
+    raise BenchError(f"the {name} worker was not ready after {timeout:g} s: {tail(log)}")
+
+
+def tail(path: Path, chars: int = 3000) -> str:
+    try:
+        return path.read_text(errors="replace")[-chars:]
+    except OSError:
+        return ""
+
+
+# --- isolated database and broker --------------------------------------------------------------
+
+
+def postgres_database() -> str:
+    import psycopg
+
+    if not port_open(PG_HOST, PG_PORT):
+        raise BenchError(f"PostgreSQL is not reachable at {PG_HOST}:{PG_PORT}")
+    with psycopg.connect(
+        host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres", autocommit=True
+    ) as connection:
+        connection.execute(f'DROP DATABASE IF EXISTS "{PG_DATABASE}" WITH (FORCE)')
+        connection.execute(f'CREATE DATABASE "{PG_DATABASE}"')
+    return f"postgres://{PG_USER}@{PG_HOST}:{PG_PORT}/{PG_DATABASE}"
+
+
+def sqlite_database(workdir: Path) -> str:
+    path = (workdir / "bench.sqlite3").resolve()
+    if path == (PROJECT_ROOT / "var" / "db.sqlite3").resolve():  # belt and braces
+        raise BenchError("refusing to use the development database")
+    return f"sqlite:///{path}"
+
+
+def redis_broker(db: int) -> str:
+    import redis
+
+    if not port_open(REDIS_HOST, REDIS_PORT):
+        raise BenchError(f"Redis is not reachable at {REDIS_HOST}:{REDIS_PORT}")
+    url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
+    redis.Redis.from_url(url).flushdb()
+    return url
+
+
+# --- measurement ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Figures:
+    database: str
+    concurrency: int
+    latency: float
+    requested: int
+    chunks: int
+    quotas: str
+    status: str
+    created: int
+    completions_rows: int
+    calls: int
+    calls_http: int
+    calls_rejected: int
+    calls_min: int
+    max_k: int
+    wall_calls: float  # first call start -> last call end (the fake's clock)
+    wall_generation: float  # first call start -> job finished_at
+    wall_job: float  # job started_at -> finished_at (includes extraction and chunking)
+    prepare: float  # job started_at -> first call start
+    tail_after_last_call: float  # last call end -> job finished_at
+    bound: float
+    bound_waves: float
+    bound_critical: float
+    max_in_flight: int
+    mean_in_flight: float
+    time_at_full: float  # fraction of the call window with C calls in flight
+    call_seconds_mean: float
+    between_calls_mean: float  # same chunk: previous call end -> next call start
+    between_calls_max: float
+    startup_lag_mean: float  # per chunk: first call start - first call of the job
+    error: str = ""
+
+    @property
+    def efficiency(self) -> float:
+        return self.bound / self.wall_calls if self.wall_calls > 0 else 0.0
+
+    @property
+    def efficiency_generation(self) -> float:
+        return self.bound / self.wall_generation if self.wall_generation > 0 else 0.0
+
+    @property
+    def completions_per_second(self) -> float:
+        return self.created / self.wall_generation if self.wall_generation > 0 else 0.0
+
+    @property
+    def calls_per_second(self) -> float:
+        return self.calls_http / self.wall_calls if self.wall_calls > 0 else 0.0
+
+    @property
+    def exact(self) -> bool:
+        return self.status == "completed" and self.created == self.requested == self.completions_rows
+
+
+def in_flight_profile(calls: list[dict[str, Any]], start: float, end: float, c: int) -> tuple[int, float, float]:
+    """(max in flight, mean in flight, fraction of [start, end] with >= c in flight)."""
+    events: list[tuple[float, int]] = []
+    for call in calls:
+        events.append((call["started"], 1))
+        events.append((call["ended"] or end, -1))
+    events.sort(key=lambda e: (e[0], e[1]))
+    level = peak = 0
+    area = full = 0.0
+    previous = start
+    for moment, delta in events:
+        span = max(0.0, moment - previous)
+        area += level * span
+        if level >= c:
+            full += span
+        previous = moment
+        level += delta
+        peak = max(peak, level)
+    window = max(1e-9, end - start)
+    return peak, area / window, full / window
+
+
+def measure(
+    *, args: argparse.Namespace, calls: list[dict[str, Any]], stats: dict[str, Any], max_in_flight: int
+) -> Figures:
+    generation = [c for c in calls if c.get("endpoint") in ("chat", "completion")]
+    served = [c for c in generation if c.get("status") == 200]
+    rejected = [c for c in generation if c.get("rejected")]
+    if not served:
+        raise BenchError(f"the fake saw no successful model call; job: {json.dumps(stats)[:2000]}")
+    first = min(c["started"] for c in generation)
+    last = max(c["ended"] or c["started"] for c in generation)
+    finished = stats["finished_at"] or last
+    started = stats["started_at"] or first
+    items = stats["items"]
+    per_call = int(os.environ.get("MASSCER_PAIRS_PER_CALL", "10"))
+    # Calls per chunk from the fake's log (every call, rejected ones too), by source text hash.
+    by_source: dict[str, list[dict[str, Any]]] = {}
+    for call in sorted(served, key=lambda c: c["started"]):
+        by_source.setdefault(call["source_hash"], []).append(call)
+    max_k = max(len(v) for v in by_source.values())
+    gaps = [
+        later["started"] - earlier["ended"]
+        for chunk_calls in by_source.values()
+        for earlier, later in zip(chunk_calls, chunk_calls[1:], strict=False)
+    ]
+    lags = [chunk_calls[0]["started"] - first for chunk_calls in by_source.values()]
+    c, latency = args.concurrency, args.latency
+    bound_waves = math.ceil(len(served) / c) * latency
+    bound_critical = max_k * latency
+    peak, mean, full = in_flight_profile(generation, first, last, c)
+    quotas = sorted(i["quota"] for i in items)
+    return Figures(
+        database=args.database,
+        concurrency=c,
+        latency=latency,
+        requested=args.count,
+        chunks=len(items),
+        quotas=f"{quotas[0]}–{quotas[-1]}" if quotas else "-",
+        status=stats["status"],
+        created=stats["created_count"],
+        completions_rows=stats["completions"],
+        calls=stats["calls"],
+        calls_http=len(served),
+        calls_rejected=len(rejected),
+        calls_min=sum(math.ceil(i["quota"] / per_call) for i in items),
+        max_k=max_k,
+        wall_calls=last - first,
+        wall_generation=finished - first,
+        wall_job=finished - started,
+        prepare=first - started,
+        tail_after_last_call=finished - last,
+        bound=max(bound_waves, bound_critical),
+        bound_waves=bound_waves,
+        bound_critical=bound_critical,
+        max_in_flight=max(max_in_flight, peak),
+        mean_in_flight=mean,
+        time_at_full=full,
+        call_seconds_mean=sum((x["ended"] - x["started"]) for x in served) / len(served),
+        between_calls_mean=sum(gaps) / len(gaps) if gaps else 0.0,
+        between_calls_max=max(gaps, default=0.0),
+        startup_lag_mean=sum(lags) / len(lags) if lags else 0.0,
+        error=stats.get("error") or "",
+    )
+
+
+def table(f: Figures) -> list[tuple[str, str]]:
+    verdict = "meets" if f.efficiency >= GOAL else "BELOW"
+    exact = "yes" if f.exact else f"NO ({f.created} created, {f.completions_rows} rows, status {f.status})"
+    return [
+        ("database", f.database),
+        ("llm worker", f"threads, concurrency {f.concurrency}"),
+        ("model latency", f"{f.latency:g} s per call (fake server)"),
+        ("job", f"{f.status}; {f.chunks} chunks, quotas {f.quotas}"),
+        ("completions", f"{f.created} of {f.requested} (exactly N: {exact})"),
+        ("model calls", f"{f.calls_http} (job counter {f.calls}, minimum {f.calls_min}, "
+                        f"429s {f.calls_rejected}, max per chunk {f.max_k})"),
+        ("call window", f"{f.wall_calls:.2f} s (first call start → last call end)"),
+        ("generation", f"{f.wall_generation:.2f} s (first call → job finished; "
+                       f"tail {f.tail_after_last_call:.2f} s)"),
+        ("job started→finished", f"{f.wall_job:.2f} s (extraction + chunking {f.prepare:.2f} s)"),
+        ("completions/s", f"{f.completions_per_second:.1f}"),
+        ("calls/s", f"{f.calls_per_second:.2f} (ideal {f.concurrency / f.latency:.1f})"),
+        ("ideal bound", f"{f.bound:.2f} s = max(ceil({f.calls_http}/{f.concurrency})×{f.latency:g} = "
+                        f"{f.bound_waves:.2f}, {f.max_k}×{f.latency:g} = {f.bound_critical:.2f})"),
+        ("efficiency", f"{f.efficiency:.0%} of the bound over the call window ({verdict} the "
+                       f"{GOAL:.0%} goal); {f.efficiency_generation:.0%} up to job finished"),
+        ("in flight", f"max {f.max_in_flight} of {f.concurrency}, mean {f.mean_in_flight:.1f}, "
+                      f"all {f.concurrency} busy {f.time_at_full:.0%} of the window"),
+        ("per call", f"{f.call_seconds_mean:.3f} s at the server; same chunk between calls "
+                     f"mean {f.between_calls_mean * 1000:.0f} ms, max {f.between_calls_max * 1000:.0f} ms"),
+        ("chunk start lag", f"mean {f.startup_lag_mean:.2f} s after the first call"),
+    ]
+
+
+# --- BENCHMARKS.md -----------------------------------------------------------------------------
+
+
+def machine() -> str:
+    memory = "?"
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+    return (
+        f"{os.cpu_count()} cores, {memory} RAM, Python {platform.python_version()} "
+        f"({platform.system()} {platform.machine()})"
+    )
+
+
+def markdown_block(f: Figures, command: str) -> str:
+    label = {"postgres": "PostgreSQL", "sqlite": "SQLite"}[f.database]
+    lines = [
+        f"### {label}",
+        "",
+        f"- date: {dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
+        f"- machine: {machine()}",
+        f"- command: `{command}`",
+        "",
+        "| figure | value |",
+        "|---|---|",
+        *(f"| {name} | {value.replace('|', '/')} |" for name, value in table(f)),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+SECTION_INTRO = """\
+`bench/throughput_bench.py`: `manage.py train` on GeoTopo-komprimiert.pdf (117 pages) with
+real Celery workers (Redis broker; ingest prefork ×1, llm threads ×C) against the fake model
+server with a fixed latency per call. Ideal bound = max(ceil(calls / C) × L, max calls of one
+chunk × L); efficiency = bound / measured call window (goal ≥ 85 %).
+"""
+
+
+def update_benchmarks_md(block: str, database_heading: str) -> None:
+    """Replace (or add) this database's subsection under SECTION; leave everything else alone."""
+    BENCHMARKS_MD.touch(exist_ok=True)
+    with open(BENCHMARKS_MD, "r+", encoding="utf-8") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # others writing their section at the same moment
+        text = handle.read()
+        if not text.strip():
+            text = "# Benchmarks\n"
+        lines = text.splitlines()
+        start = next((i for i, line in enumerate(lines) if line.strip() == SECTION), None)
+        if start is None:
+            lines = [*lines, "", SECTION, "", *SECTION_INTRO.rstrip().splitlines(), ""]
+            start = len(lines) - len(SECTION_INTRO.rstrip().splitlines()) - 3
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        section = lines[start:end]
+        sub = next((i for i, line in enumerate(section) if line.strip() == database_heading), None)
+        new = block.rstrip().splitlines()
+        if sub is None:
+            while section and not section[-1].strip():
+                section.pop()
+            section = [*section, "", *new, ""]
+        else:
+            sub_end = next(
+                (i for i in range(sub + 1, len(section)) if section[i].startswith(("### ", "## "))),
+                len(section),
+            )
+            section = [*section[:sub], *new, "", *section[sub_end:]]
+        merged = [*lines[:start], *section, *lines[end:]]
+        result = "\n".join(merged).rstrip() + "\n"
+        result = re.sub(r"\n{3,}", "\n\n", result)
+        handle.seek(0)
+        handle.write(result)
+        handle.truncate()
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace, workdir: Path, stack: Stack) -> Figures:
+    source = Path(args.source).resolve()
+    if not source.is_file():
+        raise BenchError(f"no such source file: {source}")
+    logs = workdir / "logs"
+    logs.mkdir()
+    if args.database == "postgres":
+        database_url = postgres_database()
+    else:
+        database_url = sqlite_database(workdir)
+    broker = redis_broker(args.redis_db)
+    fake_url = start_fake(
+        stack, latency=args.latency, capacity=max(64, 2 * args.concurrency), log=logs / "fake.log"
+    )
+    env = child_env(
+        DATABASE_URL=database_url,
+        CELERY_BROKER_URL=broker,
+        CELERY_TASK_ALWAYS_EAGER="false",
+        MASSCER_LLM_BASE_URL=fake_url,
+        MASSCER_LLM_API_KEY="sk-bench",
+        MASSCER_LLM_MODEL="fake-model",
+        MASSCER_LLM_MODE="chat",
+        MASSCER_MEDIA_ROOT=str(workdir / "uploads"),
+        MASSCER_VAR_DIR=str(workdir / "var"),  # nothing may fall back to var/ of the project
+        MASSCER_CLI_USER="bench",
+        DJANGO_SETTINGS_MODULE="masscer.settings",
+    )
+    (workdir / "var").mkdir()
+    print(f"database {database_url}, broker {broker}, fake {fake_url}", file=sys.stderr)
+    migrated = manage("migrate", "--noinput", env=env, timeout=300)
+    if migrated.returncode != 0:
+        raise BenchError("migrate failed:\n" + migrated.stderr[-3000:])
+
+    ingest_log, llm_log = logs / "ingest.log", logs / "llm.log"
+    ingest = stack.add(
+        "ingest",
+        start_worker(env, queues="ingest", pool="prefork", concurrency=1, name="bench-ingest", log_path=ingest_log),
+    )
+    llm_worker = stack.add(
+        "llm",
+        start_worker(
+            env, queues="llm", pool="threads", concurrency=args.concurrency, name="bench-llm", log_path=llm_log
+        ),
+    )
+    wait_for_ready(ingest_log, ingest, "ingest")
+    wait_for_ready(llm_log, llm_worker, "llm")
+
+    print(f"train {source.name} --count {args.count} ...", file=sys.stderr)
+    began = time.monotonic()
+    trained = manage(
+        "train", str(source), "--count", str(args.count), "--agent", "bench", "--json",
+        "--timeout", str(args.timeout), env=env, timeout=args.timeout + 60,
+    )  # fmt: skip
+    print(f"train returned {trained.returncode} after {time.monotonic() - began:.1f} s", file=sys.stderr)
+    try:
+        summary = json.loads(trained.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError) as exc:
+        raise BenchError(
+            f"train printed no summary (exit {trained.returncode}):\n{trained.stderr[-2000:]}\n"
+            f"llm worker log:\n{tail(llm_log)}"
+        ) from exc
+
+    shell = manage("shell", "-c", _STATS_SCRIPT.replace("JOB_ID", str(int(summary["job_id"]))), env=env, timeout=120)
+    if shell.returncode != 0:
+        raise BenchError("reading the job back failed:\n" + shell.stderr[-3000:])
+    stats = json.loads(shell.stdout.strip().splitlines()[-1])
+    client = FakeLLMClient(fake_url, timeout=60)
+    calls = client.calls(brief=True)
+    state = client.state()
+    figures = measure(args=args, calls=calls, stats=stats, max_in_flight=int(state.get("max_in_flight") or 0))
+    if args.dump:
+        Path(args.dump).write_text(json.dumps({"summary": summary, "stats": stats, "calls": calls}, default=str))
+    if summary["status"] != "completed":
+        print(f"the job ended {summary['status']}: {summary.get('error')}", file=sys.stderr)
+    return figures
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--concurrency", "-c", type=int, default=16, help="llm worker threads (C)")
+    parser.add_argument("--latency", type=float, default=0.5, help="seconds per model call (L)")
+    parser.add_argument("--count", "-n", type=int, default=300, help="completions to make (N)")
+    parser.add_argument("--database", choices=("postgres", "sqlite"), default="postgres")
+    parser.add_argument("--redis-db", type=int, default=12, help="Redis database number (flushed)")
+    parser.add_argument("--source", default=str(DEFAULT_SOURCE), help="document to train with")
+    parser.add_argument("--timeout", type=float, default=600, help="give up on the job after this long")
+    parser.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
+    parser.add_argument("--dump", help="write the raw call log and job stats to this JSON file")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    command = ".venv/bin/python bench/throughput_bench.py " + " ".join(
+        [f"--concurrency {args.concurrency}", f"--latency {args.latency:g}", f"--count {args.count}",
+         f"--database {args.database}"]
+    )
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    signal.signal(signal.SIGHUP, _raise_keyboard_interrupt)
+    workdir = Path(tempfile.mkdtemp(prefix="masscer-throughput-"))
+    stack = Stack()
+    try:
+        figures = run(args, workdir, stack)
+    except KeyboardInterrupt:
+        print("interrupted; stopping workers and the fake server", file=sys.stderr)
+        return 130
+    except BenchError as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        stack.stop()
+        if args.keep:
+            print(f"kept {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    rows = table(figures)
+    width = max(len(name) for name, _ in rows)
+    print(f"\nGeneration throughput ({machine()})")
+    for name, value in rows:
+        print(f"  {name:<{width}}  {value}")
+    if not args.no_write:
+        label = {"postgres": "PostgreSQL", "sqlite": "SQLite"}[figures.database]
+        update_benchmarks_md(markdown_block(figures, command), f"### {label}")
+        print(f"\nupdated {BENCHMARKS_MD.relative_to(PROJECT_ROOT)} ({SECTION}, ### {label})")
+    if not figures.exact:
+        print(f"\nNOT EXACT: {figures.created} completions for N = {figures.requested}: {figures.error}")
+        return 1
+    return 0 if figures.efficiency >= GOAL else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

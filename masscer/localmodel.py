@@ -44,7 +44,10 @@ def main() -> None:
     args = parser.parse_args()
     command = server_command(args.port, threads=args.threads, n_ctx=args.n_ctx)
     print(f"Local model {MODEL_ALIAS} on http://127.0.0.1:{args.port}/v1", flush=True)
-    os.execv(command[0], command)
+    # llama_cpp.server reads HOST/PORT from the environment over its flags, and honcho
+    # sets PORT for every process: drop them so the flags above hold.
+    env = {k: v for k, v in os.environ.items() if k not in {"HOST", "PORT"}}
+    os.execve(command[0], command, env)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from django.db import models
 
 
 class Agent(models.Model):
+    workspace = models.ForeignKey("workspaces.Workspace", on_delete=models.CASCADE, related_name="agents")
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="agents")
     name = models.CharField(max_length=200)
     slug = models.SlugField(max_length=100)
@@ -19,7 +20,9 @@ class Agent(models.Model):
 
     class Meta:
         ordering = ["name", "id"]
-        constraints = [models.UniqueConstraint(fields=["owner", "slug"], name="agent_unique_slug_per_owner")]
+        constraints = [
+            models.UniqueConstraint(fields=["workspace", "slug"], name="agent_unique_slug_per_workspace")
+        ]
 
     def __str__(self) -> str:
         return self.name

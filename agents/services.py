@@ -9,18 +9,31 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils.text import slugify
 
+from workspaces.models import Workspace
+from workspaces.services import workspace_for_write
+
 from .models import Agent
 
 
 @transaction.atomic
-def agent_create(*, owner: AbstractBaseUser, name: str, slug: str = "", system_prompt: str = "", **params: Any) -> Agent:
+def agent_create(
+    *,
+    owner: AbstractBaseUser,
+    name: str,
+    workspace: Workspace | None = None,
+    slug: str = "",
+    system_prompt: str = "",
+    **params: Any,
+) -> Agent:
+    workspace = workspace_for_write(user=owner, workspace=workspace)
     slug = slugify(slug or name)[:100]
     if not slug:
         raise ValidationError("An agent needs a name made of letters or digits.")
-    if Agent.objects.filter(owner=owner, slug=slug).exists():
-        raise ValidationError(f"You already have an agent called '{slug}'.")
+    if Agent.objects.filter(workspace=workspace, slug=slug).exists():
+        raise ValidationError(f"The workspace already has an agent called '{slug}'.")
     return Agent.objects.create(
         owner=owner,
+        workspace=workspace,
         name=name.strip() or slug,
         slug=slug,
         system_prompt=system_prompt.strip() or settings.DEFAULT_AGENT_SYSTEM_PROMPT,
@@ -28,9 +41,12 @@ def agent_create(*, owner: AbstractBaseUser, name: str, slug: str = "", system_p
     )
 
 
-def agent_get_or_create(*, owner: AbstractBaseUser, slug: str) -> tuple[Agent, bool]:
+def agent_get_or_create(
+    *, owner: AbstractBaseUser, slug: str, workspace: Workspace | None = None
+) -> tuple[Agent, bool]:
     """The agent with this slug, created with the default system prompt if missing."""
-    existing = Agent.objects.filter(owner=owner, slug=slugify(slug)).first()
+    workspace = workspace_for_write(user=owner, workspace=workspace)
+    existing = Agent.objects.filter(workspace=workspace, slug=slugify(slug)).first()
     if existing:
         return existing, False
-    return agent_create(owner=owner, name=slug, slug=slug), True
+    return agent_create(owner=owner, workspace=workspace, name=slug, slug=slug), True

@@ -5,6 +5,7 @@ from django.db import models
 
 
 class Conversation(models.Model):
+    workspace = models.ForeignKey("workspaces.Workspace", on_delete=models.CASCADE, related_name="conversations")
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations"
     )
@@ -20,7 +21,7 @@ class Conversation(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
-        indexes = [models.Index(fields=["owner", "-created_at"])]
+        indexes = [models.Index(fields=["workspace", "-created_at"])]
 
     def __str__(self) -> str:
         return self.title or f"Conversation {self.pk}"

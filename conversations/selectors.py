@@ -4,13 +4,15 @@ from __future__ import annotations
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Count, QuerySet
 
+from workspaces.selectors import visible_to
+
 from .models import Conversation, Message
 
 
-def conversations_for(*, owner: AbstractBaseUser) -> QuerySet[Conversation]:
-    """The owner's conversations, newest first, each with `message_count`."""
+def conversations_for(*, user: AbstractBaseUser) -> QuerySet[Conversation]:
+    """Conversations of the user's workspaces, newest first, each with `message_count`."""
     return (
-        Conversation.objects.filter(owner=owner)
+        visible_to(Conversation.objects.all(), user=user)
         .annotate(message_count=Count("messages"))
         .order_by("-created_at", "-id")
     )

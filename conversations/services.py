@@ -13,6 +13,9 @@ from django.db import DatabaseError, transaction
 from django.db.models import Max
 from django.utils import timezone
 
+from workspaces.models import Workspace
+from workspaces.services import workspace_for_write
+
 from .importers import (
     ImportFormatError,
     ParsedConversation,
@@ -141,6 +144,7 @@ def _tags_clean(tags: Sequence[str]) -> list[str]:
 def conversation_create(
     *,
     owner: AbstractBaseUser,
+    workspace: Workspace | None = None,
     title: str = "",
     source_format: str = "manual",
     external_id: str = "",
@@ -153,6 +157,7 @@ def conversation_create(
     validated = _messages_validated(messages)  # before any row exists
     conversation = Conversation.objects.create(
         owner=owner,
+        workspace=workspace_for_write(user=owner, workspace=workspace),
         title=_title_validate(title),
         source_format=source_format,
         external_id=external_id[:ID_CHARS],
@@ -217,6 +222,7 @@ def conversations_import(
     owner: AbstractBaseUser,
     data: bytes,
     filename: str,
+    workspace: Workspace | None = None,
     fmt: str | None = None,
     max_bytes: int | None = None,
 ) -> ImportReport:
@@ -233,19 +239,26 @@ def conversations_import(
         raise ValidationError(str(exc), code="import_format") from exc
     report = ImportReport(format=parsed.format, filename=filename, problems=list(parsed.problems))
     imported_at = timezone.now()
+    workspace = workspace_for_write(user=owner, workspace=workspace)
     for item in parsed.conversations:
-        _import_one(owner=owner, item=item, imported_at=imported_at, report=report)
+        _import_one(owner=owner, workspace=workspace, item=item, imported_at=imported_at, report=report)
     return report
 
 
 def _import_one(
-    *, owner: AbstractBaseUser, item: ParsedConversation, imported_at: datetime, report: ImportReport
+    *,
+    owner: AbstractBaseUser,
+    workspace: Workspace,
+    item: ParsedConversation,
+    imported_at: datetime,
+    report: ImportReport,
 ) -> None:
     try:
         # Its own atomic block (a savepoint inside a caller's transaction): a failure here
         # rolls back this conversation only.
         conversation = conversation_create(
             owner=owner,
+            workspace=workspace,
             title=item.title,
             source_format=item.source_format,
             external_id=item.external_id,

@@ -30,6 +30,8 @@ class Document(models.Model):
         Status.FAILED: set(),
     }
 
+    workspace = models.ForeignKey("workspaces.Workspace", on_delete=models.CASCADE, related_name="documents")
+    # Who uploaded it; access goes by workspace membership.
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="documents")
     title = models.CharField(max_length=300)
     filename = models.CharField(max_length=300)
@@ -51,7 +53,7 @@ class Document(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
-        indexes = [models.Index(fields=["owner", "-created_at"])]
+        indexes = [models.Index(fields=["workspace", "-created_at"])]
 
     def __str__(self) -> str:
         return self.title

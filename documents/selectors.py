@@ -4,11 +4,13 @@ from __future__ import annotations
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import QuerySet
 
+from workspaces.selectors import visible_to
+
 from .models import Document, Page
 
 
-def documents_for(*, owner: AbstractBaseUser) -> QuerySet[Document]:
-    return Document.objects.filter(owner=owner).order_by("-created_at", "-id")
+def documents_for(*, user: AbstractBaseUser) -> QuerySet[Document]:
+    return visible_to(Document.objects.all(), user=user).order_by("-created_at", "-id")
 
 
 def document_pages(*, document: Document) -> QuerySet[Page]:

@@ -18,6 +18,9 @@ from django.utils import timezone
 from masscer.lib.extract import ExtractionError, extract_isolated
 from masscer.lib.tokens import count_tokens
 
+from workspaces.models import Workspace
+from workspaces.services import workspace_for_write
+
 from .models import Document, Page
 
 logger = logging.getLogger(__name__)
@@ -51,13 +54,21 @@ def document_validate_upload(*, filename: str, size: int) -> None:
 
 @transaction.atomic
 def document_create(
-    *, owner: AbstractBaseUser, fileobj: IO[bytes], filename: str, title: str = "", enqueue: bool = True
+    *,
+    owner: AbstractBaseUser,
+    fileobj: IO[bytes],
+    filename: str,
+    workspace: Workspace | None = None,
+    title: str = "",
+    enqueue: bool = True,
 ) -> Document:
     """Store an upload and queue its extraction (after commit)."""
+    workspace = workspace_for_write(user=owner, workspace=workspace)
     sha256, size = _sha256_of(fileobj)
     document_validate_upload(filename=filename, size=size)
     document = Document(
         owner=owner,
+        workspace=workspace,
         title=(title or Path(filename).stem or filename)[:300],
         filename=Path(filename).name[:300],
         size=size,
@@ -79,10 +90,12 @@ def document_create(
     return document
 
 
-def document_create_from_path(*, owner: AbstractBaseUser, path: str | Path, title: str = "") -> Document:
+def document_create_from_path(
+    *, owner: AbstractBaseUser, path: str | Path, workspace: Workspace | None = None, title: str = ""
+) -> Document:
     path = Path(path)
     with path.open("rb") as handle:
-        return document_create(owner=owner, fileobj=handle, filename=path.name, title=title)
+        return document_create(owner=owner, workspace=workspace, fileobj=handle, filename=path.name, title=title)
 
 
 def _claim_for_extraction(document_id: int) -> bool:

@@ -88,6 +88,7 @@ class TrainingJob(models.Model):
     }
     FINISHED = (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
 
+    workspace = models.ForeignKey("workspaces.Workspace", on_delete=models.CASCADE, related_name="training_jobs")
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="training_jobs")
     documents = models.ManyToManyField("documents.Document", blank=True, related_name="training_jobs")
     conversations = models.ManyToManyField("conversations.Conversation", blank=True, related_name="training_jobs")
@@ -121,7 +122,7 @@ class TrainingJob(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
-        indexes = [models.Index(fields=["owner", "-created_at"])]
+        indexes = [models.Index(fields=["workspace", "-created_at"])]
 
     def __str__(self) -> str:
         return f"job {self.pk} ({self.status})"

@@ -19,6 +19,9 @@ from documents.models import Document
 from documents.services import document_extract
 from masscer.lib.tokens import chunk_pages
 
+from workspaces.models import Workspace
+from workspaces.services import workspace_for_write
+
 from .models import Assignment, Chunk, Completion, TrainingJob, WorkItem
 from .planning import allocate, allocate_capped
 from .validation import describe_reasons
@@ -103,10 +106,10 @@ def _check_count(count: int) -> None:
         )
 
 
-def _check_owned(owner: AbstractBaseUser, objects: Sequence[Any], label: str) -> None:
+def _check_same_workspace(workspace_id: int, objects: Sequence[Any], label: str) -> None:
     for obj in objects:
-        if obj.owner_id != owner.pk:
-            raise ValidationError(f"You do not have access to this {label}.", code="forbidden")
+        if obj.workspace_id != workspace_id:
+            raise ValidationError(f"The {label} '{obj}' is not in this job's workspace.", code="forbidden")
 
 
 @transaction.atomic
@@ -115,6 +118,7 @@ def job_create(
     owner: AbstractBaseUser,
     count: int,
     agents: Sequence[Any],
+    workspace: Workspace | None = None,
     documents: Sequence[Document] = (),
     conversations: Sequence[Any] = (),
     model: str = "",
@@ -131,15 +135,21 @@ def job_create(
     _check_count(count)
     if not documents and not conversations:
         raise ValidationError("Choose at least one document or conversation to train with.", code="sources")
-    _check_owned(owner, documents, "document")
-    _check_owned(owner, conversations, "conversation")
-    _check_owned(owner, agents, "agent")
+    if workspace is None:
+        # The sources say where the job belongs; with none given, the user's own workspace.
+        first = next(iter([*documents, *conversations]), None)
+        workspace = first.workspace if first is not None else None
+    workspace = workspace_for_write(user=owner, workspace=workspace)
+    _check_same_workspace(workspace.pk, documents, "document")
+    _check_same_workspace(workspace.pk, conversations, "conversation")
+    _check_same_workspace(workspace.pk, agents, "agent")
     if style not in TrainingJob.Style.values:
         raise ValidationError(f"Unknown style {style!r}; use synthesize or mine.", code="style")
     if style == TrainingJob.Style.MINE and documents:
         raise ValidationError("The mine style works on conversations only; use synthesize for documents.")
     job = TrainingJob.objects.create(
         owner=owner,
+        workspace=workspace,
         requested_count=count,
         model=model or settings.MASSCER_LLM_MODEL,
         temperature=temperature,

@@ -13,6 +13,7 @@ from django.db import IntegrityError
 from conversations.importers import human_size
 from conversations.models import Conversation, Message
 from conversations.selectors import conversation_messages, conversations_for
+from workspaces.services import membership_add
 from conversations.services import (
     conversation_create,
     conversation_delete,
@@ -253,13 +254,17 @@ def test_conversation_delete_removes_its_messages(alice: AbstractBaseUser) -> No
 # --------------------------------------------------------------------------- selectors
 
 
-def test_it_hides_alices_conversations_from_bob(alice: AbstractBaseUser, bob: AbstractBaseUser) -> None:
+def test_it_shows_alices_conversations_to_her_teammate_bob_but_not_to_charlie(
+    alice: AbstractBaseUser, bob: AbstractBaseUser, charlie: AbstractBaseUser
+) -> None:
     messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]
     mine = conversation_create(owner=alice, messages=messages)
-    conversation_create(owner=bob, messages=[{"role": "user", "content": "Hey"}])
+    conversation_create(owner=charlie, messages=[{"role": "user", "content": "Hey"}])
+    membership_add(workspace=mine.workspace, user=bob)
 
-    assert [(c.pk, c.message_count) for c in conversations_for(owner=alice)] == [(mine.pk, 2)]
-    assert all(c.owner_id == bob.pk for c in conversations_for(owner=bob))
+    assert [(c.pk, c.message_count) for c in conversations_for(user=alice)] == [(mine.pk, 2)]
+    assert [c.pk for c in conversations_for(user=bob)] == [mine.pk]
+    assert all(c.owner_id == charlie.pk for c in conversations_for(user=charlie))
 
 
 def test_report_as_dict_is_json_ready(alice: AbstractBaseUser) -> None:

@@ -8,6 +8,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 APPS = {"documents", "conversations", "training", "agents"}
+# workspaces is the floor everyone stands on (like auth): apps may import it, lib may not.
 
 
 def imported_roots(path: Path) -> set[str]:
@@ -28,7 +29,7 @@ def python_files(folder: str, *, skip_tests: bool = True) -> list[Path]:
 
 @pytest.mark.parametrize("path", python_files("masscer/lib"), ids=str)
 def test_masscer_lib_imports_no_app(path: Path) -> None:
-    assert not imported_roots(path) & APPS
+    assert not imported_roots(path) & (APPS | {"workspaces"})
 
 
 @pytest.mark.parametrize("app", ["documents", "conversations"])
@@ -42,6 +43,11 @@ def test_training_refers_to_agents_only_by_label() -> None:
     for name in ("models", "services", "tasks", "generation", "planning", "validation", "export"):
         path = ROOT / "training" / f"{name}.py"
         assert "agents" not in imported_roots(path), path
+
+
+def test_workspaces_import_no_other_app() -> None:
+    for path in python_files("workspaces"):
+        assert not imported_roots(path) & APPS, path
 
 
 def test_only_the_model_door_imports_openai() -> None:

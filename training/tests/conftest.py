@@ -8,6 +8,7 @@ import pytest
 
 from agents.models import Agent
 from documents.models import Document, Page
+from workspaces.services import workspace_personal
 
 WORDS = (
     "river bridge engine harbour valve turbine ledger invoice customer refund warranty policy "
@@ -34,7 +35,7 @@ def ready_document() -> Callable[..., Document]:
 
     def make(owner: Any, pages: int = 3, sentences_per_page: int = 25, title: str = "Manual") -> Document:
         document = Document.objects.create(
-            owner=owner, title=title, filename=f"{title}.txt", file="documents/x.txt", sha256="0" * 64,
+            owner=owner, workspace=workspace_personal(user=owner), title=title, filename=f"{title}.txt", file="documents/x.txt", sha256="0" * 64,
             status=Document.Status.READY, page_count=pages,
         )
         Page.objects.bulk_create(
@@ -48,4 +49,7 @@ def ready_document() -> Callable[..., Document]:
 
 @pytest.fixture
 def agent(alice: Any) -> Agent:
-    return Agent.objects.create(owner=alice, name="Support", slug="support", system_prompt="You help customers.")
+    return Agent.objects.create(
+        owner=alice, workspace=workspace_personal(user=alice), name="Support", slug="support",
+        system_prompt="You help customers.",
+    )

@@ -257,8 +257,11 @@ def test_n_above_the_maximum_is_refused_with_a_clear_error(alice, agent, ready_d
 
 def test_it_refuses_charlies_agent_on_alices_job(alice, charlie, ready_document) -> None:
     from agents.models import Agent
+    from workspaces.services import workspace_personal
 
-    charlies = Agent.objects.create(owner=charlie, name="C", slug="c", system_prompt="x")
+    charlies = Agent.objects.create(
+        owner=charlie, workspace=workspace_personal(user=charlie), name="C", slug="c", system_prompt="x"
+    )
     document = ready_document(alice, pages=1)
     with pytest.raises(ValidationError):
         new_job(alice, document, charlies, 2)

@@ -66,7 +66,7 @@ def test_a_small_job_on_the_local_model_terminates_with_only_valid_completions(
     settings.MASSCER_LLM_MODE = "completion"
     settings.MASSCER_LLM_TIMEOUT = 120
     document = Document.objects.create(
-        owner=alice, title="Eiffel", filename="eiffel.md", file="documents/e.md", sha256="0" * 64,
+        owner=alice, workspace=agent.workspace, title="Eiffel", filename="eiffel.md", file="documents/e.md", sha256="0" * 64,
         status=Document.Status.READY, page_count=1,
     )
     Page.objects.create(document=document, number=1, text=TEXT)

@@ -8,6 +8,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from agents.selectors import agent_by_slug
 from training.export import FORMATS, STATUSES, export_lines
+from workspaces.services import workspace_personal
 
 from ._common import cli_user
 
@@ -23,7 +24,8 @@ class Command(BaseCommand):
         parser.add_argument("--output", "-o", help="write to this file instead of stdout")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        agent = agent_by_slug(owner=cli_user(options["user"]), slug=options["agent"])
+        workspace = workspace_personal(user=cli_user(options["user"]))
+        agent = agent_by_slug(workspace_id=workspace.pk, slug=options["agent"])
         if agent is None:
             raise CommandError(f"No agent '{options['agent']}'.")
         lines = export_lines(agent=agent, fmt=options["fmt"], status=options["status"])

@@ -17,7 +17,6 @@ from django.utils import timezone
 
 from masscer.lib.extract import ExtractionError, extract_isolated
 from masscer.lib.tokens import count_tokens
-
 from workspaces.models import Workspace
 from workspaces.services import workspace_for_write
 

@@ -18,7 +18,6 @@ from django.utils import timezone
 from documents.models import Document
 from documents.services import document_extract
 from masscer.lib.tokens import chunk_pages
-
 from workspaces.models import Workspace
 from workspaces.services import workspace_for_write
 

@@ -13,7 +13,6 @@ from django.db import IntegrityError
 from conversations.importers import human_size
 from conversations.models import Conversation, Message
 from conversations.selectors import conversation_messages, conversations_for
-from workspaces.services import membership_add
 from conversations.services import (
     conversation_create,
     conversation_delete,
@@ -21,6 +20,7 @@ from conversations.services import (
     conversations_import,
     message_add,
 )
+from workspaces.services import membership_add
 
 from .conftest import as_json, sample
 

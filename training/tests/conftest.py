@@ -10,13 +10,65 @@ from agents.models import Agent
 from documents.models import Document, Page
 from workspaces.services import workspace_personal
 
-WORDS = (
-    "river bridge engine harbour valve turbine ledger invoice customer refund warranty policy "
-    "sensor voltage battery charger antenna signal router firmware update backup archive "
-    "meadow forest glacier volcano canyon desert island lagoon summit valley plateau delta "
-    "protein enzyme membrane neuron synapse hormone vitamin mineral calcium sodium glucose "
-    "treaty senate council tariff harvest vineyard orchard granary windmill foundry quarry"
-).split()
+WORDS = [
+    "river",
+    "bridge",
+    "engine",
+    "harbour",
+    "valve",
+    "turbine",
+    "ledger",
+    "invoice",
+    "customer",
+    "refund",
+    "warranty",
+    "policy",
+    "sensor",
+    "voltage",
+    "battery",
+    "charger",
+    "antenna",
+    "signal",
+    "router",
+    "firmware",
+    "update",
+    "backup",
+    "archive",
+    "meadow",
+    "forest",
+    "glacier",
+    "volcano",
+    "canyon",
+    "desert",
+    "island",
+    "lagoon",
+    "summit",
+    "valley",
+    "plateau",
+    "delta",
+    "protein",
+    "enzyme",
+    "membrane",
+    "neuron",
+    "synapse",
+    "hormone",
+    "vitamin",
+    "mineral",
+    "calcium",
+    "sodium",
+    "glucose",
+    "treaty",
+    "senate",
+    "council",
+    "tariff",
+    "harvest",
+    "vineyard",
+    "orchard",
+    "granary",
+    "windmill",
+    "foundry",
+    "quarry",
+]
 
 
 def prose(seed: int, sentences: int) -> str:
@@ -35,8 +87,14 @@ def ready_document() -> Callable[..., Document]:
 
     def make(owner: Any, pages: int = 3, sentences_per_page: int = 25, title: str = "Manual") -> Document:
         document = Document.objects.create(
-            owner=owner, workspace=workspace_personal(user=owner), title=title, filename=f"{title}.txt", file="documents/x.txt", sha256="0" * 64,
-            status=Document.Status.READY, page_count=pages,
+            owner=owner,
+            workspace=workspace_personal(user=owner),
+            title=title,
+            filename=f"{title}.txt",
+            file="documents/x.txt",
+            sha256="0" * 64,
+            status=Document.Status.READY,
+            page_count=pages,
         )
         Page.objects.bulk_create(
             Page(document=document, number=n, text=prose(n * 7 + document.pk, sentences_per_page))
@@ -50,6 +108,9 @@ def ready_document() -> Callable[..., Document]:
 @pytest.fixture
 def agent(alice: Any) -> Agent:
     return Agent.objects.create(
-        owner=alice, workspace=workspace_personal(user=alice), name="Support", slug="support",
+        owner=alice,
+        workspace=workspace_personal(user=alice),
+        name="Support",
+        slug="support",
         system_prompt="You help customers.",
     )

@@ -1,4 +1,5 @@
 """A small job against the real embedded local model (gemma-3-270m in llama-cpp-python's server)."""
+
 from __future__ import annotations
 
 import socket
@@ -38,7 +39,10 @@ def free_port() -> int:
 def local_model() -> Iterator[str]:
     port = free_port()
     process = subprocess.Popen(
-        server_command(port, n_ctx=2048), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        server_command(port, n_ctx=2048),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
     base_url = f"http://127.0.0.1:{port}/v1"
@@ -66,8 +70,14 @@ def test_a_small_job_on_the_local_model_terminates_with_only_valid_completions(
     settings.MASSCER_LLM_MODE = "completion"
     settings.MASSCER_LLM_TIMEOUT = 120
     document = Document.objects.create(
-        owner=alice, workspace=agent.workspace, title="Eiffel", filename="eiffel.md", file="documents/e.md", sha256="0" * 64,
-        status=Document.Status.READY, page_count=1,
+        owner=alice,
+        workspace=agent.workspace,
+        title="Eiffel",
+        filename="eiffel.md",
+        file="documents/e.md",
+        sha256="0" * 64,
+        status=Document.Status.READY,
+        page_count=1,
     )
     Page.objects.create(document=document, number=1, text=TEXT)
     job = new_job(alice, document, agent, 2, temperature=0.2)

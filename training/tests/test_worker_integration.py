@@ -56,9 +56,11 @@ def worker_env(fake_llm: Any, tmp_path: Path) -> dict[str, str]:
 def workers(worker_env: dict[str, str], tmp_path: Path) -> Iterator[Path]:
     """The production topology in miniature: a prefork ingest worker and a threads llm worker."""
     log = tmp_path / "workers.log"
-    with celery_worker(worker_env, queues="ingest", pool="prefork", concurrency=1, name="ingest", log_path=log):
-        with celery_worker(worker_env, queues="llm", pool="threads", concurrency=4, name="llm", log_path=log):
-            yield log
+    with (
+        celery_worker(worker_env, queues="ingest", pool="prefork", concurrency=1, name="ingest", log_path=log),
+        celery_worker(worker_env, queues="llm", pool="threads", concurrency=4, name="llm", log_path=log),
+    ):
+        yield log
 
 
 def test_train_runs_a_job_end_to_end_on_real_workers(worker_env, workers, fake_llm) -> None:

@@ -5,8 +5,12 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 
 urlpatterns = [
-    # Until the web UI lands, the review back office is the home page.
-    path("", RedirectView.as_view(url="/admin/", permanent=False)),
+    path("", RedirectView.as_view(pattern_name="documents:list", permanent=False)),
     path("admin/", admin.site.urls),
     path("accounts/", include("django.contrib.auth.urls")),
+    path("documents/", include("documents.urls")),
+    path("conversations/", include("conversations.urls")),
+    path("jobs/", include("training.urls")),
+    path("agents/", include("agents.urls")),
+    path("workspaces/", include("workspaces.urls")),
 ]

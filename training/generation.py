@@ -74,6 +74,11 @@ def _claim(item_id: int) -> int | None:
     return claim if updated == 1 else None
 
 
+def _job_stopped(job_id: int) -> bool:
+    # Cancel (or a failure elsewhere) takes effect between model calls.
+    return not TrainingJob.objects.filter(pk=job_id, status=TrainingJob.Status.GENERATING).exists()
+
+
 def _renew(item_id: int, claim: int) -> bool:
     lease = timezone.now() + timedelta(seconds=settings.MASSCER_LEASE_SECONDS)
     return (
@@ -228,6 +233,9 @@ def work_item_run(*, item_id: int, attempt: int = 0) -> str:
     while progress.made < item.quota and item.calls < budget and not progress.exhausted:
         if not _renew(item.pk, claim):
             return "lost-lease"
+        if _job_stopped(item.job_id):
+            _close(item.pk, claim, WorkItem.Status.CANCELLED)
+            return "job-not-running"
         asked = min(item.quota - progress.made, progress.per_call)
         _refresh_index(item, progress)
         try:

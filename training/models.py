@@ -82,8 +82,10 @@ class TrainingJob(models.Model):
         Status.QUEUED: {Status.CHUNKING, Status.FAILED, Status.CANCELLED},
         Status.CHUNKING: {Status.GENERATING, Status.FAILED, Status.CANCELLED},
         Status.GENERATING: {Status.COMPLETED, Status.FAILED, Status.CANCELLED},
-        Status.COMPLETED: set(),
-        Status.FAILED: set(),
+        # Retry: a failed job starts over from its sources; a completed one with a
+        # shortfall, or a failed one with planned work, goes back to generating.
+        Status.COMPLETED: {Status.GENERATING},
+        Status.FAILED: {Status.QUEUED, Status.GENERATING},
         Status.CANCELLED: set(),
     }
     FINISHED = (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
@@ -189,6 +191,10 @@ class Completion(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     reviewed_at = models.DateTimeField(null=True, blank=True)
+    # Set by near-duplicate detection across an agent's material; reviewers keep one or merge.
+    duplicate_of = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="duplicates"
+    )
     agents = models.ManyToManyField("agents.Agent", through="Assignment", related_name="completions")
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -204,8 +210,18 @@ class Completion(models.Model):
 
 
 class Assignment(models.Model):
+    """A completion attached to an agent, with the rule for using it in the agent's context."""
+
+    class Rule(models.TextChoices):
+        RETRIEVE = "retrieve", "When relevant (retrieved)"
+        ALWAYS = "always", "Include always"
+        TAGS = "tags", "Include for tags"
+
     completion = models.ForeignKey(Completion, on_delete=models.CASCADE, related_name="assignments")
     agent = models.ForeignKey("agents.Agent", on_delete=models.CASCADE, related_name="assignments")
+    rule = models.CharField(max_length=20, choices=Rule.choices, default=Rule.RETRIEVE)
+    # For the "tags" rule: included when the conversation carries one of these tags.
+    tags = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

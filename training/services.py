@@ -10,15 +10,16 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import F, QuerySet
+from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 from documents.models import Document
 from documents.services import document_extract
 from masscer.lib.tokens import chunk_pages
-from workspaces.models import Workspace
+from workspaces.models import Membership, Workspace
+from workspaces.selectors import can_review
 from workspaces.services import workspace_for_write
 
 from .models import Assignment, Chunk, Completion, TrainingJob, WorkItem
@@ -204,6 +205,41 @@ def job_cancel(*, job: TrainingJob) -> bool:
     return cancelled
 
 
+def job_retry(*, job: TrainingJob) -> bool:
+    """Run again what failed or fell short; completions already made are kept.
+
+    A job that failed before planning (e.g. a source could not be read) starts over from
+    its sources; otherwise failed and short work items get a fresh call budget.
+    """
+    retryable = WorkItem.objects.filter(job=job).filter(
+        Q(status__in=[WorkItem.Status.FAILED, WorkItem.Status.CANCELLED]) | Q(made__lt=F("quota"))
+    )
+    now = timezone.now()
+    if job.status == Status.FAILED and not WorkItem.objects.filter(job=job).exists():
+        moved = _transition(job.pk, [Status.FAILED], Status.QUEUED, error="", finished_at=None, enqueued_at=now)
+        if moved:
+            from .tasks import job_prepare_task
+
+            job_prepare_task.delay_on_commit(job.pk)
+        return moved
+    with transaction.atomic():
+        if not _transition(
+            job.pk, [Status.FAILED, Status.COMPLETED], Status.GENERATING, error="", finished_at=None, shortfall=0
+        ):
+            return False
+        item_ids = list(retryable.values_list("pk", flat=True))
+        WorkItem.objects.filter(pk__in=item_ids).update(
+            status=WorkItem.Status.PENDING, calls=0, error="", reasons={}, unavailable_since=None, enqueued_at=now
+        )
+        from .tasks import generate_task
+
+        for item_id in item_ids:
+            generate_task.delay_on_commit(item_id)
+    if not item_ids:
+        job_finish_if_done(job_id=job.pk)
+    return True
+
+
 def _job_chunks(job: TrainingJob) -> list[Chunk]:
     chunks: list[Chunk] = []
     for document in job.documents.order_by("pk"):
@@ -375,11 +411,17 @@ def sweep() -> dict[str, int]:
 # --- review and assignment -------------------------------------------------------------------
 
 
+def _require_reviewer(user: AbstractBaseUser, workspace_id: int) -> None:
+    if not can_review(user=user, workspace_id=workspace_id):
+        raise PermissionDenied("Only reviewers and admins of this workspace may approve or reject completions.")
+
+
 def completion_review(
     *, completion: Completion, status: str, reviewer: AbstractBaseUser, question: str = "", answer: str = ""
 ) -> Completion:
     if status not in Completion.Status.values:
         raise ValidationError(f"Unknown status {status!r}.")
+    _require_reviewer(reviewer, completion.job.workspace_id)
     fields: dict[str, Any] = {"status": status, "reviewed_by": reviewer, "reviewed_at": timezone.now()}
     if question.strip() and answer.strip() and (question != completion.question or answer != completion.answer):
         if not completion.edited:
@@ -392,9 +434,13 @@ def completion_review(
 
 
 def completions_review_bulk(*, completions: QuerySet[Completion], status: str, reviewer: AbstractBaseUser) -> int:
+    """Approve or reject many at once; only rows in workspaces where the user reviews are touched."""
     if status not in Completion.Status.values:
         raise ValidationError(f"Unknown status {status!r}.")
-    return completions.update(status=status, reviewed_by=reviewer, reviewed_at=timezone.now())
+    allowed = Membership.objects.filter(user=reviewer, role__in=Membership.REVIEW_ROLES).values("workspace_id")
+    return Completion.objects.filter(pk__in=completions.values("pk"), job__workspace__in=allowed).update(
+        status=status, reviewed_by=reviewer, reviewed_at=timezone.now()
+    )
 
 
 @transaction.atomic

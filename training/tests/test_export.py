@@ -11,6 +11,8 @@ from training.export import export_lines
 from training.models import Completion
 from training.services import completion_review, job_create
 
+from workspaces.services import membership_add
+
 from .test_generation import run_job
 
 pytestmark = pytest.mark.django_db
@@ -20,6 +22,7 @@ pytestmark = pytest.mark.django_db
 def reviewed(alice, bob, agent, ready_document, fake_llm) -> list[Completion]:
     job = job_create(owner=alice, count=4, agents=[agent], documents=[ready_document(alice, pages=1)])
     run_job(job)
+    membership_add(workspace=job.workspace, user=bob, role="reviewer")
     completions = list(Completion.objects.filter(job=job).order_by("pk"))
     completion_review(completion=completions[0], status="approved", reviewer=bob)
     completion_review(

@@ -1,0 +1,49 @@
+"""Reads of the training app, scoped to what a user may see."""
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db.models import Q, QuerySet
+
+from workspaces.selectors import visible_to
+
+from .models import Chunk, Completion, TrainingJob
+
+
+def jobs_for(*, user: AbstractBaseUser) -> QuerySet[TrainingJob]:
+    return visible_to(TrainingJob.objects.all(), user=user).select_related("owner").order_by("-created_at", "-id")
+
+
+def completions_for(*, user: AbstractBaseUser, filters: dict[str, Any] | None = None) -> QuerySet[Completion]:
+    """Completions the user may see, with optional filters: status, job, agent, source type, document,
+    conversation, model, q (search in question and answer)."""
+    rows = visible_to(Completion.objects.all(), user=user, path="job__workspace")
+    filters = {key: value for key, value in (filters or {}).items() if value not in (None, "")}
+    if "status" in filters:
+        rows = rows.filter(status=filters["status"])
+    if "job" in filters:
+        rows = rows.filter(job_id=filters["job"])
+    if "agent" in filters:
+        rows = rows.filter(assignments__agent_id=filters["agent"])
+    if "document" in filters:
+        rows = rows.filter(chunk__document_id=filters["document"])
+    if "conversation" in filters:
+        rows = rows.filter(chunk__conversation_id=filters["conversation"])
+    if filters.get("source_type") == "document":
+        rows = rows.filter(chunk__document__isnull=False)
+    elif filters.get("source_type") == "conversation":
+        rows = rows.filter(chunk__conversation__isnull=False)
+    if "model" in filters:
+        rows = rows.filter(model=filters["model"])
+    if "q" in filters:
+        rows = rows.filter(Q(question__icontains=filters["q"]) | Q(answer__icontains=filters["q"]))
+    return rows.select_related("chunk", "job", "reviewed_by").order_by("-created_at", "-id")
+
+
+def chunks_for_document(*, document: Any) -> QuerySet[Chunk]:
+    return Chunk.objects.filter(document=document).order_by("index")
+
+
+def chunks_for_conversation(*, conversation: Any) -> QuerySet[Chunk]:
+    return Chunk.objects.filter(conversation=conversation).order_by("index")

@@ -26,6 +26,7 @@ $(STAMP): requirements.txt requirements-local.txt
 
 $(DEV_STAMP): $(STAMP) requirements-dev.txt
 	$(PIP) install -r requirements-dev.txt
+	bash scripts/ensure_browser.sh
 	touch $(DEV_STAMP)
 
 migrate: $(STAMP)

@@ -10,7 +10,6 @@ from django.core.management import call_command
 from training.export import export_lines
 from training.models import Completion
 from training.services import completion_review, job_create
-
 from workspaces.services import membership_add
 
 from .test_generation import run_job

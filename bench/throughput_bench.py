@@ -63,9 +63,7 @@ from masscer.testing.processes import (
     stop_process,
 )
 
-DEFAULT_SOURCE = (
-    PROJECT_ROOT / ".." / "shared" / "samples" / "pdf" / "GeoTopo-komprimiert.pdf"
-)
+DEFAULT_SOURCE = PROJECT_ROOT / ".." / "shared" / "samples" / "pdf" / "GeoTopo-komprimiert.pdf"
 PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
 PG_DATABASE = "masscer_bench"
 BENCHMARKS_MD = PROJECT_ROOT / "BENCHMARKS.md"
@@ -108,9 +106,7 @@ class Stack:
 
     processes: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
 
-    def add(
-        self, name: str, process: subprocess.Popen[bytes]
-    ) -> subprocess.Popen[bytes]:
+    def add(self, name: str, process: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
         self.processes.append((name, process))
         return process
 
@@ -143,29 +139,21 @@ def start_fake(stack: Stack, *, latency: float, capacity: int, log: Path) -> str
         ),
     )
     assert process.stdout is not None
-    line = (
-        process.stdout.readline().decode().strip()
-    )  # the server prints its base URL first
+    line = process.stdout.readline().decode().strip()  # the server prints its base URL first
     if not line.startswith("http"):
         raise BenchError(f"the fake server did not start: {line!r} (see {log})")
     return line
 
 
-def wait_for_ready(
-    log: Path, process: subprocess.Popen[bytes], name: str, timeout: float = 60
-) -> None:
+def wait_for_ready(log: Path, process: subprocess.Popen[bytes], name: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise BenchError(
-                f"the {name} worker exited with {process.returncode}: {tail(log)}"
-            )
+            raise BenchError(f"the {name} worker exited with {process.returncode}: {tail(log)}")
         if log.exists() and re.search(r"\bready\.", log.read_text(errors="replace")):
             return
         time.sleep(0.2)
-    raise BenchError(
-        f"the {name} worker was not ready after {timeout:g} s: {tail(log)}"
-    )
+    raise BenchError(f"the {name} worker was not ready after {timeout:g} s: {tail(log)}")
 
 
 def tail(path: Path, chars: int = 3000) -> str:
@@ -180,9 +168,7 @@ class CpuSampler:
 
     def __init__(self, interval: float = 0.2) -> None:
         self.interval = interval
-        self.samples: list[
-            tuple[float, float, float]
-        ] = []  # (time, total jiffies, idle jiffies)
+        self.samples: list[tuple[float, float, float]] = []  # (time, total jiffies, idle jiffies)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -197,13 +183,8 @@ class CpuSampler:
     def _run(self) -> None:
         while True:
             with contextlib.suppress(OSError, ValueError):
-                values = [
-                    int(v)
-                    for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-                ]
-                self.samples.append(
-                    (time.time(), float(sum(values)), float(values[3] + values[4]))
-                )
+                values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+                self.samples.append((time.time(), float(sum(values)), float(values[3] + values[4])))
             if self._stop.wait(self.interval):
                 return
 
@@ -225,9 +206,7 @@ def postgres_database() -> str:
 
     if not port_open(PG_HOST, PG_PORT):
         raise BenchError(f"PostgreSQL is not reachable at {PG_HOST}:{PG_PORT}")
-    with psycopg.connect(
-        host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres", autocommit=True
-    ) as connection:
+    with psycopg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres", autocommit=True) as connection:
         connection.execute(f'DROP DATABASE IF EXISTS "{PG_DATABASE}" WITH (FORCE)')
         connection.execute(f'CREATE DATABASE "{PG_DATABASE}"')
     return f"postgres://{PG_USER}@{PG_HOST}:{PG_PORT}/{PG_DATABASE}"
@@ -239,16 +218,10 @@ def postgres_sessions() -> int | None:
 
     with (
         contextlib.suppress(Exception),
-        psycopg.connect(
-            host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres", autocommit=True
-        ) as connection,
+        psycopg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres", autocommit=True) as connection,
     ):
-        time.sleep(
-            1.0
-        )  # session statistics are flushed when a backend exits, with some delay
-        row = connection.execute(
-            "SELECT sessions FROM pg_stat_database WHERE datname = %s", [PG_DATABASE]
-        ).fetchone()
+        time.sleep(1.0)  # session statistics are flushed when a backend exits, with some delay
+        row = connection.execute("SELECT sessions FROM pg_stat_database WHERE datname = %s", [PG_DATABASE]).fetchone()
         return int(row[0]) if row and row[0] is not None else None
     return None
 
@@ -304,9 +277,14 @@ class Figures:
     between_calls_mean: float  # same chunk: previous call end -> next call start
     between_calls_max: float
     startup_lag_mean: float  # per chunk: first call start - first call of the job
+    llm_processes: int = 1
     machine_busy: float | None = None  # cores busy machine-wide during the call window
     db_sessions: int | None = None  # PostgreSQL connections opened during the run
     error: str = ""
+
+    @property
+    def processes_note(self) -> str:
+        return f" over {self.llm_processes} processes" if self.llm_processes > 1 else ""
 
     @property
     def efficiency(self) -> float:
@@ -326,15 +304,10 @@ class Figures:
 
     @property
     def exact(self) -> bool:
-        return (
-            self.status == "completed"
-            and self.created == self.requested == self.completions_rows
-        )
+        return self.status == "completed" and self.created == self.requested == self.completions_rows
 
 
-def in_flight_profile(
-    calls: list[dict[str, Any]], start: float, end: float, c: int
-) -> tuple[int, float, float]:
+def in_flight_profile(calls: list[dict[str, Any]], start: float, end: float, c: int) -> tuple[int, float, float]:
     """(max in flight, mean in flight, fraction of [start, end] with >= c in flight)."""
     events: list[tuple[float, int]] = []
     for call in calls:
@@ -369,9 +342,7 @@ def measure(
     served = [c for c in generation if c.get("status") == 200]
     rejected = [c for c in generation if c.get("rejected")]
     if not served:
-        raise BenchError(
-            f"the fake saw no successful model call; job: {json.dumps(stats)[:2000]}"
-        )
+        raise BenchError(f"the fake saw no successful model call; job: {json.dumps(stats)[:2000]}")
     first = min(c["started"] for c in generation)
     last = max(c["ended"] or c["started"] for c in generation)
     finished = stats["finished_at"] or last
@@ -420,11 +391,11 @@ def measure(
         max_in_flight=max(max_in_flight, peak),
         mean_in_flight=mean,
         time_at_full=full,
-        call_seconds_mean=sum((x["ended"] - x["started"]) for x in served)
-        / len(served),
+        call_seconds_mean=sum((x["ended"] - x["started"]) for x in served) / len(served),
         between_calls_mean=sum(gaps) / len(gaps) if gaps else 0.0,
         between_calls_max=max(gaps, default=0.0),
         startup_lag_mean=sum(lags) / len(lags) if lags else 0.0,
+        llm_processes=args.llm_processes,
         machine_busy=cpu.busy_cores(first, last) if cpu else None,
         db_sessions=db_sessions,
         error=stats.get("error") or "",
@@ -433,14 +404,10 @@ def measure(
 
 def table(f: Figures) -> list[tuple[str, str]]:
     verdict = "meets" if f.efficiency >= GOAL else "BELOW"
-    exact = (
-        "yes"
-        if f.exact
-        else f"NO ({f.created} created, {f.completions_rows} rows, status {f.status})"
-    )
+    exact = "yes" if f.exact else f"NO ({f.created} created, {f.completions_rows} rows, status {f.status})"
     rows = [
         ("database", f.database),
-        ("llm worker", f"threads, concurrency {f.concurrency}"),
+        ("llm worker", f"threads, concurrency {f.concurrency}{f.processes_note}"),
         ("model latency", f"{f.latency:g} s per call (fake server)"),
         ("job", f"{f.status}; {f.chunks} chunks, quotas {f.quotas}"),
         ("completions", f"{f.created} of {f.requested} (exactly N: {exact})"),
@@ -454,10 +421,7 @@ def table(f: Figures) -> list[tuple[str, str]]:
         ("call window", f"{f.wall_calls:.2f} s (first call start → last call end)"),
         (
             "generation",
-            (
-                f"{f.wall_generation:.2f} s (first call → job finished; "
-                f"tail {f.tail_after_last_call:.2f} s)"
-            ),
+            (f"{f.wall_generation:.2f} s (first call → job finished; tail {f.tail_after_last_call:.2f} s)"),
         ),
         (
             "job started→finished",
@@ -562,16 +526,12 @@ def update_benchmarks_md(block: str, database_heading: str) -> None:
     """Replace (or add) this database's subsection under SECTION; leave everything else alone."""
     BENCHMARKS_MD.touch(exist_ok=True)
     with open(BENCHMARKS_MD, "r+", encoding="utf-8") as handle:
-        fcntl.flock(
-            handle, fcntl.LOCK_EX
-        )  # others writing their section at the same moment
+        fcntl.flock(handle, fcntl.LOCK_EX)  # others writing their section at the same moment
         text = handle.read()
         if not text.strip():
             text = "# Benchmarks\n"
         lines = text.splitlines()
-        start = next(
-            (i for i, line in enumerate(lines) if line.strip() == SECTION), None
-        )
+        start = next((i for i, line in enumerate(lines) if line.strip() == SECTION), None)
         if start is None:
             lines = [*lines, "", SECTION, "", *SECTION_INTRO.rstrip().splitlines(), ""]
             start = len(lines) - len(SECTION_INTRO.rstrip().splitlines()) - 3
@@ -591,11 +551,7 @@ def update_benchmarks_md(block: str, database_heading: str) -> None:
             section = [*section, "", *new, ""]
         else:
             sub_end = next(
-                (
-                    i
-                    for i in range(sub + 1, len(section))
-                    if section[i].startswith(("### ", "## "))
-                ),
+                (i for i in range(sub + 1, len(section)) if section[i].startswith(("### ", "## "))),
                 len(section),
             )
             section = [*section[:sub], *new, "", *section[sub_end:]]
@@ -646,7 +602,7 @@ def run(args: argparse.Namespace, workdir: Path, stack: Stack) -> list[Figures]:
     if migrated.returncode != 0:
         raise BenchError("migrate failed:\n" + migrated.stderr[-3000:])
 
-    ingest_log, llm_log = logs / "ingest.log", logs / "llm.log"
+    ingest_log = logs / "ingest.log"
     ingest = stack.add(
         "ingest",
         start_worker(
@@ -658,19 +614,27 @@ def run(args: argparse.Namespace, workdir: Path, stack: Stack) -> list[Figures]:
             log_path=ingest_log,
         ),
     )
-    llm_worker = stack.add(
-        "llm",
-        start_worker(
+    # C threads in one llm worker (the default topology), or split over several processes.
+    shares = [
+        args.concurrency // args.llm_processes + (i < args.concurrency % args.llm_processes)
+        for i in range(args.llm_processes)
+    ]
+    llm_workers = []
+    for i, threads in enumerate(shares):
+        log = logs / f"llm{i}.log"
+        worker = start_worker(
             env,
             queues="llm",
             pool="threads",
-            concurrency=args.concurrency,
-            name="bench-llm",
-            log_path=llm_log,
-        ),
-    )
+            concurrency=threads,
+            name=f"bench-llm{i}",
+            log_path=log,
+        )
+        llm_workers.append((log, stack.add(f"llm{i}", worker)))
     wait_for_ready(ingest_log, ingest, "ingest")
-    wait_for_ready(llm_log, llm_worker, "llm")
+    for log, worker in llm_workers:
+        wait_for_ready(log, worker, "llm")
+    llm_log = llm_workers[0][0]
 
     client = FakeLLMClient(fake_url, timeout=60)
     results: list[Figures] = []
@@ -756,26 +720,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--count", "-n", type=int, default=300, help="completions to make (N)")
     add("--database", choices=("postgres", "sqlite"), default="postgres")
     add(
+        "--llm-processes",
+        type=int,
+        default=1,
+        help="split the C threads over this many llm worker processes (default 1)",
+    )
+    add(
         "--repeat",
         type=int,
         default=1,
         help="jobs to run on the same stack; the median is reported",
     )
-    add(
-        "--redis-db", type=int, default=12, help="Redis database number (flushed first)"
-    )
+    add("--redis-db", type=int, default=12, help="Redis database number (flushed first)")
     add("--source", default=str(DEFAULT_SOURCE), help="document to train with")
     add("--timeout", type=float, default=600, help="give up on a job after this long")
     add("--no-write", action="store_true", help="do not update BENCHMARKS.md")
-    add(
-        "--keep", action="store_true", help="keep the temporary directory (worker logs)"
-    )
+    add("--keep", action="store_true", help="keep the temporary directory (worker logs)")
     add("--dump", help="write the raw call logs and job stats to this JSON file")
     args = parser.parse_args(argv)
-    if args.concurrency < 1 or args.count < 1 or args.repeat < 1 or args.latency < 0:
-        parser.error(
-            "concurrency, count and repeat must be positive, latency not negative"
-        )
+    if min(args.concurrency, args.count, args.repeat, args.llm_processes) < 1 or args.latency < 0:
+        parser.error("concurrency, count, repeat and llm-processes must be positive")
+    if args.llm_processes > args.concurrency:
+        parser.error("--llm-processes cannot exceed --concurrency")
     return args
 
 
@@ -785,6 +751,8 @@ def main(argv: list[str] | None = None) -> int:
         f".venv/bin/python bench/throughput_bench.py --concurrency {args.concurrency} "
         f"--latency {args.latency:g} --count {args.count} --database {args.database}"
     )
+    if args.llm_processes > 1:
+        command += f" --llm-processes {args.llm_processes}"
     if args.repeat > 1:
         command += f" --repeat {args.repeat}"
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
@@ -811,9 +779,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = table(figures)
     if len(results) > 1:
         runs = ", ".join(f"{f.efficiency:.0%} ({f.wall_calls:.2f} s)" for f in results)
-        rows.append(
-            ("runs", f"{len(results)}, median shown; efficiency of each: {runs}")
-        )
+        rows.append(("runs", f"{len(results)}, median shown; efficiency of each: {runs}"))
     width = max(len(name) for name, _ in rows)
     print(f"\nGeneration throughput ({machine()})")
     for name, value in rows:
@@ -824,9 +790,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nupdated {BENCHMARKS_MD.name} ({SECTION}, ### {label})")
     inexact = [f for f in results if not f.exact]
     for f in inexact:
-        print(
-            f"\nNOT EXACT: {f.created} completions for N = {f.requested} ({f.status}): {f.error}"
-        )
+        print(f"\nNOT EXACT: {f.created} completions for N = {f.requested} ({f.status}): {f.error}")
     if inexact:
         return 1
     return 0 if figures.efficiency >= GOAL else 3

@@ -6,7 +6,7 @@ from celery import shared_task
 from . import services
 
 
-@shared_task(acks_late=True, reject_on_worker_lost=True)
+@shared_task
 def ingest_document_task(document_id: int) -> str:
     document = services.document_extract(document_id=document_id)
     return document.status

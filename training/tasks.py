@@ -1,4 +1,9 @@
-"""Thin tasks: take ids, call a service; retries live here."""
+"""Thin tasks: take ids, call a service; retries live here.
+
+Late acknowledgement and rejection on a lost worker come from the settings
+(CELERY_TASK_ACKS_LATE, CELERY_TASK_REJECT_ON_WORKER_LOST), so a fault test can turn
+them off as a negative control.
+"""
 from __future__ import annotations
 
 from celery import shared_task
@@ -7,7 +12,7 @@ from celery.app.task import Task
 from . import generation, services
 
 
-@shared_task(bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
+@shared_task(bind=True, max_retries=None)
 def job_prepare_task(self: Task, job_id: int) -> None:
     try:
         services.job_prepare(job_id=job_id)
@@ -15,7 +20,7 @@ def job_prepare_task(self: Task, job_id: int) -> None:
         raise self.retry(countdown=2, exc=exc) from exc
 
 
-@shared_task(bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
+@shared_task(bind=True, max_retries=None)
 def generate_task(self: Task, item_id: int) -> str:
     try:
         return generation.work_item_run(item_id=item_id, attempt=self.request.retries)
@@ -24,6 +29,6 @@ def generate_task(self: Task, item_id: int) -> str:
         raise self.retry(countdown=exc.countdown, exc=exc) from exc
 
 
-@shared_task(acks_late=True)
+@shared_task
 def sweep_task() -> dict[str, int]:
     return services.sweep()

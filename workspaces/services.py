@@ -1,11 +1,17 @@
 """Writes of workspaces and memberships."""
 from __future__ import annotations
 
+import hashlib
+import secrets
+from datetime import timedelta
+
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.db.models import QuerySet
+from django.utils import timezone
 
-from .models import Membership, Workspace
+from .models import ApiToken, Membership, Workspace
 
 
 @transaction.atomic
@@ -48,3 +54,57 @@ def workspace_for_write(*, user: AbstractBaseUser, workspace: Workspace | None) 
     if not Membership.objects.filter(workspace=workspace, user=user).exists():
         raise ValidationError("You are not a member of this workspace.", code="forbidden")
     return workspace
+
+
+# --- API tokens ---------------------------------------------------------------------------
+
+TOKEN_PREFIX = "msk_"
+TOKEN_NAME_CHARS = ApiToken._meta.get_field("name").max_length or 100
+# Writing last_used_at on every request would turn every read into a write.
+TOKEN_TOUCH_EVERY = timedelta(minutes=1)
+
+
+def api_token_hash(raw: str) -> str:
+    return hashlib.sha256(raw.encode("utf-8")).hexdigest()
+
+
+@transaction.atomic
+def api_token_create(*, user: AbstractBaseUser, name: str) -> tuple[ApiToken, str]:
+    """A new token for `user`; the secret is returned once and never stored."""
+    name = name.strip()
+    if not name:
+        raise ValidationError("Give the token a name, e.g. the script that will use it.", code="name")
+    if len(name) > TOKEN_NAME_CHARS:
+        raise ValidationError(f"A token name is at most {TOKEN_NAME_CHARS} characters.", code="name")
+    raw = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    token = ApiToken.objects.create(user=user, name=name, prefix=raw[:12], key_hash=api_token_hash(raw))
+    return token, raw
+
+
+def api_token_revoke(*, token: ApiToken) -> ApiToken:
+    """Revoke a token at once; revoking twice keeps the first time."""
+    ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    token.refresh_from_db()
+    return token
+
+
+def api_tokens_of(*, user: AbstractBaseUser) -> QuerySet[ApiToken]:
+    """The user's tokens, newest first (a read; here so token code stays in one place)."""
+    return ApiToken.objects.filter(user=user).order_by("-created_at", "-id")
+
+
+def api_token_authenticate(*, raw: str) -> AbstractBaseUser | None:
+    """The active user a token belongs to, or None for an unknown or revoked token."""
+    if not raw.startswith(TOKEN_PREFIX) or len(raw) > 200:
+        return None
+    token = (
+        ApiToken.objects.select_related("user")
+        .filter(key_hash=api_token_hash(raw), revoked_at__isnull=True)
+        .first()
+    )
+    if token is None or not token.user.is_active:
+        return None
+    now = timezone.now()
+    if token.last_used_at is None or now - token.last_used_at > TOKEN_TOUCH_EVERY:
+        ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
+    return token.user

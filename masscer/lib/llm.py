@@ -1055,3 +1055,403 @@ def _classify_status(
     return LLMPermanentError(
         f"Model server refused the request ({status}){suffix}", status_code=status
     )
+
+
+# ==========================================================================
+# Chatting with an agent (the playground) and embeddings
+# ==========================================================================
+#
+# Conventions (relied on by ``masscer.testing.fakellm``): an agent's reference
+# material goes into the system message between a line
+# ``<reference_examples>`` and a line ``</reference_examples>``, one
+# ``Q: ...`` line per example followed by its ``A: ...`` line(s); answer
+# continuation lines are indented, so only questions start with ``Q:``.
+# Completion mode (base models) turns the messages into a transcript of
+# ``User:``/``Assistant:`` lines after the system text, ending with
+# ``Assistant:``.
+
+__all__ += [
+    "ChatDelta",
+    "ChatReply",
+    "chat",
+    "chat_stream",
+    "embed",
+    "reference_block",
+]
+
+CHAT_ROLES = ("system", "user", "assistant")
+REFERENCE_OPEN = "<reference_examples>"
+REFERENCE_CLOSE = "</reference_examples>"
+
+# The Completions API defaults to 16 tokens; a chat reply needs more.
+_TRANSCRIPT_MAX_TOKENS = 512
+_TRANSCRIPT_LABELS = {"user": "User", "assistant": "Assistant"}
+# Inputs per /embeddings request (OpenAI accepts up to 2048).
+_EMBED_BATCH = 256
+
+
+@dataclass(frozen=True)
+class ChatDelta:
+    """A piece of a streamed reply.
+
+    Every item but the last carries text; the last carries ``finish_reason``
+    (and ``usage`` when the server reported it) and usually no text.
+    """
+
+    text: str = ""
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    model: str = ""
+
+    @property
+    def is_final(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass(frozen=True)
+class ChatReply:
+    text: str
+    finish_reason: str
+    usage: Usage
+    model: str
+
+
+_REFERENCE_TAG = re.compile(r"<(\s*/?\s*)(reference_examples)(\s*)>", re.IGNORECASE)
+
+
+def _neutralise_reference(text: str) -> str:
+    escaped = _neutralise(text)
+    return _REFERENCE_TAG.sub(
+        lambda m: f"&lt;{m.group(1)}{m.group(2)}{m.group(3)}&gt;", escaped
+    )
+
+
+def _indent_continuations(text: str) -> str:
+    lines = text.splitlines() or [""]
+    rest = ["  " + line if line.strip() else "" for line in lines[1:]]
+    return "\n".join([lines[0], *rest])
+
+
+def reference_block(examples: Sequence[tuple[str, str]]) -> str:
+    """Question/answer examples fenced for the system message ("" when none).
+
+    The texts are neutralised so an example cannot close the fence (or open a
+    ``<source>`` one); questions are put on one line.
+    """
+    if not examples:
+        return ""
+    parts = []
+    for question, answer in examples:
+        q = _neutralise_reference(_one_line(question))
+        a = _indent_continuations(_neutralise_reference(answer.strip()))
+        parts.append(f"Q: {q}\nA: {a}")
+    return f"{REFERENCE_OPEN}\n" + "\n\n".join(parts) + f"\n{REFERENCE_CLOSE}"
+
+
+def chat_stream(
+    config: LLMConfig,
+    *,
+    messages: Sequence[Mapping[str, Any]],
+    params: GenParams = _DEFAULT_PARAMS,
+) -> Iterator[ChatDelta]:
+    """Stream a reply to ``messages`` (role/content dicts), delta by delta.
+
+    The request is sent when iteration starts; errors (also those in the
+    middle of the stream) are raised as LLMTransientError /
+    LLMPermanentError.  Closing the iterator early closes the connection.
+    Raises ValueError at once for malformed messages.
+    """
+    checked = _chat_messages(messages)
+    model = params.model or config.model
+    if config.mode == "completion":
+        return _stream_transcript(config, checked, params, model)
+    return _stream_chat(config, checked, params, model)
+
+
+def chat(
+    config: LLMConfig,
+    *,
+    messages: Sequence[Mapping[str, Any]],
+    params: GenParams = _DEFAULT_PARAMS,
+) -> ChatReply:
+    """The whole reply to ``messages`` in one (non-streaming) request."""
+    checked = _chat_messages(messages)
+    model = params.model or config.model
+    client = _client_for(config)
+    try:
+        if config.mode == "completion":
+            response = client.completions.create(
+                model=model, prompt=_transcript(checked), **_transcript_kwargs(params)
+            )
+        else:
+            response = client.chat.completions.create(
+                model=model, messages=checked, **_chat_kwargs(params)
+            )
+    except openai.OpenAIError as exc:
+        raise _map_error(exc, config, model) from exc
+    except _SDK_PARSE_ERRORS as exc:
+        raise _not_openai(config) from exc
+    choice = _first_choice(response, config)
+    if config.mode == "completion":
+        text = _as_text(getattr(choice, "text", None)).strip()
+    else:
+        text = _as_text(getattr(getattr(choice, "message", None), "content", None))
+    return ChatReply(
+        text=text,
+        finish_reason=_finish_reason(choice),
+        usage=_usage(getattr(response, "usage", None)),
+        model=_as_text(getattr(response, "model", None)) or model,
+    )
+
+
+def embed(config: LLMConfig, texts: Sequence[str], *, model: str) -> list[list[float]]:
+    """One vector per text, in order, from the endpoint's ``/embeddings``."""
+    # OpenAI rejects empty strings as input.
+    items = [text if text.strip() else " " for text in texts]
+    client = _client_for(config)
+    vectors: list[list[float]] = []
+    for start in range(0, len(items), _EMBED_BATCH):
+        batch = items[start : start + _EMBED_BATCH]
+        try:
+            response = client.embeddings.create(
+                model=model, input=batch, encoding_format="float"
+            )
+        except openai.OpenAIError as exc:
+            raise _map_error(exc, config, model) from exc
+        except _SDK_PARSE_ERRORS as exc:
+            raise _not_openai(config) from exc
+        vectors.extend(_embedding_vectors(response, len(batch), config))
+    return vectors
+
+
+# --------------------------------------------------------------------------
+# Chat helpers
+# --------------------------------------------------------------------------
+
+
+def _chat_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+    checked: list[dict[str, str]] = []
+    for index, message in enumerate(messages):
+        role = message.get("role") if isinstance(message, Mapping) else None
+        content = message.get("content") if isinstance(message, Mapping) else None
+        if role not in CHAT_ROLES or not isinstance(content, str):
+            raise ValueError(
+                f"message {index} needs a role in {CHAT_ROLES} and a text content"
+            )
+        checked.append({"role": str(role), "content": content})
+    if not any(m["role"] == "user" for m in checked):
+        raise ValueError("a chat needs at least one user message")
+    return checked
+
+
+def _chat_kwargs(params: GenParams) -> dict[str, Any]:
+    kwargs = _sampling_kwargs(params)
+    if params.stop:
+        kwargs["stop"] = list(params.stop[:_MAX_STOPS])
+    return kwargs
+
+
+def _transcript(messages: Sequence[Mapping[str, str]]) -> str:
+    system = "\n\n".join(
+        m["content"].strip()
+        for m in messages
+        if m["role"] == "system" and m["content"].strip()
+    )
+    lines = [system, ""] if system else []
+    for message in messages:
+        label = _TRANSCRIPT_LABELS.get(message["role"])
+        if label:
+            lines.append(f"{label}: {message['content'].strip()}")
+    lines.append("Assistant:")
+    return "\n".join(lines)
+
+
+def _transcript_kwargs(params: GenParams) -> dict[str, Any]:
+    kwargs = _sampling_kwargs(params)
+    kwargs.setdefault("max_tokens", _TRANSCRIPT_MAX_TOKENS)
+    # A base model goes on writing the user's next turn unless stopped.
+    stops: list[str] = []
+    for stop in ("\nUser:", "\nAssistant:", *params.stop):
+        if stop and stop not in stops:
+            stops.append(stop)
+    kwargs["stop"] = stops[:_MAX_STOPS]
+    return kwargs
+
+
+# (base_url, model) pairs whose server refused stream_options.
+_no_stream_usage: set[tuple[str, str]] = set()
+_stream_usage_lock = threading.Lock()
+
+
+def _rejects_stream_options(exc: openai.APIStatusError) -> bool:
+    if exc.status_code not in (400, 422):
+        return False
+    if getattr(exc, "param", None) == "stream_options":
+        return True
+    text = f"{_error_detail(exc)} {exc.message}".lower()
+    return "stream_options" in text or "include_usage" in text
+
+
+def _open_stream(
+    config: LLMConfig, model: str, create: Any, **kwargs: Any
+) -> Any:
+    """Start a streaming request, asking for usage unless the server refuses it."""
+    key = _format_key(config, model)
+    with _stream_usage_lock:
+        include_usage = key not in _no_stream_usage
+    while True:
+        extra = {"stream_options": {"include_usage": True}} if include_usage else {}
+        try:
+            return create(model=model, stream=True, **kwargs, **extra)
+        except openai.APIStatusError as exc:
+            if include_usage and _rejects_stream_options(exc):
+                with _stream_usage_lock:
+                    _no_stream_usage.add(key)
+                include_usage = False
+                continue
+            raise _map_error(exc, config, model) from exc
+        except openai.OpenAIError as exc:
+            raise _map_error(exc, config, model) from exc
+        except _SDK_PARSE_ERRORS as exc:
+            raise _not_openai(config) from exc
+
+
+def _stream_failure(exc: openai.APIError, config: LLMConfig) -> LLMError:
+    """An error event inside an accepted stream."""
+    body = exc.body if isinstance(exc.body, Mapping) else {}
+    message = _redact(
+        f"Model server reported an error while streaming: {_shorten(exc.message)}",
+        config.api_key,
+    )
+    if body.get("type") == "invalid_request_error":
+        return LLMPermanentError(message)
+    return LLMTransientError(message)
+
+
+def _chunks(stream: Any, config: LLMConfig, model: str) -> Iterator[Any]:
+    """The stream's chunks, with every failure mapped to an LLMError."""
+    iterator = iter(stream)
+    while True:
+        try:
+            chunk = next(iterator)
+        except StopIteration:
+            return
+        except (openai.APIStatusError, openai.APIConnectionError) as exc:
+            raise _map_error(exc, config, model) from exc
+        except openai.APIResponseValidationError as exc:
+            raise _map_error(exc, config, model) from exc
+        except openai.APIError as exc:
+            raise _stream_failure(exc, config) from exc
+        except openai.OpenAIError as exc:
+            raise _map_error(exc, config, model) from exc
+        except _SDK_PARSE_ERRORS as exc:
+            raise _not_openai(config) from exc
+        yield chunk
+
+
+def _relay(
+    stream: Any, config: LLMConfig, model: str, text_of: Any
+) -> Iterator[ChatDelta]:
+    finish: str | None = None
+    usage: Usage | None = None
+    reported = ""
+    try:
+        for chunk in _chunks(stream, config, model):
+            reported = reported or _as_text(getattr(chunk, "model", None))
+            if getattr(chunk, "usage", None) is not None:
+                usage = _usage(chunk.usage)
+            choices = getattr(chunk, "choices", None) or []
+            if not choices:
+                continue  # the usage chunk has no choices
+            text = text_of(choices[0])
+            if text:
+                yield ChatDelta(text=text)
+            reason = getattr(choices[0], "finish_reason", None)
+            if reason:
+                finish = str(reason)
+    finally:
+        close = getattr(stream, "close", None)
+        if callable(close):
+            close()
+    if finish is None:
+        # Every OpenAI-compatible server ends a reply with a finish reason; a
+        # stream without one was cut off, which must not pass for a reply.
+        raise LLMTransientError(
+            f"Model server at {config.base_url} ended the stream before the reply was finished"
+        )
+    yield ChatDelta(finish_reason=finish, usage=usage, model=reported or model)
+
+
+def _delta_content(choice: Any) -> str:
+    return _as_text(getattr(getattr(choice, "delta", None), "content", None))
+
+
+def _choice_text(choice: Any) -> str:
+    return _as_text(getattr(choice, "text", None))
+
+
+def _stream_chat(
+    config: LLMConfig,
+    messages: list[dict[str, str]],
+    params: GenParams,
+    model: str,
+) -> Iterator[ChatDelta]:
+    client = _client_for(config)
+    stream = _open_stream(
+        config,
+        model,
+        client.chat.completions.create,
+        messages=messages,
+        **_chat_kwargs(params),
+    )
+    yield from _relay(stream, config, model, _delta_content)
+
+
+def _stream_transcript(
+    config: LLMConfig,
+    messages: list[dict[str, str]],
+    params: GenParams,
+    model: str,
+) -> Iterator[ChatDelta]:
+    client = _client_for(config)
+    stream = _open_stream(
+        config,
+        model,
+        client.completions.create,
+        prompt=_transcript(messages),
+        **_transcript_kwargs(params),
+    )
+    relay = _relay(stream, config, model, _choice_text)
+    started = False
+    try:
+        for delta in relay:
+            if not started and not delta.is_final:
+                # The prompt ends with "Assistant:"; the reply starts with a space.
+                text = delta.text.lstrip()
+                if not text:
+                    continue
+                delta = ChatDelta(text=text)
+                started = True
+            yield delta
+    finally:
+        relay.close()
+
+
+def _embedding_vectors(response: Any, expected: int, config: LLMConfig) -> list[list[float]]:
+    data = getattr(response, "data", None)
+    if not isinstance(data, list):
+        raise _not_openai(config)
+    if len(data) != expected:
+        raise LLMPermanentError(
+            f"Model server returned {len(data)} embeddings for {expected} inputs"
+        )
+    ordered = sorted(data, key=lambda item: _as_int(getattr(item, "index", 0)))
+    vectors = []
+    for item in ordered:
+        values = getattr(item, "embedding", None)
+        if not isinstance(values, list) or not values:
+            raise LLMPermanentError(
+                f"Model server at {config.base_url} returned an embedding that is not a list of numbers"
+            )
+        vectors.append([float(v) for v in values])
+    return vectors

@@ -54,6 +54,24 @@ consumed, default 1), ``delay`` (extra seconds before answering),
 ``finish_reason`` (override, null allowed), ``model`` (name to report),
 ``omit_usage`` (leave usage out).
 
+Chat without the generation conventions (no ``<source>`` fence and no
+``Number of pairs`` line, e.g. the agent playground): content behaviours answer
+like a chat model with a deterministic reply (see :func:`chat_reply`) that
+names the reference questions it saw (``Q:`` lines between
+``<reference_examples>`` tags), the last user message and the number of
+messages.  ``length`` cuts that reply in half; ``raw``/``invalid_json``/``never``
+send their text.
+
+Streaming: with ``"stream": true`` every successful answer (chat or
+completion, pairs or chat reply) is sent as real server-sent events in
+OpenAI's chunk format, one word per chunk, then ``data: [DONE]``; with
+``stream_options.include_usage`` a last chunk carries the usage.  Extra kinds:
+``stream_error`` (``n`` chunks, default 2, then an error event; ``message``,
+``type``), ``stream_disconnect`` (``n`` chunks, then the connection closes
+mid-stream), ``reject_stream_options`` (400 when the request has
+``stream_options``, good otherwise).  ``chunk_delay`` (a behaviour key or a
+server setting) sleeps between chunks.
+
 Server settings: ``latency`` (seconds added to every generation call),
 ``capacity`` (max in-flight generation calls; beyond it 429 with
 Retry-After: 1), ``rpm`` (sliding 60 s window; 429 with Retry-After).  Real
@@ -84,6 +102,11 @@ from typing import Any, Self
 
 __all__ = [
     "KINDS",
+    "chat_reply",
+    "conversational",
+    "reference_questions",
+    "stream_chunks",
+    "transcript_reply",
     "FakeLLMClient",
     "FakeLLMServer",
     "make_pairs",
@@ -115,6 +138,9 @@ KINDS = frozenset(
         "fenced",
         "raw",
         "disconnect",
+        "stream_error",
+        "stream_disconnect",
+        "reject_stream_options",
     }
 )
 
@@ -414,6 +440,14 @@ class _Outcome:
     disconnect: bool = False
     pairs_returned: int | None = None
     finish_reason: str | None = None
+    # Streaming: send the body as server-sent events.
+    stream: bool = False
+    include_usage: bool = False
+    fault: str | None = None  # "error" | "disconnect" after fault_after chunks
+    fault_after: int = 0
+    fault_message: str = ""
+    fault_type: str = "server_error"
+    chunk_delay: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -591,6 +625,8 @@ def _generate_text(
 ) -> tuple[str, str | None, int]:
     """Return (content, finish_reason, pairs_returned) for content behaviours."""
     kind = behaviour["kind"]
+    if conversational(call.info) and kind not in ("invalid_json", "never", "raw"):
+        return _chat_text(behaviour, call)
     if kind in ("invalid_json", "never"):
         return str(behaviour.get("text", _GARBAGE)), "stop", 0
     if kind == "raw":
@@ -664,11 +700,23 @@ def respond(behaviour: Mapping[str, Any], call: _Call) -> _Outcome:
         return _reject_format(
             f"response_format {call.response_format_type} not supported by this server"
         )
+    if kind == "reject_stream_options" and "stream_options" in call.body:
+        return _Outcome(
+            status=400,
+            body=_error_body(
+                "stream_options is not supported by this server",
+                "invalid_request_error",
+                param="stream_options",
+            ),
+        )
     text, finish, returned = _generate_text(behaviour, call)
     if "finish_reason" in behaviour:
         finish = behaviour["finish_reason"]
     body = _completion_body(call, behaviour, text, finish)
-    return _Outcome(body=body, pairs_returned=returned, finish_reason=finish)
+    outcome = _Outcome(body=body, pairs_returned=returned, finish_reason=finish)
+    if call.body.get("stream") is True:
+        _stream_outcome(outcome, behaviour, call)
+    return outcome
 
 
 def _reject_format(message: str) -> _Outcome:
@@ -676,6 +724,176 @@ def _reject_format(message: str) -> _Outcome:
         status=400,
         body=_error_body(message, "invalid_request_error", param="response_format"),
     )
+
+
+# --------------------------------------------------------------------------
+# Chat replies (no generation conventions) and streaming
+# --------------------------------------------------------------------------
+
+_REFERENCE_BLOCK = re.compile(
+    r"<reference_examples>\n(.*?)\n?</reference_examples>", re.DOTALL
+)
+_TRANSCRIPT_USER = re.compile(r"^User:[ \t]?(.*)$", re.MULTILINE)
+_FIRST_SPACE = re.compile(r"\s*")
+_PIECE = re.compile(r"\S+\s*")
+
+
+def conversational(info: PromptInfo) -> bool:
+    """A chat without the generation conventions (no source, no pair count)."""
+    return info.source is None and info.count is None
+
+
+def reference_questions(prompt: str) -> list[str]:
+    """The ``Q:`` lines between ``<reference_examples>`` tags, in order."""
+    questions: list[str] = []
+    for block in _REFERENCE_BLOCK.findall(prompt):
+        for line in block.splitlines():
+            if line.startswith("Q:"):
+                questions.append(line[2:].strip())
+    return questions
+
+
+def _reply_text(prompt: str, last_user: str, user_turns: int) -> str:
+    questions = reference_questions(prompt)
+    said = " ".join(last_user.split())
+    if len(said) > 120:
+        said = said[:119] + "…"
+    if questions:
+        listed = " | ".join(f"«{q}»" for q in questions)
+        seen = f"I was given {len(questions)} reference example(s): {listed}."
+    else:
+        seen = "I was given no reference examples."
+    return (
+        f"This is the fake model answering “{said}” (user turn {user_turns}). "
+        f"{seen} Thank you for trying the playground."
+    )
+
+
+def chat_reply(messages: Sequence[Mapping[str, Any]]) -> str:
+    """The fake's answer to a Chat Completions request without generation conventions."""
+    users = [
+        str(m.get("content") or "")
+        for m in messages
+        if isinstance(m, Mapping) and m.get("role") == "user"
+    ]
+    prompt = _chat_prompt({"messages": list(messages)})
+    return _reply_text(prompt, users[-1] if users else "", len(users))
+
+
+def transcript_reply(prompt: str) -> str:
+    """The fake's answer to a ``User:``/``Assistant:`` transcript (completion mode)."""
+    users = _TRANSCRIPT_USER.findall(prompt)
+    return _reply_text(prompt, users[-1] if users else "", len(users))
+
+
+def _chat_text(behaviour: Mapping[str, Any], call: _Call) -> tuple[str, str | None, int]:
+    if call.endpoint == "chat":
+        messages = call.body.get("messages")
+        text = chat_reply(messages if isinstance(messages, list) else [])
+    else:
+        text = transcript_reply(call.info.prompt)
+    if behaviour["kind"] == "length":
+        return text[: max(1, len(text) // 2)], "length", 0
+    text, _ = _apply_stops(text, call.body.get("stop"))
+    max_tokens = call.body.get("max_tokens") or call.body.get("max_completion_tokens")
+    if isinstance(max_tokens, int) and 0 < max_tokens < _approx_tokens(text):
+        return text[: max_tokens * 4], "length", 0
+    return text, "stop", 0
+
+
+def _stream_outcome(outcome: _Outcome, behaviour: Mapping[str, Any], call: _Call) -> None:
+    outcome.stream = True
+    options = call.body.get("stream_options")
+    outcome.include_usage = isinstance(options, Mapping) and bool(options.get("include_usage"))
+    kind = behaviour["kind"]
+    if kind in ("stream_error", "stream_disconnect"):
+        outcome.fault = "error" if kind == "stream_error" else "disconnect"
+        outcome.fault_after = int(behaviour.get("n", 2))
+        outcome.fault_message = str(
+            behaviour.get("message", "The server had an error while streaming the response")
+        )
+        outcome.fault_type = str(behaviour.get("type", "server_error"))
+    if "chunk_delay" in behaviour:
+        outcome.chunk_delay = float(behaviour["chunk_delay"])
+
+
+def _pieces(text: str) -> list[str]:
+    """One piece per word (with its trailing space); joined they give ``text``."""
+    lead = _FIRST_SPACE.match(text)
+    head = lead.group() if lead else ""
+    pieces = _PIECE.findall(text[len(head) :])
+    if pieces:
+        pieces[0] = head + pieces[0]
+    elif head:
+        pieces = [head]
+    return pieces
+
+
+def stream_chunks(outcome_body: Mapping[str, Any], *, include_usage: bool) -> list[tuple[str, Any]]:
+    """The SSE payloads for a (non-streaming) body: ("content" | "final" | "usage" | "done", payload)."""
+    chat = outcome_body.get("object") == "chat.completion"
+    choice = outcome_body["choices"][0]
+    text = choice["message"]["content"] if chat else choice["text"]
+    base = {
+        "id": outcome_body["id"],
+        "object": "chat.completion.chunk" if chat else "text_completion",
+        "created": outcome_body["created"],
+        "model": outcome_body["model"],
+    }
+    if include_usage:
+        base["usage"] = None
+
+    def chunk(content: str | None, finish: str | None, role: bool = False) -> dict[str, Any]:
+        if chat:
+            delta: dict[str, Any] = {"role": "assistant"} if role else {}
+            if content is not None:
+                delta["content"] = content
+            item = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        else:
+            item = {"index": 0, "text": content or "", "logprobs": None, "finish_reason": finish}
+        return {**base, "choices": [item]}
+
+    events: list[tuple[str, Any]] = []
+    if chat:
+        events.append(("content", chunk("", None, role=True)))
+    events.extend(("content", chunk(piece, None)) for piece in _pieces(text))
+    events.append(("final", chunk(None if chat else "", choice["finish_reason"])))
+    if include_usage and "usage" in outcome_body:
+        events.append(("usage", {**base, "choices": [], "usage": outcome_body["usage"]}))
+    events.append(("done", "[DONE]"))
+    return events
+
+
+def _send_stream(handler: _Handler, outcome: _Outcome) -> None:
+    handler.send_response(200)
+    handler.send_header("Content-Type", "text/event-stream; charset=utf-8")
+    handler.send_header("Cache-Control", "no-cache")
+    handler.send_header("Transfer-Encoding", "chunked")
+    for name, value in outcome.headers.items():
+        handler.send_header(name, value)
+    handler.end_headers()
+
+    def write(data: bytes) -> None:
+        handler.wfile.write(b"%X\r\n%s\r\n" % (len(data), data))
+        handler.wfile.flush()
+
+    sent = 0
+    for kind, payload in stream_chunks(outcome.body or {}, include_usage=outcome.include_usage):
+        if outcome.fault and kind in ("content", "final") and sent >= outcome.fault_after:
+            if outcome.fault == "disconnect":
+                _send_outcome(handler, _Outcome(disconnect=True))
+                return
+            error = _error_body(outcome.fault_message, outcome.fault_type)
+            write(b"data: " + json.dumps(error).encode("utf-8") + b"\n\n")
+            break
+        data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
+        write(b"data: " + data.encode("utf-8") + b"\n\n")
+        if kind == "content":
+            sent += 1
+            if outcome.chunk_delay > 0:
+                time.sleep(outcome.chunk_delay)
+    handler.wfile.write(b"0\r\n\r\n")
+    handler.wfile.flush()
 
 
 # --------------------------------------------------------------------------
@@ -746,6 +964,7 @@ class _Settings:
     latency: float = 0.0
     capacity: int | None = None
     rpm: int | None = None
+    chunk_delay: float = 0.0
 
 
 class FakeLLMServer:
@@ -761,8 +980,11 @@ class FakeLLMServer:
         rpm: int | None = None,
         models: Sequence[str] = ("fake-model",),
         strict_models: bool = False,
+        chunk_delay: float = 0.0,
     ) -> None:
-        self._settings = _Settings(latency=latency, capacity=capacity, rpm=rpm)
+        self._settings = _Settings(
+            latency=latency, capacity=capacity, rpm=rpm, chunk_delay=chunk_delay
+        )
         self.models = tuple(models)
         self.strict_models = strict_models
         self._lock = threading.Lock()
@@ -863,11 +1085,14 @@ class FakeLLMServer:
         latency: float | None = None,
         capacity: int | None | _Keep = KEEP,
         rpm: int | None | _Keep = KEEP,
+        chunk_delay: float | None = None,
     ) -> None:
         """Change settings; pass capacity=None / rpm=None to remove a limit."""
         with self._lock:
             if latency is not None:
                 self._settings.latency = float(latency)
+            if chunk_delay is not None:
+                self._settings.chunk_delay = float(chunk_delay)
             if not isinstance(capacity, _Keep):
                 self._settings.capacity = None if capacity is None else int(capacity)
             if not isinstance(rpm, _Keep):
@@ -995,6 +1220,7 @@ class FakeLLMServer:
                     latency=settings.get("latency"),
                     capacity=settings.get("capacity", KEEP),
                     rpm=settings.get("rpm", KEEP),
+                    chunk_delay=settings.get("chunk_delay"),
                 )
             elif method == "POST" and path == "/_fake/reset":
                 self.reset()
@@ -1074,11 +1300,14 @@ class FakeLLMServer:
             with self._lock:
                 record["behaviour"] = behaviour["kind"]
                 latency = self._settings.latency
+                chunk_delay = self._settings.chunk_delay
             time.sleep(latency + _delay(behaviour))
             if self.strict_models and call.model not in self.models:
                 outcome = _Outcome(status=404, body=_model_not_found(call.model))
             else:
                 outcome = respond(behaviour, call)
+                if "chunk_delay" not in behaviour:
+                    outcome.chunk_delay = chunk_delay
             self._record_end(record, outcome)
             _send_outcome(handler, outcome)
         finally:
@@ -1142,6 +1371,7 @@ class FakeLLMServer:
             "rejected": None,
             "pairs_returned": None,
             "finish_reason": None,
+            "stream": call.body.get("stream") is True,
         }
         with self._lock:
             record["id"] = len(self._calls) + 1
@@ -1205,6 +1435,9 @@ def _send_json(
 
 
 def _send_outcome(handler: _Handler, outcome: _Outcome) -> None:
+    if outcome.stream and not outcome.disconnect and outcome.status == 200:
+        _send_stream(handler, outcome)
+        return
     if outcome.disconnect:
         handler.close_connection = True
         try:
@@ -1293,6 +1526,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--strict-models", action="store_true", help="404 for models not listed"
     )
     parser.add_argument(
+        "--chunk-delay",
+        type=float,
+        default=0.0,
+        help="seconds between the chunks of a streamed answer",
+    )
+    parser.add_argument(
         "--default", type=json.loads, default=None, help="default behaviour(s) as JSON"
     )
     parser.add_argument(
@@ -1310,6 +1549,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rpm=args.rpm,
         models=args.models or ("fake-model",),
         strict_models=args.strict_models,
+        chunk_delay=args.chunk_delay,
     )
     if args.default is not None:
         server.set_default(args.default)

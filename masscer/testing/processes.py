@@ -133,3 +133,36 @@ def manage(
         timeout=timeout,
         check=check,
     )
+
+
+def start_beat(env: Mapping[str, str], *, schedule: Path, log_path: Path | None = None) -> subprocess.Popen[bytes]:
+    """Celery beat (the lease sweeper's clock) with its schedule file in a temporary place."""
+    output = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    return subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "masscer", "beat", "-s", str(schedule), "--loglevel", "INFO"],
+        cwd=ROOT, env=dict(env), stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+
+
+def start_redis(port: int, *, workdir: Path) -> subprocess.Popen[bytes]:
+    """A Redis server of the test's own (no persistence), for broker-restart faults."""
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 10
+    while not port_open("127.0.0.1", port):
+        if time.monotonic() > deadline or process.poll() is not None:
+            raise RuntimeError(f"redis-server did not start on port {port}")
+        time.sleep(0.05)
+    return process
+
+
+def wait_for(predicate: Any, *, timeout: float, interval: float = 0.2) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())

@@ -1,0 +1,140 @@
+"""What a job will cost before it runs: chunks used, model calls, tokens and money (pure, no database).
+
+The numbers follow the planner and the generation loop: N is spread over the chunks like
+`planning.allocate` does (or capped by the user questions for "mine"), each chunk asks for
+at most `pairs_per_call` pairs per call, and every call sends the chunk, the fixed prompt
+and up to 60 earlier questions (so the model does not repeat them). Calls that must be
+repeated (invalid output, duplicates) are not counted; `calls_max` is the hard bound.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+
+from .planning import allocate, allocate_capped, calls_budget
+
+# Tokens of the instructions, rules and reply format around the source text.
+PROMPT_OVERHEAD_TOKENS = 320
+# One earlier question shown to the model so it does not repeat it.
+QUESTION_TOKENS = 20
+# The prompt shows at most this many earlier questions (generation.MAX_EXISTING_IN_PROMPT).
+MAX_EXISTING_IN_PROMPT = 60
+# One question/answer/evidence triple in the reply, with its JSON punctuation.
+PAIR_TOKENS = 90
+REPLY_OVERHEAD_TOKENS = 10
+PER_MILLION = Decimal(1_000_000)
+
+
+@dataclass(frozen=True)
+class Price:
+    """Per 1M tokens."""
+
+    prompt: Decimal
+    completion: Decimal
+
+
+@dataclass(frozen=True)
+class Estimate:
+    requested: int
+    planned: int  # what the sources can give (mine: capped by the user questions)
+    chunks_total: int
+    chunks_used: int
+    calls: int
+    calls_max: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost: Decimal | None  # None: no price configured for the model
+    projected: bool  # chunk sizes projected from token counts (a source not chunked yet)
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def shortfall(self) -> int:
+        return max(0, self.requested - self.planned)
+
+
+def parse_prices(spec: str) -> dict[str, Price]:
+    """'model=in:out,other=in:out' (USD per 1M tokens) → {model: Price}; bad entries are skipped."""
+    prices: dict[str, Price] = {}
+    for entry in spec.replace(";", ",").split(","):
+        model, _, pair = entry.strip().rpartition("=")
+        prompt, _, completion = pair.partition(":")
+        if not model.strip():
+            continue
+        try:
+            price = Price(Decimal(prompt.strip()), Decimal((completion or prompt).strip()))
+        except InvalidOperation:
+            continue
+        if price.prompt.is_finite() and price.completion.is_finite():
+            prices[model.strip()] = price
+    return prices
+
+
+def project_chunks(token_count: int, *, budget: int, overlap: int) -> list[int]:
+    """Chunk sizes of a text of `token_count` tokens not chunked yet (the splitter's budget and overlap)."""
+    if token_count <= 0:
+        return []
+    if token_count <= budget:
+        return [token_count]
+    step = max(1, budget - max(0, overlap))
+    count = math.ceil((token_count - overlap) / step)
+    total = token_count + (count - 1) * overlap
+    base, extra = divmod(total, count)
+    return [base + (1 if i < extra else 0) for i in range(count)]
+
+
+def user_turns(text: str) -> int:
+    """User questions in a rendered conversation chunk (what "mine" can use)."""
+    return sum(1 for line in text.splitlines() if line.startswith("[user]"))
+
+
+def estimate(
+    *,
+    count: int,
+    chunk_tokens: Sequence[int],
+    pairs_per_call: int,
+    calls_per_batch: int,
+    caps: Sequence[int] | None = None,
+    max_tokens: int | None = None,
+    price: Price | None = None,
+    projected: bool = False,
+) -> Estimate:
+    """The estimate for `count` completions over chunks of these sizes.
+
+    `caps` (one per chunk) switches to the mining plan: a chunk gives at most its cap.
+    """
+    per_call = max(1, pairs_per_call)
+    quotas = allocate_capped(count, caps) if caps is not None else allocate(count, chunk_tokens)
+    calls = calls_max = prompt = completion = made = 0
+    for tokens, quota in zip(chunk_tokens, quotas, strict=True):
+        if quota <= 0:
+            continue
+        calls_max += calls_budget(quota, per_call=per_call, calls_per_batch=calls_per_batch)
+        left = quota
+        while left > 0:
+            pairs = min(per_call, left)
+            calls += 1
+            prompt += PROMPT_OVERHEAD_TOKENS + tokens + min(made, MAX_EXISTING_IN_PROMPT) * QUESTION_TOKENS
+            reply = REPLY_OVERHEAD_TOKENS + pairs * PAIR_TOKENS
+            completion += min(reply, max_tokens) if max_tokens else reply
+            made += pairs
+            left -= pairs
+    cost = None
+    if price is not None:
+        cost = (Decimal(prompt) * price.prompt + Decimal(completion) * price.completion) / PER_MILLION
+    return Estimate(
+        requested=count,
+        planned=sum(quotas),
+        chunks_total=len(chunk_tokens),
+        chunks_used=sum(1 for quota in quotas if quota > 0),
+        calls=calls,
+        calls_max=calls_max,
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        cost=cost,
+        projected=projected,
+    )

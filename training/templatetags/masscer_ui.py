@@ -1,0 +1,95 @@
+"""Template helpers of the web UI: the evidence highlight, optional links, labels."""
+from __future__ import annotations
+
+import unicodedata
+from typing import Any
+
+from django import template
+from django.urls import NoReverseMatch, reverse
+from django.utils.html import escape
+from django.utils.safestring import SafeString, mark_safe
+
+from training.validation import REASON_LABELS, _evidence_form
+
+register = template.Library()
+
+_QUOTE_CHARS = "\"'“”‘’«»„`"
+
+
+def _folded(text: str) -> tuple[str, list[int]]:
+    """The text as evidence_in_source compares it, and for each of its characters the source index."""
+    chars: list[str] = []
+    where: list[int] = []
+    for index, char in enumerate(text):
+        if char.isspace() or char == "…":
+            continue
+        for folded in unicodedata.normalize("NFKC", char).casefold():
+            if not folded.isspace():
+                chars.append(folded)
+                where.append(index)
+    return "".join(chars), where
+
+
+def evidence_span(text: str, evidence: str) -> tuple[int, int] | None:
+    """Start and end (in `text`) of the evidence quote, matched the way validation matches it."""
+    needle = _evidence_form(evidence)
+    if not needle:
+        return None
+    haystack, where = _folded(text)
+    start = haystack.find(needle)
+    if start < 0:
+        return None
+    end = start + len(needle) - 1
+    return where[start], where[end] + 1
+
+
+@register.filter
+def highlight_evidence(text: str, evidence: str) -> SafeString:
+    """The chunk text escaped, with only the evidence quote wrapped in <mark>.
+
+    Model output and source text are data: every part is escaped before the one tag is added.
+    """
+    text = str(text or "")
+    span = evidence_span(text, str(evidence or ""))
+    if span is None:
+        return escape(text)
+    start, end = span
+    return mark_safe(  # noqa: S308 - each piece is escaped; only <mark> is ours
+        f"{escape(text[:start])}<mark class=\"evidence\">{escape(text[start:end])}</mark>{escape(text[end:])}"
+    )
+
+
+@register.simple_tag
+def optional_url(name: str, *args: Any) -> str:
+    """The URL, or "" when no such route exists (a feature another module may not have yet)."""
+    try:
+        return reverse(name, args=args)
+    except NoReverseMatch:
+        return ""
+
+
+@register.filter
+def reason_label(key: str) -> str:
+    return REASON_LABELS.get(key, str(key).replace("_", " "))
+
+
+@register.filter
+def seconds(value: float | None) -> str:
+    """12.3 → '12 s', 75 → '1 min 15 s'."""
+    if value is None:
+        return "–"
+    total = int(round(value))
+    if total < 60:
+        return f"{total} s"
+    minutes, secs = divmod(total, 60)
+    if minutes < 60:
+        return f"{minutes} min {secs} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min"
+
+
+@register.filter
+def percent(part: int | None, whole: int | None) -> int:
+    if not whole:
+        return 0
+    return max(0, min(100, round(100 * (part or 0) / whole)))

@@ -208,6 +208,17 @@ if MASSCER_LLM_MODE not in {"chat", "completion"}:
 MASSCER_LLM_TIMEOUT = env_float("MASSCER_LLM_TIMEOUT", 120.0)
 # Prices per 1M tokens, "model=input:output,..." e.g. "gpt-4o-mini=0.15:0.60".
 MASSCER_LLM_PRICES = env_str("MASSCER_LLM_PRICES", "")
+# The provider's limits for the endpoint, shared by all llm workers through Redis (0 = none);
+# tightened at run time by the provider's x-ratelimit-limit-* headers.
+MASSCER_LLM_RPM = env_int("MASSCER_LLM_RPM", 0)
+MASSCER_LLM_TPM = env_int("MASSCER_LLM_TPM", 0)
+MASSCER_RATELIMIT_REDIS_URL = env_str(
+    "MASSCER_RATELIMIT_REDIS_URL", CELERY_BROKER_URL if CELERY_BROKER_URL.startswith("redis") else ""
+)
+# A worker thread waits in line for a slot at most this long; a longer wait hands the work
+# back to the queue with that countdown instead of holding the thread.
+MASSCER_RATELIMIT_MAX_WAIT = env_float("MASSCER_RATELIMIT_MAX_WAIT", 20.0)
+MASSCER_EMBEDDINGS_MODEL = env_str("MASSCER_EMBEDDINGS_MODEL", "")
 
 # --- Limits and pipeline knobs ----------------------------------------------------------
 MASSCER_MAX_UPLOAD_BYTES = env_int("MASSCER_MAX_UPLOAD_BYTES", 50 * 1024 * 1024)

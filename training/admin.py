@@ -1,20 +1,66 @@
+"""The review back office: the completion admin, plus jobs, work items and chunks.
+
+Every action is a call to a service, and services check workspace roles: only reviewers and
+admins of a completion's workspace approve, reject, edit, regenerate or resolve duplicates,
+whatever their Django permissions (a superuser who is not a reviewer of a workspace sees its
+completions but cannot approve them). Staff who are not superusers see only the completions
+of their workspaces.
+
+Editing (on the change page, or in the list: question, answer and status are editable in
+place) goes through `services.completion_review`, which keeps the original text the first
+time and marks the completion edited; `reviewed_by`/`reviewed_at` are recorded.
+
+"Regenerate" rejects the selected completions and asks the model for as many new ones from
+the same chunks (`review.completions_regenerate`; see there).
+"""
 from __future__ import annotations
 
-from django.contrib import admin, messages
-from django.db.models import QuerySet
-from django.http import HttpRequest
+from collections.abc import Callable
+from typing import Any
 
-from . import services
-from .models import Chunk, Completion, TrainingJob, WorkItem
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin.helpers import ActionForm
+from django.core.exceptions import PermissionDenied
+from django.db.models import Prefetch, QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.utils.html import format_html_join
+from django.utils.text import Truncator
+
+from agents.models import Agent
+from agents.selectors import agents_for
+from workspaces.selectors import visible_to
+
+from . import review, services
+from .models import Assignment, Chunk, Completion, TrainingJob, WorkItem
+
+LIST_TEXT_CHARS = 120
 
 
 @admin.register(TrainingJob)
 class TrainingJobAdmin(admin.ModelAdmin):
-    list_display = ["id", "owner", "status", "requested_count", "created_count", "shortfall", "calls", "created_at"]
+    list_display = ["id", "workspace", "owner", "status", "requested_count", "created_count", "shortfall", "calls",
+                    "created_at"]
     list_filter = ["status", "style", "model"]
-    list_select_related = ["owner"]
-    raw_id_fields = ["owner", "documents", "conversations", "agents"]
+    list_select_related = ["owner", "workspace"]
+    raw_id_fields = ["owner", "workspace", "documents", "conversations", "agents"]
     readonly_fields = ["created_count", "calls", "prompt_tokens", "completion_tokens", "shortfall_reasons", "error"]
+    actions = ["cancel", "retry"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[TrainingJob]:
+        rows = super().get_queryset(request)
+        return rows if request.user.is_superuser else visible_to(rows, user=request.user)
+
+    @admin.action(description="Cancel selected jobs")
+    def cancel(self, request: HttpRequest, queryset: QuerySet[TrainingJob]) -> None:
+        done = sum(services.job_cancel(job=job) for job in queryset)
+        self.message_user(request, f"{done} jobs cancelled.", messages.SUCCESS)
+
+    @admin.action(description="Retry selected jobs (what failed or fell short)")
+    def retry(self, request: HttpRequest, queryset: QuerySet[TrainingJob]) -> None:
+        done = sum(services.job_retry(job=job) for job in queryset)
+        self.message_user(request, f"{done} jobs sent back to the workers.", messages.SUCCESS)
 
 
 @admin.register(WorkItem)
@@ -32,14 +78,215 @@ class ChunkAdmin(admin.ModelAdmin):
     raw_id_fields = ["document", "conversation"]
 
 
+# --- completion filters --------------------------------------------------------------------
+
+
+def _int_or_none(value: str | None) -> int | None:
+    return int(value) if value and value.isdigit() else None
+
+
+class AgentFilter(admin.SimpleListFilter):
+    title = "agent"
+    parameter_name = "agent"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[int, str]]:
+        rows = Agent.objects.all() if request.user.is_superuser else agents_for(user=request.user)
+        return [(agent.pk, agent.name) for agent in rows.only("pk", "name").order_by("name", "id")[:200]]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Completion]) -> QuerySet[Completion]:
+        agent_id = _int_or_none(self.value())
+        return queryset.filter(assignments__agent_id=agent_id) if agent_id else queryset
+
+
+class JobFilter(admin.SimpleListFilter):
+    """The 30 latest jobs as links; any job by `?job=ID`."""
+
+    title = "job"
+    parameter_name = "job"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[int, str]]:
+        rows = TrainingJob.objects.all() if request.user.is_superuser else visible_to(
+            TrainingJob.objects.all(), user=request.user
+        )
+        return [(pk, f"job {pk}") for pk in rows.order_by("-created_at", "-id").values_list("pk", flat=True)[:30]]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Completion]) -> QuerySet[Completion]:
+        job_id = _int_or_none(self.value())
+        return queryset.filter(job_id=job_id) if job_id else queryset
+
+
+class SourceTypeFilter(admin.SimpleListFilter):
+    title = "source type"
+    parameter_name = "source_type"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("document", "Document"), ("conversation", "Conversation")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Completion]) -> QuerySet[Completion]:
+        if self.value() == "document":
+            return queryset.filter(chunk__document__isnull=False)
+        if self.value() == "conversation":
+            return queryset.filter(chunk__conversation__isnull=False)
+        return queryset
+
+
+class DuplicateFilter(admin.SimpleListFilter):
+    title = "near-duplicate"
+    parameter_name = "duplicate"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("flagged", "Flagged as a duplicate"), ("any", "In a duplicate group")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Completion]) -> QuerySet[Completion]:
+        if self.value() == "flagged":
+            return queryset.filter(duplicate_of__isnull=False)
+        if self.value() == "any":
+            heads = Completion.objects.filter(duplicate_of__isnull=False).values("duplicate_of_id")
+            return queryset.filter(duplicate_of__isnull=False) | queryset.filter(pk__in=heads)
+        return queryset
+
+
+# --- the completion admin ----------------------------------------------------------------------
+
+
+class CompletionActionForm(ActionForm):
+    """The action bar: an agent for "assign", "unassign" and "find near-duplicates"."""
+
+    agent = forms.ModelChoiceField(queryset=Agent.objects.all(), required=False, empty_label="(agent)")
+
+
+class ReviewerCheck(forms.ModelForm):
+    """Refuses an edit in a workspace where the user does not review (set per request)."""
+
+    review_workspaces: set[int] = set()
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        if self.instance.pk and self.instance.job.workspace_id not in self.review_workspaces:
+            raise forms.ValidationError("Only reviewers and admins of this workspace may edit or review it.")
+        return cleaned
+
+
+def _reviewer_form(base: type[forms.ModelForm], request: HttpRequest) -> type[forms.ModelForm]:
+    workspaces = review.review_workspace_ids(user=request.user)
+    return type("ReviewerForm", (ReviewerCheck, base), {"review_workspaces": workspaces})
+
+
 @admin.register(Completion)
 class CompletionAdmin(admin.ModelAdmin):
-    list_display = ["id", "question", "status", "job", "model", "edited", "reviewed_by", "created_at"]
-    list_filter = ["status", "model", "created_at"]
+    list_display = ["id", "question", "answer", "status", "source", "agent_names", "job", "model", "edited",
+                    "duplicate_of_id", "reviewed_by", "reviewed_at", "created_at"]
+    list_display_links = ["id"]
+    list_editable = ["question", "answer", "status"]
+    list_filter = ["status", AgentFilter, JobFilter, SourceTypeFilter, "model", "created_at", "edited",
+                   DuplicateFilter]
+    list_select_related = ["job", "chunk", "chunk__document", "chunk__conversation", "reviewed_by"]
+    list_per_page = 50
     search_fields = ["question", "answer"]
-    list_select_related = ["job", "reviewed_by"]
-    raw_id_fields = ["job", "chunk", "reviewed_by"]
-    actions = ["approve", "reject"]
+    date_hierarchy = "created_at"
+    fields = ["question", "answer", "status", "evidence", "source", "chunk_text", "agent_names", "job", "model",
+              "edited", "original_question", "original_answer", "redacted", "duplicate_of", "reviewed_by",
+              "reviewed_at", "created_at"]
+    readonly_fields = ["evidence", "source", "chunk_text", "agent_names", "job", "model", "edited",
+                       "original_question", "original_answer", "redacted", "duplicate_of", "reviewed_by",
+                       "reviewed_at", "created_at"]
+    action_form = CompletionActionForm
+    actions = ["approve", "reject", "assign", "unassign", "regenerate", "flag_duplicates", "keep_one", "merge"]
+    formfield_overrides = {}
+
+    # --- reads
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Completion]:
+        rows = super().get_queryset(request).defer("chunk__text").prefetch_related(
+            Prefetch("assignments", queryset=Assignment.objects.select_related("agent").only("completion_id",
+                                                                                             "agent__name"))
+        )
+        return rows if request.user.is_superuser else visible_to(rows, user=request.user, path="job__workspace")
+
+    def get_object(self, request: HttpRequest, object_id: str, from_field: str | None = None) -> Completion | None:
+        # The change page shows the chunk text, which the list defers.
+        obj = super().get_object(request, object_id, from_field)
+        if obj is not None:
+            obj.chunk.refresh_from_db(fields=["text"])
+        return obj
+
+    @admin.display(description="source")
+    def source(self, obj: Completion) -> str:
+        chunk = obj.chunk
+        source = chunk.document if chunk.document_id else chunk.conversation
+        label = chunk.locator_label
+        return f"{source}" + (f" ({label})" if label else "")
+
+    @admin.display(description="agents")
+    def agent_names(self, obj: Completion) -> str:
+        return ", ".join(assignment.agent.name for assignment in obj.assignments.all())
+
+    @admin.display(description="chunk text")
+    def chunk_text(self, obj: Completion) -> str:
+        return format_html_join("", "<p>{}</p>", ((part,) for part in obj.chunk.text.split("\n\n")))
+
+    def formfield_for_dbfield(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        if db_field.name in ("question", "answer"):
+            kwargs["widget"] = forms.Textarea(attrs={"rows": 3, "cols": 40})
+        return super().formfield_for_dbfield(db_field, request, **kwargs)
+
+    # --- writes go through the services
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # completions come from jobs
+
+    def has_change_permission(self, request: HttpRequest, obj: Completion | None = None) -> bool:
+        if obj is not None and obj.job.workspace_id not in review.review_workspace_ids(user=request.user):
+            return False
+        return super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Completion | None = None) -> bool:
+        return False  # reject instead: the record stays
+
+    def get_form(self, request: HttpRequest, obj: Completion | None = None, change: bool = False,
+                 **kwargs: Any) -> type[forms.ModelForm]:
+        return _reviewer_form(super().get_form(request, obj, change, **kwargs), request)
+
+    def get_changelist_form(self, request: HttpRequest, **kwargs: Any) -> type[forms.ModelForm]:
+        return _reviewer_form(super().get_changelist_form(request, **kwargs), request)
+
+    def save_model(self, request: HttpRequest, obj: Completion, form: forms.ModelForm, change: bool) -> None:
+        stored = Completion.objects.select_related("job").get(pk=obj.pk)
+        services.completion_review(
+            completion=stored, status=obj.status, reviewer=request.user, question=obj.question, answer=obj.answer
+        )
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        response = super().changelist_view(request, extra_context)
+        # Offer only the agents the user can see in the action bar (validation accepts any
+        # agent; the services check membership).
+        if isinstance(response, TemplateResponse) and response.context_data.get("action_form"):
+            response.context_data["action_form"].fields["agent"].queryset = agents_for(user=request.user)
+        return response
+
+    # --- actions
+
+    def _report(self, request: HttpRequest, verb: str, outcome: review.Outcome) -> None:
+        self.message_user(request, f"{outcome.done} completions {verb}.", messages.SUCCESS)
+        for reason, ids in outcome.skipped.items():
+            shown = ", ".join(str(pk) for pk in ids[:20]) + (" …" if len(ids) > 20 else "")
+            self.message_user(request, f"Skipped {len(ids)} ({reason}): {shown}", messages.WARNING)
+
+    def _review(self, request: HttpRequest, queryset: QuerySet[Completion], status: str) -> None:
+        selected = list(queryset.values_list("pk", flat=True))
+        count = services.completions_review_bulk(
+            completions=Completion.objects.filter(pk__in=selected), status=status, reviewer=request.user
+        )
+        outcome = review.Outcome(done=count)
+        if count < len(selected):
+            allowed = review.review_workspace_ids(user=request.user)
+            outcome.skip(
+                "you are not a reviewer in their workspace",
+                Completion.objects.filter(pk__in=selected).exclude(job__workspace__in=allowed).values_list(
+                    "pk", flat=True
+                ),
+            )
+        self._report(request, f"marked {status}", outcome)
 
     @admin.action(description="Approve selected completions")
     def approve(self, request: HttpRequest, queryset: QuerySet[Completion]) -> None:
@@ -49,6 +296,61 @@ class CompletionAdmin(admin.ModelAdmin):
     def reject(self, request: HttpRequest, queryset: QuerySet[Completion]) -> None:
         self._review(request, queryset, Completion.Status.REJECTED)
 
-    def _review(self, request: HttpRequest, queryset: QuerySet[Completion], status: str) -> None:
-        count = services.completions_review_bulk(completions=queryset, status=status, reviewer=request.user)
-        self.message_user(request, f"{count} completions marked {status}.", messages.SUCCESS)
+    def _chosen_agent(self, request: HttpRequest) -> Agent | None:
+        agent_id = _int_or_none(request.POST.get("agent"))
+        agent = agents_for(user=request.user).filter(pk=agent_id).first() if agent_id else None
+        if agent is None:
+            self.message_user(request, "Choose one of your agents in the action bar first.", messages.ERROR)
+        return agent
+
+    def _assignment(self, request: HttpRequest, queryset: QuerySet[Completion], change: Callable[..., Any],
+                    verb: str) -> None:
+        agent = self._chosen_agent(request)
+        if agent is None:
+            return
+        ids = list(queryset.values_list("pk", flat=True))
+        try:
+            outcome = change(user=request.user, completion_ids=ids, agent=agent)
+        except PermissionDenied as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+            return
+        self._report(request, f"{verb} {agent.name}", outcome)
+
+    @admin.action(description="Assign selected to the chosen agent")
+    def assign(self, request: HttpRequest, queryset: QuerySet[Completion]) -> None:
+        self._assignment(request, queryset, review.completions_assign_checked, "assigned to")
+
+    @admin.action(description="Unassign selected from the chosen agent")
+    def unassign(self, request: HttpRequest, queryset: QuerySet[Completion]) -> None:
+        self._assignment(request, queryset, review.completions_unassign_checked, "unassigned from")
+
+    @admin.action(description="Regenerate selected (reject them and make as many new ones)")
+    def regenerate(self, request: HttpRequest, queryset: QuerySet[Completion]) -> None:
+        outcome = review.completions_regenerate(completions=queryset, reviewer=request.user)
+        self._report(request, "rejected and sent for regeneration", outcome)
+
+    @admin.action(description="Find near-duplicates in the material of the chosen agent (or the selected ones' agents)")
+    def flag_duplicates(self, request: HttpRequest, queryset: QuerySet[Completion]) -> None:
+        agent_id = _int_or_none(request.POST.get("agent"))
+        agents = agents_for(user=request.user)
+        if agent_id:
+            agents = agents.filter(pk=agent_id)
+        else:
+            agents = agents.filter(assignments__completion__in=queryset.values("pk")).distinct()
+        for agent in agents:
+            groups = review.duplicates_flag(agent=agent)
+            flagged = sum(len(group) - 1 for group in groups)
+            self.message_user(
+                request, f"{agent.name}: {len(groups)} near-duplicate groups, {flagged} completions flagged.",
+                messages.SUCCESS,
+            )
+
+    @admin.action(description="Near-duplicates: keep selected, reject the rest of each group")
+    def keep_one(self, request: HttpRequest, queryset: QuerySet[Completion]) -> None:
+        outcome = review.duplicates_keep_selected(completions=queryset, reviewer=request.user)
+        self._report(request, "rejected as duplicates", outcome)
+
+    @admin.action(description="Near-duplicates: merge into selected (move agents, reject the rest)")
+    def merge(self, request: HttpRequest, queryset: QuerySet[Completion]) -> None:
+        outcome = review.duplicates_keep_selected(completions=queryset, reviewer=request.user, merge=True)
+        self._report(request, "merged and rejected as duplicates", outcome)

@@ -15,8 +15,10 @@ from django.conf import settings
 from django.db.models import F, Q
 from django.utils import timezone
 
-from masscer.lib import llm
+from masscer.lib import llm, ratelimit
+from masscer.lib.pricing import call_cost, parse_prices
 from masscer.lib.redact import redact
+from masscer.lib.tokens import count_tokens
 
 from . import services
 from .models import Completion, TrainingJob, WorkItem
@@ -27,6 +29,9 @@ logger = logging.getLogger(__name__)
 
 # How many of a chunk's own questions the model is shown to avoid repeats.
 MAX_EXISTING_IN_PROMPT = 60
+# Token estimates reserved in the shared tokens-per-minute limit before a call.
+PROMPT_OVERHEAD_TOKENS = 400
+TOKENS_PER_PAIR = 120
 
 
 class RetryLater(Exception):
@@ -74,6 +79,45 @@ def _claim(item_id: int) -> int | None:
     return claim if updated == 1 else None
 
 
+def usage_pair(usage: llm.Usage) -> tuple[int, int]:
+    return usage.prompt_tokens, usage.completion_tokens
+
+
+def _over_budget(job_id: int) -> bool:
+    job = TrainingJob.objects.only("budget", "cost").get(pk=job_id)
+    return job.budget is not None and job.cost >= job.budget
+
+
+def _limiter(model: str) -> ratelimit.RateLimiter | None:
+    limits = ratelimit.Limits(settings.MASSCER_LLM_RPM, settings.MASSCER_LLM_TPM)
+    if not settings.MASSCER_RATELIMIT_REDIS_URL:
+        return None
+    return ratelimit.limiter_for(
+        settings.MASSCER_RATELIMIT_REDIS_URL, base_url=settings.MASSCER_LLM_BASE_URL, model=model, limits=limits
+    )
+
+
+def _wait_for_slot(limiter: ratelimit.RateLimiter | None, item: WorkItem, claim: int, tokens: int) -> None:
+    """Take a place in the shared rate limit; hand the work back if the line is long."""
+    if limiter is None:
+        return
+    decision = limiter.acquire(tokens=tokens, max_wait=settings.MASSCER_RATELIMIT_MAX_WAIT)
+    if not decision.reserved:
+        _hand_back(item, claim, decision.wait, f"waiting {decision.wait:.1f} s for the rate limit")
+    ratelimit.sleep(decision.wait)
+
+
+def _hand_back(item: WorkItem, claim: int, countdown: float, reason: str, **fields: object) -> None:
+    """Release the claim and have the task come back after `countdown` seconds."""
+    WorkItem.objects.filter(pk=item.pk, attempts=claim).update(
+        status=WorkItem.Status.PENDING,
+        lease_expires_at=None,
+        enqueued_at=timezone.now() + timedelta(seconds=countdown),
+        **fields,
+    )
+    raise RetryLater(countdown, reason)
+
+
 def _job_stopped(job_id: int) -> bool:
     # Cancel (or a failure elsewhere) takes effect between model calls.
     return not TrainingJob.objects.filter(pk=job_id, status=TrainingJob.Status.GENERATING).exists()
@@ -95,12 +139,15 @@ def _close(item_id: int, claim: int, status: str, **fields: object) -> None:
     )
 
 
-def _record_call(item: WorkItem, usage: llm.Usage) -> None:
+def _record_call(item: WorkItem, reply: llm.Reply) -> None:
+    usage = reply.usage
     WorkItem.objects.filter(pk=item.pk).update(calls=F("calls") + 1, unavailable_since=None)
+    cost = call_cost(parse_prices(settings.MASSCER_LLM_PRICES), reply.model or item.job.model, *usage_pair(usage))
     TrainingJob.objects.filter(pk=item.job_id).update(
         calls=F("calls") + 1,
         prompt_tokens=F("prompt_tokens") + usage.prompt_tokens,
         completion_tokens=F("completion_tokens") + usage.completion_tokens,
+        cost=F("cost") + (cost or 0),
     )
     item.calls += 1
     item.unavailable_since = None
@@ -120,6 +167,7 @@ class _Progress:
     per_call: int
     feedback: str | None = None
     exhausted: bool = False
+    budget_exhausted: bool = False
 
 
 def _load_progress(item: WorkItem) -> _Progress:
@@ -184,7 +232,9 @@ def _backoff(attempt: int, retry_after: float | None) -> float:
     return random.uniform(ceiling / 2, ceiling)
 
 
-def _handle_transient(item: WorkItem, claim: int, exc: llm.LLMTransientError, attempt: int) -> None:
+def _handle_transient(
+    item: WorkItem, claim: int, exc: llm.LLMTransientError, attempt: int, limiter: ratelimit.RateLimiter | None
+) -> None:
     now = timezone.now()
     since = item.unavailable_since or now
     waited = (now - since).total_seconds()
@@ -202,14 +252,10 @@ def _handle_transient(item: WorkItem, claim: int, exc: llm.LLMTransientError, at
         services.job_finish_if_done(job_id=item.job_id)
         return
     countdown = _backoff(attempt, exc.retry_after)
+    if exc.status_code == 429 and exc.retry_after and limiter is not None:
+        limiter.block(exc.retry_after)  # the provider said wait: every worker waits
     # Hand the item back; the retry (or, if that message is lost, the sweeper) claims it again.
-    WorkItem.objects.filter(pk=item.pk, attempts=claim).update(
-        status=WorkItem.Status.PENDING,
-        lease_expires_at=None,
-        unavailable_since=since,
-        enqueued_at=now + timedelta(seconds=countdown),
-    )
-    raise RetryLater(countdown, str(exc))
+    _hand_back(item, claim, countdown, str(exc), unavailable_since=since)
 
 
 def work_item_run(*, item_id: int, attempt: int = 0) -> str:
@@ -230,14 +276,20 @@ def work_item_run(*, item_id: int, attempt: int = 0) -> str:
     # Redaction happens before any text leaves for the model; evidence is checked
     # against the same redacted text the model saw.
     source = redact(item.chunk.text)[0] if job.redact else item.chunk.text
+    limiter = _limiter(job.model)
+    source_tokens = count_tokens(source) + PROMPT_OVERHEAD_TOKENS
     while progress.made < item.quota and item.calls < budget and not progress.exhausted:
         if not _renew(item.pk, claim):
             return "lost-lease"
         if _job_stopped(item.job_id):
             _close(item.pk, claim, WorkItem.Status.CANCELLED)
             return "job-not-running"
+        if _over_budget(item.job_id):
+            progress.budget_exhausted = True
+            break
         asked = min(item.quota - progress.made, progress.per_call)
         _refresh_index(item, progress)
+        _wait_for_slot(limiter, item, claim, source_tokens + asked * TOKENS_PER_PAIR)
         try:
             reply = llm.generate_pairs(
                 config,
@@ -251,7 +303,7 @@ def work_item_run(*, item_id: int, attempt: int = 0) -> str:
                 style=job.style,
             )
         except llm.LLMTransientError as exc:
-            _handle_transient(item, claim, exc, attempt)
+            _handle_transient(item, claim, exc, attempt, limiter)
             return "failed-transient"
         except llm.LLMPermanentError as exc:
             reasons = Counter(item.reasons or {})
@@ -259,7 +311,9 @@ def work_item_run(*, item_id: int, attempt: int = 0) -> str:
             _close(item.pk, claim, WorkItem.Status.FAILED, error=str(exc), reasons=dict(reasons))
             services.job_finish_if_done(job_id=item.job_id)
             return "failed-permanent"
-        _record_call(item, reply.usage)
+        _record_call(item, reply)
+        if limiter is not None:
+            limiter.tighten(reply.headers)
         stored = _absorb(item, claim, reply, asked, progress, source)
         if stored < 0:
             return "lost-lease"
@@ -308,7 +362,7 @@ def _finish(item: WorkItem, claim: int, progress: _Progress) -> str:
     fields: dict[str, object] = {}
     if progress.made < item.quota and not progress.exhausted:
         reasons = Counter(item.reasons or {})
-        reasons["calls_exhausted"] += 1
+        reasons["budget_exhausted" if progress.budget_exhausted else "calls_exhausted"] += 1
         fields["reasons"] = dict(reasons)
     _close(item.pk, claim, WorkItem.Status.DONE, **fields)
     services.job_finish_if_done(job_id=item.job_id)

@@ -113,6 +113,8 @@ class TrainingJob(models.Model):
     prompt_tokens = models.PositiveBigIntegerField(default=0)
     completion_tokens = models.PositiveBigIntegerField(default=0)
     cost = models.DecimalField(max_digits=12, decimal_places=6, default=0)
+    # Stop cleanly (with the reason recorded) once the job has cost this much.
+    budget = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True)
     shortfall = models.PositiveIntegerField(default=0)
     shortfall_reasons = models.JSONField(default=dict, blank=True)
     chunks_total = models.PositiveIntegerField(default=0)

@@ -6,6 +6,7 @@ import logging
 from collections import Counter
 from collections.abc import Sequence
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -130,6 +131,7 @@ def job_create(
     instructions: str = "",
     style: str = TrainingJob.Style.SYNTHESIZE,
     redact: bool = False,
+    budget: Decimal | None = None,
 ) -> TrainingJob:
     """Create a queued job and send it to the workers after commit."""
     _check_count(count)
@@ -160,6 +162,7 @@ def job_create(
         instructions=instructions.strip(),
         style=style,
         redact=redact,
+        budget=budget,
         enqueued_at=timezone.now(),
     )
     job.documents.set(documents)
@@ -371,6 +374,7 @@ def job_summary(job: TrainingJob) -> dict[str, Any]:
         "prompt_tokens": job.prompt_tokens,
         "completion_tokens": job.completion_tokens,
         "elapsed_seconds": elapsed,
+        "cost": float(job.cost),
         "error": job.error or None,
     }
 

@@ -1,6 +1,22 @@
 from __future__ import annotations
 
-from django.urls import path  # noqa: F401
+from django.urls import path
+
+from . import review_views, views
 
 app_name = "training"
-urlpatterns: list = []
+urlpatterns = [
+    path("", views.job_list, name="jobs"),
+    path("new/", views.job_new, name="new"),
+    path("estimate/", views.job_estimate, name="estimate"),
+    path("<int:pk>/", views.job_detail, name="job"),
+    path("<int:pk>/progress/", views.job_progress, name="progress"),
+    path("<int:pk>/cancel/", views.job_cancel_view, name="cancel"),
+    path("<int:pk>/retry/", views.job_retry_view, name="retry"),
+    path("review/", review_views.review_queue, name="review"),
+    path("review/bulk/", review_views.review_bulk, name="review_bulk"),
+    path("completions/<int:pk>/", review_views.completion_detail, name="completion"),
+    path("completions/<int:pk>/review/", review_views.completion_review_view, name="completion_review"),
+    path("chunks/document/<int:pk>/", views.document_chunks, name="document_chunks"),
+    path("chunks/conversation/<int:pk>/", views.conversation_chunks, name="conversation_chunks"),
+]

@@ -23,6 +23,7 @@ REASON_LABELS = {
     "model_error": "the model endpoint returned an error",
     "cancelled": "the job was cancelled",
     "source_exhausted": "the conversations hold fewer user questions than asked",
+    "budget_exhausted": "the job reached its cost budget",
 }
 
 

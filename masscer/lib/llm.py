@@ -33,7 +33,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import openai
@@ -122,6 +122,8 @@ class Reply:
     parse_error: str | None
     raw_text: str
     model: str
+    # Response headers (lower-case names), e.g. the provider's x-ratelimit-* limits.
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 class LLMError(Exception):
@@ -544,9 +546,10 @@ def _generate_chat(config: LLMConfig, request: _Request) -> Reply:
             {"response_format": response_format} if response_format is not None else {}
         )
         try:
-            completion = client.chat.completions.create(
+            raw = client.chat.completions.with_raw_response.create(
                 model=request.model, messages=messages, **kwargs, **extra
             )
+            completion = raw.parse()
         except openai.APIStatusError as exc:
             if response_format is not None and _rejects_response_format(exc):
                 level = _downgrade_format_level(key, level)
@@ -556,7 +559,7 @@ def _generate_chat(config: LLMConfig, request: _Request) -> Reply:
             raise _map_error(exc, config, request.model) from exc
         except _SDK_PARSE_ERRORS as exc:
             raise _not_openai(config) from exc
-        return _chat_reply(completion, config, request.model)
+        return replace(_chat_reply(completion, config, request.model), headers=_headers(raw))
 
 
 def _chat_reply(completion: Any, config: LLMConfig, model: str) -> Reply:
@@ -592,12 +595,13 @@ def _generate_completion(config: LLMConfig, request: _Request) -> Reply:
         _COMPLETION_TOKENS_BASE + _COMPLETION_TOKENS_PER_PAIR * request.count,
     )
     try:
-        completion = client.completions.create(
+        raw = client.completions.with_raw_response.create(
             model=request.model,
             prompt=_completion_prompt(request),
             stop=_completion_stops(request.params.stop),
             **kwargs,
         )
+        completion = raw.parse()
     except openai.OpenAIError as exc:
         raise _map_error(exc, config, request.model) from exc
     except _SDK_PARSE_ERRORS as exc:
@@ -615,7 +619,12 @@ def _generate_completion(config: LLMConfig, request: _Request) -> Reply:
         parse_error=error,
         raw_text=text,
         model=_as_text(getattr(completion, "model", None)) or request.model,
+        headers=_headers(raw),
     )
+
+
+def _headers(raw: Any) -> dict[str, str]:
+    return {str(k).lower(): str(v) for k, v in getattr(raw, "headers", {}).items()}
 
 
 # --------------------------------------------------------------------------
@@ -1336,7 +1345,16 @@ def _chunks(stream: Any, config: LLMConfig, model: str) -> Iterator[Any]:
             chunk = next(iterator)
         except StopIteration:
             return
-        except (openai.APIStatusError, openai.APIConnectionError) as exc:
+        except openai.APITimeoutError as exc:
+            raise LLMTransientError(
+                f"Model server at {config.base_url} stopped sending the reply "
+                f"for more than {config.timeout:g} s (timed out)"
+            ) from exc
+        except openai.APIConnectionError as exc:
+            raise LLMTransientError(
+                f"Model server at {config.base_url} broke off the reply: {_connection_reason(exc)}"
+            ) from exc
+        except openai.APIStatusError as exc:
             raise _map_error(exc, config, model) from exc
         except openai.APIResponseValidationError as exc:
             raise _map_error(exc, config, model) from exc

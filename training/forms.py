@@ -1,0 +1,136 @@
+"""Forms of the training pages: the Train dialog, review edits and filters."""
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.conf import settings
+from django.db.models import QuerySet
+
+from .models import Completion, TrainingJob
+
+MAX_STOPS = 4
+
+
+class TrainForm(forms.Form):
+    """The Train dialog. Style and redaction are only offered for conversations."""
+
+    count = forms.IntegerField(label="Number of completions")  # replaced in __init__ (limit from settings)
+    agents = forms.ModelMultipleChoiceField(
+        queryset=None,  # set per request: the agents of the sources' workspace
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="The completions become these agents' training material once approved.",
+    )
+    new_agent = forms.CharField(
+        label="Or create an agent",
+        max_length=200,
+        required=False,
+        help_text="Type a name to create a new agent here and attach the completions to it.",
+        widget=forms.TextInput(attrs={"placeholder": "e.g. Support bot"}),
+    )
+    style = forms.ChoiceField(
+        choices=TrainingJob.Style.choices,
+        initial=TrainingJob.Style.SYNTHESIZE,
+        widget=forms.RadioSelect,
+        help_text="Synthesize writes new pairs about the text; mine rewrites the questions users really asked.",
+    )
+    redact = forms.BooleanField(
+        label="Redact personal data",
+        required=False,
+        help_text="Mask e-mail addresses, phone and card numbers before the model sees the text.",
+    )
+    model = forms.CharField(
+        max_length=200, help_text="The model that writes the pairs (any model the endpoint serves)."
+    )
+    temperature = forms.FloatField(
+        min_value=0,
+        max_value=2,
+        required=False,
+        initial=0.7,
+        help_text="Randomness, 0–2: lower gives focused, repeatable pairs; higher gives more varied ones.",
+    )
+    top_p = forms.FloatField(
+        label="Top p",
+        min_value=0,
+        max_value=1,
+        required=False,
+        initial=1.0,
+        help_text="Nucleus sampling, 0–1: only the likeliest words adding up to this share are used.",
+    )
+    max_tokens = forms.IntegerField(
+        label="Max tokens",
+        min_value=16,
+        max_value=200_000,
+        required=False,
+        help_text="Longest reply per model call, in tokens. Empty: the model's own limit.",
+        widget=forms.NumberInput(attrs={"placeholder": "model default"}),
+    )
+    frequency_penalty = forms.FloatField(
+        min_value=-2,
+        max_value=2,
+        required=False,
+        initial=0.0,
+        help_text="−2 to 2: positive values discourage repeating the same words.",
+    )
+    stop = forms.CharField(
+        label="Stop sequences",
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 2, "placeholder": "one per line"}),
+        help_text=f"The model stops writing when it produces one of these (one per line, at most {MAX_STOPS}).",
+    )
+    instructions = forms.CharField(
+        required=False,
+        max_length=4000,
+        widget=forms.Textarea(attrs={"rows": 3, "placeholder": "Audience: new customers. Language: English."}),
+        help_text="Optional: audience, language, tone or topics to focus on.",
+    )
+
+    def __init__(self, *args: Any, agents: QuerySet[Any], conversations: bool, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        limit = settings.MASSCER_MAX_COMPLETIONS_PER_JOB
+        # The limit is a setting, read per form (the field keeps its place in the order).
+        self.fields["count"] = forms.IntegerField(
+            label="Number of completions",
+            min_value=1,
+            max_value=limit,
+            initial=min(20, limit),
+            help_text=f"Allowed: 1 to {limit:,}. They are spread over the text in proportion to its length.",
+        )
+        agent_field = self.fields["agents"]
+        assert isinstance(agent_field, forms.ModelMultipleChoiceField)
+        agent_field.queryset = agents
+        self.fields["model"].initial = settings.MASSCER_LLM_MODEL
+        if not conversations:
+            del self.fields["style"]
+            del self.fields["redact"]
+
+    def clean_stop(self) -> list[str]:
+        stops = [line.strip("\r") for line in self.cleaned_data["stop"].splitlines() if line.strip()]
+        if len(stops) > MAX_STOPS:
+            raise forms.ValidationError(f"At most {MAX_STOPS} stop sequences.")
+        return stops
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if not data.get("agents") and not (data.get("new_agent") or "").strip() and "agents" not in self.errors:
+            self.add_error("agents", "Choose at least one agent, or type a name to create one.")
+        return data
+
+    def job_params(self) -> dict[str, Any]:
+        data = self.cleaned_data
+        params = {
+            key: data[key]
+            for key in ("model", "temperature", "top_p", "max_tokens", "frequency_penalty", "stop", "instructions")
+        }
+        params["style"] = data.get("style") or TrainingJob.Style.SYNTHESIZE
+        params["redact"] = bool(data.get("redact"))
+        return params
+
+
+class CompletionEditForm(forms.Form):
+    question = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), max_length=10_000)
+    answer = forms.CharField(widget=forms.Textarea(attrs={"rows": 4}), max_length=20_000)
+
+
+REVIEW_ACTIONS = {"approve": Completion.Status.APPROVED, "reject": Completion.Status.REJECTED}

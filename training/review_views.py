@@ -1,0 +1,183 @@
+"""The review queue: filter, approve, reject, edit, bulk review (reviewers and admins only)."""
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse, QueryDict
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_GET, require_POST
+
+from agents.selectors import agents_for
+from conversations.selectors import conversations_for
+from documents.selectors import documents_for
+from masscer.views import get_visible_or_404, int_list, paginate, reviewer_workspace_ids
+
+from .forms import REVIEW_ACTIONS, CompletionEditForm
+from .models import Completion
+from .selectors import completions_for, jobs_for
+from .services import completion_review, completions_review_bulk
+
+FILTER_KEYS = ("status", "job", "agent", "source_type", "document", "conversation", "q")
+JOB_CHOICES = 50
+NOT_A_REVIEWER = "Only reviewers and admins of a workspace can approve or reject its completions."
+
+
+def review_filters(data: QueryDict) -> dict[str, Any]:
+    """The queue's filters from a query string; pending is the default status, "all" drops it."""
+    filters: dict[str, Any] = {key: data.get(key, "").strip() for key in FILTER_KEYS}
+    status = filters["status"] or Completion.Status.PENDING
+    filters["status"] = "" if status == "all" else status
+    for key in ("job", "agent", "document", "conversation"):
+        if not filters[key].isdigit():
+            filters[key] = ""
+    if filters["status"] and filters["status"] not in Completion.Status.values:
+        filters["status"] = Completion.Status.PENDING
+    return filters
+
+
+def review_rows(user: Any, filters: dict[str, Any]) -> QuerySet[Completion]:
+    return (
+        completions_for(user=user, filters=filters)
+        .select_related("chunk__document", "chunk__conversation")
+        .prefetch_related("agents")
+        .order_by("created_at", "id")
+    )
+
+
+def _card_context(completion: Completion, reviewer_ids: set[int]) -> dict[str, Any]:
+    return {"c": completion, "can_review": completion.job.workspace_id in reviewer_ids}
+
+
+def _filter_labels(request: HttpRequest, filters: dict[str, Any]) -> dict[str, str]:
+    """Titles of a document or conversation filter (they have no select; they come from links)."""
+    labels = {}
+    if filters["document"]:
+        document = documents_for(user=request.user).filter(pk=filters["document"]).first()
+        labels["document"] = document.title if document else f"document {filters['document']}"
+    if filters["conversation"]:
+        conversation = conversations_for(user=request.user).filter(pk=filters["conversation"]).first()
+        labels["conversation"] = str(conversation) if conversation else f"conversation {filters['conversation']}"
+    return labels
+
+
+@login_required
+@require_GET
+def review_queue(request: HttpRequest) -> HttpResponse:
+    filters = review_filters(request.GET)
+    page = paginate(request, review_rows(request.user, filters))
+    reviewer_ids = reviewer_workspace_ids(request.user)
+    context = {
+        "page": page,
+        "cards": [_card_context(c, reviewer_ids) for c in page],
+        "filters": filters,
+        "status_choice": request.GET.get("status") or Completion.Status.PENDING,
+        "statuses": Completion.Status.choices,
+        "jobs": jobs_for(user=request.user).only("pk", "requested_count", "created_at", "status")[:JOB_CHOICES],
+        "agents": agents_for(user=request.user).only("pk", "name"),
+        "is_reviewer": bool(reviewer_ids),
+        "labels": _filter_labels(request, filters),
+    }
+    return render(request, "training/review.html", context)
+
+
+def _visible_completion(request: HttpRequest, pk: int) -> Completion:
+    rows = Completion.objects.select_related("chunk__document", "chunk__conversation", "job", "reviewed_by")
+    return get_visible_or_404(rows.prefetch_related("agents"), user=request.user, pk=pk, path="job__workspace")
+
+
+@login_required
+@require_GET
+def completion_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    completion = _visible_completion(request, pk)
+    card = _card_context(completion, reviewer_workspace_ids(request.user))
+    return render(request, "training/completion.html", {**card, "single": True})
+
+
+def _back(request: HttpRequest, completion: Completion) -> HttpResponse:
+    target = request.POST.get("next", "")
+    if not url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}):
+        target = reverse("training:completion", args=[completion.pk])
+    return redirect(target)
+
+
+@login_required
+@require_POST
+def completion_review_view(request: HttpRequest, pk: int) -> HttpResponse:
+    """Approve, reject, or save an edit (then approve with "approve", or keep the status with "save")."""
+    completion = _visible_completion(request, pk)
+    action = request.POST.get("action", "")
+    status = REVIEW_ACTIONS.get(action, completion.status if action == "save" else None)
+    if status is None:
+        return HttpResponse("Unknown action.", status=400)
+    edit = CompletionEditForm(request.POST)
+    question = answer = ""
+    if "question" in request.POST or "answer" in request.POST:
+        if not edit.is_valid():
+            return _edit_error(request, completion, edit)
+        question, answer = edit.cleaned_data["question"], edit.cleaned_data["answer"]
+    try:
+        completion = _review(request, completion, status, question, answer)
+    except PermissionDenied as exc:
+        if request.htmx:
+            return HttpResponse(str(exc), status=403)
+        messages.error(request, str(exc))
+        return _back(request, completion)
+    if request.htmx:
+        context = _card_context(completion, reviewer_workspace_ids(request.user))
+        return render(request, "training/_completion_card.html", context)
+    messages.success(request, f"Completion {completion.pk}: {completion.get_status_display().lower()}.")
+    return _back(request, completion)
+
+
+def _review(request: HttpRequest, completion: Completion, status: str, question: str, answer: str) -> Completion:
+    reviewed = Completion.objects.filter(pk=completion.pk).select_related(
+        "chunk__document", "chunk__conversation", "job", "reviewed_by"
+    )
+    completion_review(completion=completion, status=status, reviewer=request.user, question=question, answer=answer)
+    return reviewed.prefetch_related("agents").get()
+
+
+def _edit_error(request: HttpRequest, completion: Completion, edit: CompletionEditForm) -> HttpResponse:
+    problems = "; ".join(f"{field}: {' '.join(errors)}" for field, errors in edit.errors.items())
+    if request.htmx:
+        return HttpResponse(f"Not saved: {problems}", status=400)
+    messages.error(request, f"Not saved: {problems}")
+    return _back(request, completion)
+
+
+@login_required
+@require_POST
+def review_bulk(request: HttpRequest) -> HttpResponse:
+    """Approve or reject the selected cards, or everything the filters match."""
+    status = REVIEW_ACTIONS.get(request.POST.get("action", ""))
+    filters = review_filters(request.POST)
+    back = f"{reverse('training:review')}?{request.POST.get('query', '')}"
+    if status is None:
+        messages.error(request, "Choose approve or reject.")
+        return redirect(back)
+    if not reviewer_workspace_ids(request.user):
+        messages.error(request, NOT_A_REVIEWER)
+        return HttpResponse(status=403) if request.htmx else render_forbidden(request)
+    rows = review_rows(request.user, filters)
+    if request.POST.get("scope") != "all":
+        rows = rows.filter(pk__in=int_list(request.POST.getlist("ids")))
+    total = rows.count()
+    try:
+        changed = completions_review_bulk(completions=rows, status=status, reviewer=request.user)
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+        return redirect(back)
+    verb = "Approved" if status == Completion.Status.APPROVED else "Rejected"
+    note = f" {total - changed} left alone: you do not review their workspace." if total > changed else ""
+    messages.success(request, f"{verb} {changed} completion{'s' if changed != 1 else ''}.{note}")
+    return redirect(back)
+
+
+def render_forbidden(request: HttpRequest) -> HttpResponse:
+    return render(request, "403.html", {"reason": NOT_A_REVIEWER}, status=403)

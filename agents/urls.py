@@ -1,6 +1,25 @@
 from __future__ import annotations
 
-from django.urls import path  # noqa: F401
+from importlib import import_module
+
+from django.urls import path
+
+from . import views
 
 app_name = "agents"
-urlpatterns: list = []
+urlpatterns = [
+    path("", views.agent_list, name="list"),
+    path("new/", views.agent_new, name="new"),
+    path("<int:pk>/", views.agent_detail, name="detail"),
+    path("<int:pk>/edit/", views.agent_edit, name="edit"),
+    path("<int:pk>/material/", views.agent_material, name="material"),
+    path("<int:pk>/export/", views.agent_export, name="export"),
+]
+
+# The playground (agents:playground) is built in its own module; include its routes once it exists.
+for _module in ("agents.playground_urls", "agents.playground"):
+    try:
+        urlpatterns += list(getattr(import_module(_module), "urlpatterns", []))
+    except ModuleNotFoundError as exc:
+        if exc.name != _module:
+            raise

@@ -1,6 +1,15 @@
 from __future__ import annotations
 
-from django.urls import path  # noqa: F401
+from django.urls import path
+
+from . import views
 
 app_name = "conversations"
-urlpatterns: list = []
+urlpatterns = [
+    path("", views.conversation_list, name="list"),
+    path("new/", views.conversation_new, name="new"),
+    path("import/", views.conversation_import, name="import"),
+    path("<int:pk>/", views.conversation_detail, name="detail"),
+    path("<int:pk>/edit/", views.conversation_edit, name="edit"),
+    path("<int:pk>/delete/", views.conversation_remove, name="delete"),
+]

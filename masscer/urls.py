@@ -4,9 +4,12 @@ from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
 
+from masscer.api import api
+
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="documents:list", permanent=False)),
     path("admin/", admin.site.urls),
+    path("api/", api.urls),
     path("accounts/", include("django.contrib.auth.urls")),
     path("documents/", include("documents.urls")),
     path("conversations/", include("conversations.urls")),

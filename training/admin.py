@@ -26,7 +26,6 @@ from django.db.models import Prefetch, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils.html import format_html_join
-from django.utils.text import Truncator
 
 from agents.models import Agent
 from agents.selectors import agents_for
@@ -35,7 +34,6 @@ from workspaces.selectors import visible_to
 from . import review, services
 from .models import Assignment, Chunk, Completion, TrainingJob, WorkItem
 
-LIST_TEXT_CHARS = 120
 
 
 @admin.register(TrainingJob)
@@ -192,7 +190,6 @@ class CompletionAdmin(admin.ModelAdmin):
                        "reviewed_at", "created_at"]
     action_form = CompletionActionForm
     actions = ["approve", "reject", "assign", "unassign", "regenerate", "flag_duplicates", "keep_one", "merge"]
-    formfield_overrides = {}
 
     # --- reads
 

@@ -1,6 +1,13 @@
 from __future__ import annotations
 
-from django.urls import path  # noqa: F401
+from django.urls import path
+
+from . import views
 
 app_name = "workspaces"
-urlpatterns: list = []
+urlpatterns = [
+    path("", views.workspace_list, name="list"),
+    path("<int:pk>/", views.workspace_detail, name="detail"),
+    path("<int:pk>/members/", views.member_add, name="member_add"),
+    path("<int:pk>/members/<int:user_id>/remove/", views.member_remove, name="member_remove"),
+]

@@ -70,7 +70,8 @@ OpenAI's chunk format, one word per chunk, then ``data: [DONE]``; with
 ``type``), ``stream_disconnect`` (``n`` chunks, then the connection closes
 mid-stream), ``reject_stream_options`` (400 when the request has
 ``stream_options``, good otherwise).  ``chunk_delay`` (a behaviour key or a
-server setting) sleeps between chunks.
+server setting) sleeps between chunks.  Requests to ``/embeddings`` (hashed
+bag-of-words vectors, see :func:`embed`) are listed in ``embedding_calls``.
 
 Server settings: ``latency`` (seconds added to every generation call),
 ``capacity`` (max in-flight generation calls; beyond it 429 with
@@ -991,6 +992,7 @@ class FakeLLMServer:
         self._script: list[Behaviour] = []
         self._defaults: list[Behaviour] = []
         self._calls: list[dict[str, Any]] = []
+        self._embedding_calls: list[dict[str, Any]] = []
         self._recent: deque[float] = deque()
         self._in_flight = 0
         self._max_in_flight = 0
@@ -1104,6 +1106,7 @@ class FakeLLMServer:
             self._script.clear()
             self._defaults.clear()
             self._calls.clear()
+            self._embedding_calls.clear()
             self._recent.clear()
             self._max_in_flight = self._in_flight
 
@@ -1130,6 +1133,12 @@ class FakeLLMServer:
                 call.pop("request", None)
                 call.pop("prompt", None)
         return calls
+
+    @property
+    def embedding_calls(self) -> list[dict[str, Any]]:
+        """Requests to /embeddings ({"model", "input"}), kept apart from the generation log."""
+        with self._lock:
+            return [dict(c) for c in self._embedding_calls]
 
     def calls_for(self, substring: str) -> list[dict[str, Any]]:
         return [c for c in self.calls if substring in (c.get("prompt") or "")]
@@ -1269,6 +1278,8 @@ class FakeLLMServer:
             for i, text in enumerate(texts)
         ]
         tokens = sum(_approx_tokens(t) for t in texts)
+        with self._lock:
+            self._embedding_calls.append({"model": body.get("model"), "input": texts})
         _send_json(
             handler,
             200,

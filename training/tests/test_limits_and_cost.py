@@ -4,6 +4,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+import redis
 
 from training.models import TrainingJob
 from training.services import job_create
@@ -15,10 +16,12 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def limited(settings, fake_llm):
-    import redis
+    """Point the limiter at a Redis database of its own (the worker tests' rules for Redis apply)."""
+    from masscer.tests.test_ratelimit import URL
 
-    from masscer.tests.test_ratelimit import URL, client  # noqa: F401  (Redis required)
+    from .test_worker_integration import require_redis
 
+    require_redis()
     redis.Redis.from_url(URL).flushdb()
     settings.MASSCER_RATELIMIT_REDIS_URL = URL
     return settings

@@ -77,7 +77,8 @@ class Command(BaseCommand):
             targets = {}
         with ExitStack() as stack:
             handles: dict[str, IO[str]] = {
-                part: stack.enter_context(path.open("w", encoding="utf-8", newline="")) for part, path in targets.items()
+                part: stack.enter_context(path.open("w", encoding="utf-8", newline=""))
+                for part, path in targets.items()
             }
             for part, text in pieces:
                 (handles.get(part) or sys.stdout).write(text)

@@ -230,7 +230,13 @@ MASSCER_RATELIMIT_REDIS_URL = env_str(
 # A worker thread waits in line for a slot at most this long; a longer wait hands the work
 # back to the queue with that countdown instead of holding the thread.
 MASSCER_RATELIMIT_MAX_WAIT = env_float("MASSCER_RATELIMIT_MAX_WAIT", 20.0)
+# Playground retrieval: BM25 over approved material, or embeddings from the endpoint's
+# /v1/embeddings when a model is named here.
 MASSCER_EMBEDDINGS_MODEL = env_str("MASSCER_EMBEDDINGS_MODEL", "")
+MASSCER_PLAYGROUND_EXAMPLES = env_int("MASSCER_PLAYGROUND_EXAMPLES", 5)
+MASSCER_PLAYGROUND_CONTEXT_TOKENS = env_int("MASSCER_PLAYGROUND_CONTEXT_TOKENS", 1500)
+MASSCER_PLAYGROUND_HISTORY_MESSAGES = env_int("MASSCER_PLAYGROUND_HISTORY_MESSAGES", 20)
+MASSCER_PLAYGROUND_HISTORY_TOKENS = env_int("MASSCER_PLAYGROUND_HISTORY_TOKENS", 3000)
 
 # --- Limits and pipeline knobs ----------------------------------------------------------
 MASSCER_MAX_UPLOAD_BYTES = env_int("MASSCER_MAX_UPLOAD_BYTES", 50 * 1024 * 1024)

@@ -91,8 +91,11 @@ def main() -> None:
         print(f"{'':24}{'prompt':>10}{'completion':>12}{'per accepted':>14}")
         ours_total = ours_prompt + ours_completion
         base_total = baseline_prompt + baseline_completion
-        print(f"{'chunked (ours)':24}{ours_prompt:>10.0f}{ours_completion:>12}{ours_total / accepted:>14.1f}")
-        print(f"{'whole doc per call':24}{baseline_prompt:>10.0f}{baseline_completion:>12}{base_total / accepted:>14.1f}")
+        for label, prompt, completion, total in (
+            ("chunked (ours)", ours_prompt, ours_completion, ours_total),
+            ("whole doc per call", baseline_prompt, baseline_completion, base_total),
+        ):
+            print(f"{label:24}{prompt:>10.0f}{completion:>12}{total / accepted:>14.1f}")
         print(f"ratio ours / baseline: {ours_total / base_total:.2f}")
 
 

@@ -133,6 +133,8 @@ def document_extract(*, document_id: int) -> Document:
             max_pages=settings.MASSCER_MAX_PAGES,
             cpu_seconds=settings.MASSCER_EXTRACT_CPU_SECONDS,
             memory_bytes=settings.MASSCER_EXTRACT_MEMORY_BYTES,
+            # Counted inside the limited child, which stops at the limit.
+            max_tokens=settings.MASSCER_MAX_DOCUMENT_TOKENS,
         )
     except ExtractionError as exc:
         document_fail(document_id=document_id, error=str(exc))
@@ -140,14 +142,7 @@ def document_extract(*, document_id: int) -> Document:
     except FileNotFoundError:
         document_fail(document_id=document_id, error="The uploaded file is missing from storage.")
         return Document.objects.get(pk=document_id)
-    tokens = sum(count_tokens(text) for text in extracted.pages)
-    limit = settings.MASSCER_MAX_DOCUMENT_TOKENS
-    if tokens > limit:
-        document_fail(
-            document_id=document_id,
-            error=f"The document has {tokens:,} tokens of text; the limit is {limit:,}.",
-        )
-        return Document.objects.get(pk=document_id)
+    tokens = extracted.tokens if extracted.tokens is not None else sum(count_tokens(t) for t in extracted.pages)
     _store_pages(document, extracted.kind, extracted.title, extracted.pages, tokens)
     return Document.objects.get(pk=document_id)
 

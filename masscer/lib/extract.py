@@ -11,12 +11,14 @@ Every failure the user can cause surfaces as ``ExtractionError`` whose ``str()``
 meant for the end user, never a traceback.
 
 This module must stay importable without Django and cheap to import: the child process imports
-it (by file path, see ``_child_command``) and then only pypdf or python-docx as needed.
+it (by file path, see ``_child_command``) and then only pypdf or python-docx as needed (and
+``tokens.py``, by file path too, when a token limit is passed).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -63,6 +65,7 @@ _EXTENSIONS = {
 # A DOCX may legitimately hold large images, but XML that unpacks to many times the upload
 # limit is a zip bomb; python-docx would load it all into memory.
 _DOCX_EXPANSION_FACTOR = 20
+_ZIP_READ_BYTES = 1024 * 1024
 
 # Scanned PDFs sometimes carry a few stray words (ImageMagick writes an invisible
 # "Background" label under each image). Below this many letters/digits per page, on pages
@@ -83,6 +86,8 @@ class Extracted:
     # One entry per PDF page (page n is pages[n - 1]); a single entry for other kinds.
     pages: list[str]
     title: str
+    # Token count of all pages, when the caller asked for a token limit (else None).
+    tokens: int | None = None
 
 
 # --------------------------------------------------------------------------- helpers
@@ -99,6 +104,11 @@ def _short_reason(exc: BaseException) -> str:
     if not text:
         text = type(exc).__name__
     return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _sentence(text: str) -> str:
+    """``text`` ending like a sentence (library messages often lack the final period)."""
+    return text if text.endswith((".", "!", "?", ")")) else text + "."
 
 
 def clean_text(text: str) -> str:
@@ -186,9 +196,17 @@ def _has_utf16_bom(data: bytes) -> bool:
 
 
 def extract_file(
-    path: str, *, filename: str, max_bytes: int, max_pages: int
+    path: str,
+    *,
+    filename: str,
+    max_bytes: int,
+    max_pages: int,
+    max_tokens: int | None = None,
 ) -> Extracted:
-    """Extract the text of one uploaded file in this process."""
+    """Extract the text of one uploaded file in this process.
+
+    With ``max_tokens`` the text is also counted (stopping as soon as the limit is passed, so
+    a 50 MB blob is refused after a few MB of counting) and ``Extracted.tokens`` is set."""
     size = _file_size(path)
     _check_size(size, max_bytes)
     with open(path, "rb") as handle:
@@ -201,7 +219,52 @@ def extract_file(
         raise ExtractionError(LIMITS_MESSAGE) from None
     if not any(page.strip() for page in result.pages):
         raise ExtractionError(NO_TEXT_PDF_MESSAGE if kind == "pdf" else NO_TEXT_MESSAGE)
+    if max_tokens is not None:
+        tokens = _count_tokens_upto(result.pages, max_tokens)
+        result = Extracted(
+            kind=result.kind, pages=result.pages, title=result.title, tokens=tokens
+        )
     return result
+
+
+def _tokens_module() -> Any:
+    """masscer.lib.tokens; loaded by file path in the isolated child, which runs this file
+    as a script without the ``masscer`` package on sys.path."""
+    if __package__:
+        from masscer.lib import tokens
+
+        return tokens
+    import importlib.util
+
+    name = "_masscer_lib_tokens"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(
+        name, Path(__file__).with_name("tokens.py")
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _count_tokens_upto(pages: list[str], max_tokens: int) -> int:
+    """Tokens of all pages (the same total as ``tokens.count_tokens`` page by page); raise as
+    soon as the running total passes ``max_tokens``."""
+    tokens = _tokens_module()
+    total = 0
+    for page in pages:
+        # The pieces count_tokens itself would encode, so the sum is exact.
+        bounds = tokens._piece_bounds(page)
+        for start, stop in itertools.pairwise(bounds):
+            total += tokens.count_tokens(page[start:stop])
+            if total > max_tokens:
+                raise ExtractionError(
+                    f"The document has more than {max_tokens:,} tokens of text; "
+                    f"the limit is {max_tokens:,}."
+                )
+    return total
 
 
 def _file_size(path: str) -> int:
@@ -225,8 +288,40 @@ def _check_size(size: int, max_bytes: int) -> None:
 # --------------------------------------------------------------------------- PDF
 
 
+NESTED_PDF_MESSAGE = (
+    "The file could not be read as a PDF: its objects are nested too deeply "
+    "(the file is damaged or built to crash PDF readers)."
+)
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """The exception and what it was raised from or during (pypdf wraps MemoryError and
+    RecursionError in PdfReadError("Error reading PDF file."))."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain and len(chain) < 20:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
 def _pdf_error(exc: BaseException) -> ExtractionError:
-    return ExtractionError(f"The file could not be read as a PDF: {_short_reason(exc)}")
+    chain = _causes(exc)
+    if any(isinstance(cause, MemoryError) for cause in chain):
+        return ExtractionError(LIMITS_MESSAGE)
+    if any(isinstance(cause, RecursionError) for cause in chain):
+        return ExtractionError(NESTED_PDF_MESSAGE)
+    from pypdf.errors import LimitReachedError
+
+    if isinstance(exc, LimitReachedError):
+        # pypdf's own bounds: decompression bombs, oversized arrays, page-tree cycles...
+        return ExtractionError(
+            "The file could not be read as a PDF: it exceeds a safety limit "
+            f"({_short_reason(exc).rstrip('.')})."
+        )
+    return ExtractionError(
+        _sentence(f"The file could not be read as a PDF: {_short_reason(exc)}")
+    )
 
 
 def _extract_pdf(path: str, filename: str, max_bytes: int, max_pages: int) -> Extracted:
@@ -330,8 +425,24 @@ def _page_has_image(page: Any) -> bool:
 
 def _docx_error(reason: str) -> ExtractionError:
     return ExtractionError(
-        f"The file could not be read as a Word document (DOCX): {reason}"
+        _sentence(f"The file could not be read as a Word document (DOCX): {reason}")
     )
+
+
+# libxml2 appends a position and advice meant for programmers to what it found.
+_XML_NOISE = re.compile(
+    r",? *(use XML_PARSE_HUGE option|see xmlCtxtSetMaxAmplification\.?"
+    r"|line \d+, column \d+.*)",
+    re.IGNORECASE,
+)
+
+
+def _xml_reason(exc: BaseException) -> str:
+    """lxml's "Excessive depth in document: 256, use XML_PARSE_HUGE option, line 1,
+    column 9 (<string>, line 1)" becomes "its XML is damaged or hostile (Excessive depth in
+    document: 256)"."""
+    what = _XML_NOISE.sub("", _short_reason(exc)).strip(" .,")
+    return f"its XML is damaged or hostile ({what or type(exc).__name__})."
 
 
 def _extract_docx(
@@ -342,6 +453,8 @@ def _extract_docx(
     except (ExtractionError, MemoryError):
         raise
     except Exception as exc:  # noqa: BLE001 - zipfile/lxml/python-docx raise many types
+        if type(exc).__name__ == "XMLSyntaxError":  # lxml, without importing it here
+            raise _docx_error(_xml_reason(exc)) from None
         raise _docx_error(_short_reason(exc)) from None
 
 
@@ -361,15 +474,29 @@ def _check_docx_package(path: str, max_bytes: int) -> None:
 
     with zipfile.ZipFile(path) as package:
         infos = package.infolist()
-    if not any(info.filename == "word/document.xml" for info in infos):
-        raise _docx_error("word/document.xml is missing.")
-    unpacked = sum(info.file_size for info in infos)
-    limit = max_bytes * _DOCX_EXPANSION_FACTOR
-    if unpacked > limit:
-        raise ExtractionError(
-            f"The document unpacks to {_format_mb(unpacked)} MB; the limit is "
-            f"{_format_mb(limit)} MB."
-        )
+        if not any(info.filename == "word/document.xml" for info in infos):
+            raise _docx_error("word/document.xml is missing.")
+        unpacked = sum(info.file_size for info in infos)
+        limit = max_bytes * _DOCX_EXPANSION_FACTOR
+        if unpacked > limit:
+            raise ExtractionError(
+                f"The document unpacks to {_format_mb(unpacked)} MB; the limit is "
+                f"{_format_mb(limit)} MB."
+            )
+        # The sizes above are what the archive declares, and a zip bomb can lie. zipfile
+        # stops at the declared size and then fails the CRC check, but python-docx reads
+        # each part in one call, and zipfile inflates up to 2 GB per call before cutting.
+        # Reading every part in bounded pieces costs one extra decompression pass.
+        for info in infos:
+            try:
+                with package.open(info) as member:
+                    while member.read(_ZIP_READ_BYTES):
+                        pass
+            except zipfile.BadZipFile:
+                raise _docx_error(
+                    f"the part '{info.filename[:100]}' is damaged or larger than the "
+                    "archive declares."
+                ) from None
 
 
 def _docx_blocks(document: Any) -> list[str]:
@@ -652,8 +779,12 @@ def extract_isolated(
     cpu_seconds: int = 120,
     memory_bytes: int = 2 * 1024**3,
     timeout: float = 300,
+    max_tokens: int | None = None,
 ) -> Extracted:
-    """Run ``extract_file`` in a child interpreter limited in CPU time, memory and wall time."""
+    """Run ``extract_file`` in a child interpreter limited in CPU time, memory and wall time.
+
+    Pass ``max_tokens`` to have the child count the text under the same limits (an over-long
+    document is refused there, and ``Extracted.tokens`` spares the caller a second count)."""
     # Obvious rejections need no process.
     _check_size(_file_size(path), max_bytes)
     command = _child_command(
@@ -663,6 +794,7 @@ def extract_isolated(
         max_pages=max_pages,
         cpu_seconds=cpu_seconds,
         memory_bytes=memory_bytes,
+        max_tokens=max_tokens,
     )
     try:
         proc = subprocess.run(
@@ -690,11 +822,12 @@ def _child_command(
     max_pages: int,
     cpu_seconds: int,
     memory_bytes: int,
+    max_tokens: int | None = None,
 ) -> list[str]:
     # Run this file as a script rather than ``-m masscer.lib.extract``: -m imports the parent
     # package ``masscer``, whose __init__ loads Celery and Django settings (~0.2 s and a lot
     # of memory per document). -P keeps masscer/lib itself off sys.path.
-    return [
+    command = [
         sys.executable,
         "-P",
         os.path.abspath(__file__),
@@ -705,6 +838,9 @@ def _child_command(
         f"--memory-bytes={memory_bytes}",
         f"--path={os.path.abspath(path)}",
     ]
+    if max_tokens is not None:
+        command.append(f"--max-tokens={max_tokens}")
+    return command
 
 
 def _parse_child_result(proc: subprocess.CompletedProcess[bytes]) -> Extracted:
@@ -726,7 +862,10 @@ def _parse_child_result(proc: subprocess.CompletedProcess[bytes]) -> Extracted:
             str(payload.get("error") or "The file could not be processed.")
         )
     return Extracted(
-        kind=payload["kind"], pages=list(payload["pages"]), title=payload["title"]
+        kind=payload["kind"],
+        pages=list(payload["pages"]),
+        title=payload["title"],
+        tokens=payload.get("tokens"),
     )
 
 
@@ -760,21 +899,32 @@ def _child_main(argv: Sequence[str]) -> int:
     parser.add_argument("--max-pages", type=int, required=True)
     parser.add_argument("--cpu-seconds", type=int, default=120)
     parser.add_argument("--memory-bytes", type=int, default=2 * 1024**3)
+    parser.add_argument("--max-tokens", type=int, default=None)
     args = parser.parse_args(argv)
     _apply_limits(args.cpu_seconds, args.memory_bytes)
     logging.basicConfig(level=logging.ERROR)  # pypdf warnings would only fill stderr
-    payload = _child_payload(args.path, args.filename, args.max_bytes, args.max_pages)
+    payload = _child_payload(
+        args.path, args.filename, args.max_bytes, args.max_pages, args.max_tokens
+    )
     sys.stdout.buffer.write(json.dumps(payload).encode("ascii"))
     sys.stdout.flush()
     return 0
 
 
 def _child_payload(
-    path: str, filename: str, max_bytes: int, max_pages: int
+    path: str,
+    filename: str,
+    max_bytes: int,
+    max_pages: int,
+    max_tokens: int | None = None,
 ) -> dict[str, Any]:
     try:
         result = extract_file(
-            path, filename=filename, max_bytes=max_bytes, max_pages=max_pages
+            path,
+            filename=filename,
+            max_bytes=max_bytes,
+            max_pages=max_pages,
+            max_tokens=max_tokens,
         )
     except ExtractionError as exc:
         return {"ok": False, "error": str(exc)}
@@ -790,6 +940,7 @@ def _child_payload(
         "kind": result.kind,
         "title": result.title,
         "pages": result.pages,
+        "tokens": result.tokens,
     }
 
 

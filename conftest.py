@@ -7,11 +7,12 @@ from typing import Any
 
 import pytest
 
-# Unit tests never touch a real broker: tasks run eagerly after commit. The integration
-# tests start real workers in subprocesses with their own broker URL.
+# Unit tests never touch a real broker: Celery reads CELERY_BROKER_URL from the environment
+# itself, so messages go to memory and nothing runs unless a test drives it (run_job) or
+# asks for eager tasks (masscer.tests.web.eager_celery). Django's settings are already
+# loaded when this runs, so settings-level switches belong in fixtures, not here.
+# The integration tests start real workers in subprocesses with their own broker URL.
 os.environ.setdefault("CELERY_BROKER_URL", "memory://")
-os.environ.setdefault("CELERY_TASK_ALWAYS_EAGER", "true")
-os.environ.setdefault("MASSCER_LLM_MODE", "chat")
 
 
 @pytest.fixture

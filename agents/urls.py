@@ -16,10 +16,9 @@ urlpatterns = [
     path("<int:pk>/export/", views.agent_export, name="export"),
 ]
 
-# The playground (agents:playground) is built in its own module; include its routes once it exists.
-for _module in ("agents.playground_urls", "agents.playground"):
-    try:
-        urlpatterns += list(getattr(import_module(_module), "urlpatterns", []))
-    except ModuleNotFoundError as exc:
-        if exc.name != _module:
-            raise
+# The playground (agents:playground) has its own module; its routes join this namespace when it exists.
+try:
+    urlpatterns += import_module("agents.playground_urls").urlpatterns
+except ModuleNotFoundError as exc:
+    if exc.name != "agents.playground_urls":
+        raise

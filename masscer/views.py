@@ -49,3 +49,8 @@ def workspace_choices(user: AbstractBaseUser) -> QuerySet[Workspace]:
 
 def personal_workspace_id(user: AbstractBaseUser) -> int | None:
     return Workspace.objects.filter(personal_for=user).values_list("pk", flat=True).first()
+
+
+def posted(request: HttpRequest) -> Any:
+    """The POST data to bind a form to, or None on GET (a POST carrying only files is still a POST)."""
+    return request.POST if request.method == "POST" else None

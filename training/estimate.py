@@ -11,7 +11,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
+
+from masscer.lib.pricing import MILLION, parse_prices
 
 from .planning import allocate, allocate_capped, calls_budget
 
@@ -24,15 +26,8 @@ MAX_EXISTING_IN_PROMPT = 60
 # One question/answer/evidence triple in the reply, with its JSON punctuation.
 PAIR_TOKENS = 90
 REPLY_OVERHEAD_TOKENS = 10
-PER_MILLION = Decimal(1_000_000)
 
-
-@dataclass(frozen=True)
-class Price:
-    """Per 1M tokens."""
-
-    prompt: Decimal
-    completion: Decimal
+Price = tuple[Decimal, Decimal]  # per 1M prompt and completion tokens (masscer.lib.pricing)
 
 
 @dataclass(frozen=True)
@@ -57,21 +52,12 @@ class Estimate:
         return max(0, self.requested - self.planned)
 
 
-def parse_prices(spec: str) -> dict[str, Price]:
-    """'model=in:out,other=in:out' (USD per 1M tokens) → {model: Price}; bad entries are skipped."""
-    prices: dict[str, Price] = {}
-    for entry in spec.replace(";", ",").split(","):
-        model, _, pair = entry.strip().rpartition("=")
-        prompt, _, completion = pair.partition(":")
-        if not model.strip():
-            continue
-        try:
-            price = Price(Decimal(prompt.strip()), Decimal((completion or prompt).strip()))
-        except InvalidOperation:
-            continue
-        if price.prompt.is_finite() and price.completion.is_finite():
-            prices[model.strip()] = price
-    return prices
+def price_for(spec: str, model: str) -> Price | None:
+    """The model's (prompt, completion) price per 1M tokens from MASSCER_LLM_PRICES; None if unpriced or unreadable."""
+    try:
+        return parse_prices(spec).get(model)
+    except ValueError:
+        return None
 
 
 def project_chunks(token_count: int, *, budget: int, overlap: int) -> list[int]:
@@ -125,7 +111,7 @@ def estimate(
             left -= pairs
     cost = None
     if price is not None:
-        cost = (Decimal(prompt) * price.prompt + Decimal(completion) * price.completion) / PER_MILLION
+        cost = (Decimal(prompt) * price[0] + Decimal(completion) * price[1]) / MILLION
     return Estimate(
         requested=count,
         planned=sum(quotas),

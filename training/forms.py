@@ -79,6 +79,15 @@ class TrainForm(forms.Form):
         widget=forms.Textarea(attrs={"rows": 2, "placeholder": "one per line"}),
         help_text=f"The model stops writing when it produces one of these (one per line, at most {MAX_STOPS}).",
     )
+    budget = forms.DecimalField(
+        label="Budget (USD)",
+        min_value=0,
+        max_digits=12,
+        decimal_places=6,
+        required=False,
+        help_text="Stop the job cleanly once its model calls have cost this much. Empty: no limit.",
+        widget=forms.NumberInput(attrs={"placeholder": "no limit", "step": "0.01"}),
+    )
     instructions = forms.CharField(
         required=False,
         max_length=4000,
@@ -104,6 +113,9 @@ class TrainForm(forms.Form):
         if not conversations:
             del self.fields["style"]
             del self.fields["redact"]
+        if not settings.MASSCER_LLM_PRICES.strip():
+            # Without prices nothing is costed, so a budget could never stop anything.
+            del self.fields["budget"]
 
     def clean_stop(self) -> list[str]:
         stops = [line.strip("\r") for line in self.cleaned_data["stop"].splitlines() if line.strip()]
@@ -125,6 +137,7 @@ class TrainForm(forms.Form):
         }
         params["style"] = data.get("style") or TrainingJob.Style.SYNTHESIZE
         params["redact"] = bool(data.get("redact"))
+        params["budget"] = data.get("budget")
         return params
 
 

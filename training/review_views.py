@@ -78,7 +78,7 @@ def review_queue(request: HttpRequest) -> HttpResponse:
         "filters": filters,
         "status_choice": request.GET.get("status") or Completion.Status.PENDING,
         "statuses": Completion.Status.choices,
-        "jobs": jobs_for(user=request.user).only("pk", "requested_count", "created_at", "status")[:JOB_CHOICES],
+        "jobs": jobs_for(user=request.user).select_related(None).only("pk", "created_at")[:JOB_CHOICES],
         "agents": agents_for(user=request.user).only("pk", "name"),
         "is_reviewer": bool(reviewer_ids),
         "labels": _filter_labels(request, filters),
@@ -130,6 +130,8 @@ def completion_review_view(request: HttpRequest, pk: int) -> HttpResponse:
         return _back(request, completion)
     if request.htmx:
         context = _card_context(completion, reviewer_workspace_ids(request.user))
+        # The card's own forms go back to the page it sits on, not to this action's URL.
+        context["next_url"] = request.POST.get("next", "")
         return render(request, "training/_completion_card.html", context)
     messages.success(request, f"Completion {completion.pk}: {completion.get_status_display().lower()}.")
     return _back(request, completion)

@@ -27,7 +27,7 @@ from conversations.models import Conversation
 from conversations.selectors import conversations_for
 from documents.models import Document
 from documents.selectors import documents_for
-from masscer.views import get_visible_or_404, int_list, paginate
+from masscer.views import get_visible_or_404, int_list, paginate, posted
 from workspaces.models import Workspace
 
 from . import estimate as estimating
@@ -124,6 +124,7 @@ def _estimate(sources: Sources, data: QueryDict | dict[str, Any]) -> dict[str, A
     limit = settings.MASSCER_MAX_COMPLETIONS_PER_JOB
     if waiting or not tokens or not 1 <= count <= limit:
         context["invalid_count"] = not 1 <= count <= limit
+        context["empty"] = not waiting and not tokens
         return context
     mine = data.get("style") == TrainingJob.Style.MINE
     context["estimate"] = estimating.estimate(
@@ -133,7 +134,7 @@ def _estimate(sources: Sources, data: QueryDict | dict[str, Any]) -> dict[str, A
         pairs_per_call=settings.MASSCER_PAIRS_PER_CALL,
         calls_per_batch=settings.MASSCER_CALLS_PER_BATCH,
         max_tokens=_number(data.get("max_tokens"), int),
-        price=estimating.parse_prices(settings.MASSCER_LLM_PRICES).get(model),
+        price=estimating.price_for(settings.MASSCER_LLM_PRICES, model),
         projected=projected,
     )
     context["mine"] = mine
@@ -185,10 +186,11 @@ def job_new(request: HttpRequest) -> HttpResponse:
     sources = Sources(request, request.POST if request.method == "POST" else request.GET)
     if len(sources.workspace_ids) > 1:
         messages.error(request, "These sources are in different workspaces; train each workspace's sources separately.")
-        return redirect("training:jobs")
+        url = reverse("training:jobs")
+        return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
     workspace_id = next(iter(sources.workspace_ids))
     agents = agents_for(user=request.user).filter(workspace_id=workspace_id)
-    form = TrainForm(request.POST or None, agents=agents, conversations=bool(sources.conversations))
+    form = TrainForm(posted(request), agents=agents, conversations=bool(sources.conversations))
     if request.method == "POST" and form.is_valid() and not sources.failed:
         job = _start_job(request, form, sources, workspace_id)
         if job is not None:

@@ -39,8 +39,12 @@ def evidence_span(text: str, evidence: str) -> tuple[int, int] | None:
     start = haystack.find(needle)
     if start < 0:
         return None
-    end = start + len(needle) - 1
-    return where[start], where[end] + 1
+    end = where[start + len(needle) - 1] + 1
+    # The comparison drops closing punctuation; show it marked when the source has it too.
+    tail = evidence.rstrip().rstrip(_QUOTE_CHARS)[-1:]
+    if tail in (".", "…", "!", "?") and text[end : end + 1] == tail:
+        end += 1
+    return where[start], end
 
 
 @register.filter
@@ -88,8 +92,26 @@ def seconds(value: float | None) -> str:
     return f"{hours} h {minutes} min"
 
 
-@register.filter
+@register.simple_tag
 def percent(part: int | None, whole: int | None) -> int:
     if not whole:
         return 0
     return max(0, min(100, round(100 * (part or 0) / whole)))
+
+
+@register.filter
+def thousands(value: Any) -> str:
+    """1234567 → '1,234,567' (humanize is not installed)."""
+    try:
+        return f"{int(value):,}"
+    except (TypeError, ValueError):
+        return str(value)
+
+
+@register.filter
+def money(value: Any) -> str:
+    """A cost in dollars: cents for sums over a dollar, four decimals for small ones."""
+    if value is None:
+        return "–"
+    amount = float(value)
+    return f"${amount:,.2f}" if amount >= 1 else f"${amount:.4f}"

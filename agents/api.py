@@ -1,0 +1,147 @@
+"""API: agents (create, list, read, change, delete).
+
+Any member of a workspace creates agents and reads its agents; changing or deleting one is
+for its creator or an admin of the workspace.
+"""
+# No `from __future__ import annotations`: django-ninja reads the annotations at run time.
+
+from datetime import datetime
+from typing import Any
+
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
+from django.http import HttpRequest
+from django.utils.text import slugify
+from ninja import Field, Router, Schema
+from ninja.pagination import paginate
+from ninja.responses import Status
+
+from masscer.api_common import ERRORS, Id, Page, Text, can_manage, get_or_404, user_of, username
+from workspaces.selectors import workspaces_for
+
+from .models import Agent
+from .selectors import agents_for
+from .services import agent_create
+
+router = Router(tags=["agents"])
+
+class AgentParams(Schema):
+    model: Text | None = Field(None, max_length=200)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    max_tokens: int | None = Field(None, ge=1, le=1_000_000)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+
+
+class AgentIn(AgentParams):
+    name: Text = Field(..., min_length=1, max_length=200)
+    slug: Text = Field("", max_length=100)
+    system_prompt: Text = Field("", max_length=100_000)
+    workspace: Id | None = None
+
+
+class AgentPatch(AgentParams):
+    name: Text | None = Field(None, min_length=1, max_length=200)
+    slug: Text | None = Field(None, min_length=1, max_length=100)
+    system_prompt: Text | None = Field(None, min_length=1, max_length=100_000)
+
+
+class AgentOut(Schema):
+    id: int
+    workspace_id: int
+    owner: str | None
+    name: str
+    slug: str
+    system_prompt: str
+    model: str
+    temperature: float | None
+    top_p: float | None
+    max_tokens: int | None
+    frequency_penalty: float | None
+    created_at: datetime
+    updated_at: datetime
+
+    @staticmethod
+    def resolve_owner(obj: Agent) -> str | None:
+        return username(obj.owner)
+
+
+# The agents app has create services only so far; these two are the API's writes. They
+# belong in agents/services.py (agent_update, agent_delete) once that file can take them.
+
+
+@transaction.atomic
+def _agent_update(*, agent: Agent, **fields: Any) -> Agent:
+    if "slug" in fields:
+        fields["slug"] = slugify(fields["slug"])[:100]
+        if not fields["slug"]:
+            raise ValidationError("A slug is made of letters, digits and hyphens.")
+        if Agent.objects.filter(workspace_id=agent.workspace_id, slug=fields["slug"]).exclude(pk=agent.pk).exists():
+            raise ValidationError(f"The workspace already has an agent called '{fields['slug']}'.")
+    if "name" in fields:
+        fields["name"] = fields["name"].strip()
+        if not fields["name"]:
+            raise ValidationError("An agent needs a name.")
+    if "system_prompt" in fields and not fields["system_prompt"].strip():
+        raise ValidationError("The system prompt cannot be empty.")
+    for key, value in fields.items():
+        setattr(agent, key, value.strip() if isinstance(value, str) and key != "system_prompt" else value)
+    agent.save()
+    return agent
+
+
+@transaction.atomic
+def _agent_delete(*, agent: Agent) -> None:
+    agent.delete()
+
+
+def _visible(request: HttpRequest) -> Any:
+    return agents_for(user=user_of(request)).select_related("owner")
+
+
+@router.post("", response={201: AgentOut, **ERRORS})
+def agents_create(request: HttpRequest, payload: AgentIn) -> Status[Agent]:
+    user = user_of(request)
+    target = get_or_404(workspaces_for(user=user), payload.workspace, "workspace") if payload.workspace else None
+    params = payload.model_dump(exclude={"name", "slug", "system_prompt", "workspace"}, exclude_none=True)
+    agent = agent_create(
+        owner=user, name=payload.name, workspace=target, slug=payload.slug, system_prompt=payload.system_prompt,
+        **params,
+    )
+    return Status(201, _visible(request).get(pk=agent.pk))
+
+
+@router.get("", response={200: list[AgentOut], **ERRORS})
+@paginate(Page)
+def agents_list(request: HttpRequest) -> Any:
+    return _visible(request)
+
+
+@router.get("/{int:agent_id}", response={200: AgentOut, **ERRORS})
+def agents_get(request: HttpRequest, agent_id: Id) -> Agent:
+    return get_or_404(_visible(request), agent_id, "agent")
+
+
+def _manageable(request: HttpRequest, agent_id: int) -> Agent:
+    agent = get_or_404(_visible(request), agent_id, "agent")
+    if not can_manage(user_of(request), agent):
+        raise PermissionDenied("Only the agent's creator or an admin of the workspace may change or delete it.")
+    return agent
+
+
+@router.patch("/{int:agent_id}", response={200: AgentOut, **ERRORS})
+def agents_update(request: HttpRequest, agent_id: Id, payload: AgentPatch) -> Agent:
+    agent = _manageable(request, agent_id)
+    fields = payload.model_dump(exclude_unset=True)
+    for key in ("name", "slug", "system_prompt"):
+        if key in fields and fields[key] is None:
+            del fields[key]  # these cannot be cleared; null means "leave as it is"
+    if "model" in fields and fields["model"] is None:
+        fields["model"] = ""  # empty: the server's default model
+    return _agent_update(agent=agent, **fields)
+
+
+@router.delete("/{int:agent_id}", response={204: None, **ERRORS})
+def agents_delete(request: HttpRequest, agent_id: Id) -> Status[None]:
+    _agent_delete(agent=_manageable(request, agent_id))
+    return Status(204, None)

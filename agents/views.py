@@ -1,0 +1,194 @@
+"""Agent pages: the dashboard, create and edit, material (assign, unassign, move) and dataset downloads."""
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
+from django.db.models import QuerySet
+from django.http import Http404, HttpRequest, HttpResponse, QueryDict, StreamingHttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from masscer.views import get_visible_or_404, int_list, paginate, posted
+from training import export
+from training.models import Completion
+from training.selectors import completions_for, jobs_for
+
+from .dashboard import agent_update, material_assign, material_move, material_unassign
+from .forms import MATERIAL_ACTIONS, AgentCreateForm, AgentEditForm
+from .models import Agent
+from .selectors import agents_for, agents_with_counts
+from .services import agent_create
+
+SCOPES = {"assigned": "Assigned to this agent", "unassigned": "Not assigned to it", "all": "All in the workspace"}
+MATERIAL_FILTERS = ("status", "job", "source_type", "q")
+JOB_CHOICES = 50
+
+
+@login_required
+@require_GET
+def agent_list(request: HttpRequest) -> HttpResponse:
+    page = paginate(request, agents_with_counts(user=request.user))
+    return render(request, "agents/list.html", {"page": page, "formats": export.FORMATS})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def agent_new(request: HttpRequest) -> HttpResponse:
+    form = AgentCreateForm(posted(request), user=request.user)
+    if request.method == "POST" and form.is_valid():
+        try:
+            agent = agent_create(
+                owner=request.user,
+                name=form.cleaned_data["name"],
+                workspace=form.chosen_workspace(),
+                system_prompt=form.cleaned_data["system_prompt"],
+                **form.params(),
+            )
+        except ValidationError as exc:
+            form.add_error("name", exc)
+        else:
+            messages.success(request, f"Created the agent “{agent.name}”.")
+            return redirect("agents:detail", pk=agent.pk)
+    return render(request, "agents/form.html", {"form": form, "agent": None})
+
+
+def _visible_agent(request: HttpRequest, pk: int) -> Agent:
+    return get_visible_or_404(Agent.objects.select_related("workspace", "owner"), user=request.user, pk=pk)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def agent_edit(request: HttpRequest, pk: int) -> HttpResponse:
+    agent = _visible_agent(request, pk)
+    initial = {field: getattr(agent, field) for field in AgentEditForm.base_fields}
+    form = AgentEditForm(posted(request), initial=initial)
+    if request.method == "POST" and form.is_valid():
+        try:
+            agent_update(
+                agent=agent,
+                name=form.cleaned_data["name"],
+                system_prompt=form.cleaned_data["system_prompt"],
+                **form.params(),
+            )
+        except ValidationError as exc:
+            form.add_error(None, exc)
+        else:
+            messages.success(request, f"Saved the agent “{agent.name}”.")
+            return redirect("agents:detail", pk=agent.pk)
+    return render(request, "agents/form.html", {"form": form, "agent": agent})
+
+
+def material_filters(data: QueryDict) -> dict[str, str]:
+    filters = {key: data.get(key, "").strip() for key in MATERIAL_FILTERS}
+    filters["scope"] = data.get("scope") if data.get("scope") in SCOPES else "assigned"
+    if filters["status"] not in Completion.Status.values:
+        filters["status"] = ""
+    if not filters["job"].isdigit():
+        filters["job"] = ""
+    return filters
+
+
+def material_rows(user: Any, agent: Agent, filters: dict[str, str]) -> QuerySet[Completion]:
+    selected = {key: filters[key] for key in MATERIAL_FILTERS}
+    rows = completions_for(user=user, filters=selected).filter(job__workspace_id=agent.workspace_id)
+    if filters["scope"] == "assigned":
+        rows = rows.filter(assignments__agent=agent)
+    elif filters["scope"] == "unassigned":
+        rows = rows.exclude(assignments__agent=agent)
+    return rows.select_related("chunk__document", "chunk__conversation").prefetch_related("agents")
+
+
+@login_required
+@require_GET
+def agent_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    agent = _visible_agent(request, pk)
+    filters = material_filters(request.GET)
+    page = paginate(request, material_rows(request.user, agent, filters))
+    counts = agents_with_counts(user=request.user).filter(pk=agent.pk).values("pending", "approved", "rejected")
+    context = {
+        "agent": agent,
+        "page": page,
+        "filters": filters,
+        "counts": counts.first(),
+        "scopes": SCOPES,
+        "statuses": Completion.Status.choices,
+        "actions": MATERIAL_ACTIONS,
+        "others": agents_for(user=request.user).filter(workspace_id=agent.workspace_id).exclude(pk=agent.pk),
+        "jobs": jobs_for(user=request.user)
+        .select_related(None)
+        .filter(workspace_id=agent.workspace_id)
+        .only("pk", "created_at")[:JOB_CHOICES],
+        "formats": export.FORMATS,
+        "export_statuses": export.STATUSES,
+    }
+    return render(request, "agents/detail.html", context)
+
+
+def _chosen_ids(request: HttpRequest, agent: Agent) -> list[int]:
+    """The completions to act on: ticked ones, or all the filters match; only visible ones of the agent's workspace."""
+    rows = material_rows(request.user, agent, material_filters(request.POST))
+    if request.POST.get("selection") != "all":
+        rows = rows.filter(pk__in=int_list(request.POST.getlist("ids")))
+    return list(rows.order_by().values_list("pk", flat=True).distinct())
+
+
+@login_required
+@require_POST
+def agent_material(request: HttpRequest, pk: int) -> HttpResponse:
+    agent = _visible_agent(request, pk)
+    action = request.POST.get("action", "")
+    back = f"{reverse('agents:detail', args=[agent.pk])}?{request.POST.get('query', '')}"
+    if action not in MATERIAL_ACTIONS:
+        messages.error(request, "Choose what to do with the selected completions.")
+        return redirect(back)
+    ids = _chosen_ids(request, agent)
+    if not ids:
+        messages.error(request, "Tick one or more completions first (or choose “all matching the filters”).")
+        return redirect(back)
+    target = None
+    if action in ("copy", "move"):
+        target = agents_for(user=request.user).filter(
+            workspace_id=agent.workspace_id, pk=request.POST.get("target") or 0
+        ).exclude(pk=agent.pk).first()
+        if target is None:
+            messages.error(request, "Choose the agent to move or assign them to.")
+            return redirect(back)
+    messages.success(request, _apply(action, ids, agent, target))
+    return redirect(back)
+
+
+def _apply(action: str, ids: list[int], agent: Agent, target: Agent | None) -> str:
+    plural = f"{len(ids)} completion{'s' if len(ids) != 1 else ''}"
+    if action == "assign":
+        material_assign(completion_ids=ids, agent=agent)
+        return f"Assigned {plural} to {agent.name}."
+    if action == "unassign":
+        removed = material_unassign(completion_ids=ids, agent=agent)
+        return f"Removed {removed} completion{'s' if removed != 1 else ''} from {agent.name}."
+    assert target is not None
+    if action == "copy":
+        material_assign(completion_ids=ids, agent=target)
+        return f"Assigned {plural} to {target.name} as well."
+    moved = material_move(completion_ids=ids, source=agent, target=target)
+    return f"Moved {moved} completion{'s' if moved != 1 else ''} from {agent.name} to {target.name}."
+
+
+@login_required
+@require_GET
+def agent_export(request: HttpRequest, pk: int) -> StreamingHttpResponse:
+    agent = _visible_agent(request, pk)
+    fmt = request.GET.get("format", "openai-jsonl")
+    status = request.GET.get("status", "approved")
+    if fmt not in export.FORMATS or status not in export.STATUSES:
+        raise Http404("Unknown export format or status.")
+    extension = "csv" if fmt.endswith("csv") else "jsonl"
+    content_type = "text/csv" if extension == "csv" else "application/jsonl"
+    response = StreamingHttpResponse(
+        export.export_lines(agent=agent, fmt=fmt, status=status), content_type=f"{content_type}; charset=utf-8"
+    )
+    response["Content-Disposition"] = f'attachment; filename="{agent.slug}-{fmt}-{status}.{extension}"'
+    return response

@@ -129,7 +129,14 @@ def job_status(job_id: int) -> str:
 
 
 def assert_exactly_n_and_no_repeats(stack: Stack, job_id: int, finished_before: dict[str, int]) -> None:
+    fault_at = time.monotonic()
     assert wait_for(lambda: job_status(job_id) == "completed", timeout=90, interval=0.25), stack.logs()
+    report(
+        stack,
+        recovered_in_s=round(time.monotonic() - fault_at, 1),
+        model_calls=len(stack.fake.calls),
+        ideal_calls=CHUNKS,
+    )
     job = TrainingJob.objects.get(pk=job_id)
     questions = list(Completion.objects.filter(job=job).values_list("question", flat=True))
     assert job.created_count == len(questions) == CHUNKS * PER_CHUNK, job.shortfall_reasons
@@ -137,6 +144,16 @@ def assert_exactly_n_and_no_repeats(stack: Stack, job_id: int, finished_before: 
     counts = stack.fake.counts_by_source()
     for digest, calls_then in finished_before.items():
         assert counts.get(digest, 0) == calls_then, "a finished chunk was sent to the model again"
+
+
+def report(stack: Stack, **figures: Any) -> None:
+    """Figures for RELIABILITY.md (printed with -s; appended as JSON to $MASSCER_RELIABILITY_OUT)."""
+    figures["test"] = os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0]
+    print("RELIABILITY", json.dumps(figures))
+    out = os.environ.get("MASSCER_RELIABILITY_OUT")
+    if out:
+        with open(out, "a") as handle:
+            handle.write(json.dumps(figures) + "\n")
 
 
 def test_a_worker_killed_mid_job_loses_nothing_and_repeats_no_finished_chunk(stack: Stack) -> None:

@@ -35,7 +35,6 @@ from . import review, services
 from .models import Assignment, Chunk, Completion, TrainingJob, WorkItem
 
 
-
 @admin.register(TrainingJob)
 class TrainingJobAdmin(admin.ModelAdmin):
     list_display = ["id", "workspace", "owner", "status", "requested_count", "created_count", "shortfall", "calls",
@@ -194,7 +193,9 @@ class CompletionAdmin(admin.ModelAdmin):
     # --- reads
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Completion]:
-        rows = super().get_queryset(request).defer("chunk__text").prefetch_related(
+        # All of list_select_related here: the changelist skips it when the queryset already selects some.
+        rows = super().get_queryset(request).select_related(*self.list_select_related).defer("chunk__text")
+        rows = rows.prefetch_related(
             Prefetch("assignments", queryset=Assignment.objects.select_related("agent").only("completion_id",
                                                                                              "agent__name"))
         )

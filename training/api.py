@@ -1,5 +1,5 @@
 """API: training jobs, completions (review and assignment), near-duplicates and dataset export."""
-from __future__ import annotations
+# No `from __future__ import annotations`: django-ninja reads the annotations at run time.
 
 from datetime import datetime
 from typing import Any, Literal
@@ -143,13 +143,13 @@ def jobs_list(request: HttpRequest) -> QuerySet[TrainingJob]:
     return _jobs(request)
 
 
-@router.get("/jobs/{job_id}", response={200: JobOut, **ERRORS}, tags=["jobs"])
+@router.get("/jobs/{int:job_id}", response={200: JobOut, **ERRORS}, tags=["jobs"])
 def jobs_get(request: HttpRequest, job_id: Id) -> TrainingJob:
     """A job and its progress (chunks done of total, completions created, shortfall)."""
     return get_or_404(_jobs(request), job_id, "job")
 
 
-@router.post("/jobs/{job_id}/cancel", response={200: JobOut, 409: ErrorOut, **ERRORS}, tags=["jobs"])
+@router.post("/jobs/{int:job_id}/cancel", response={200: JobOut, 409: ErrorOut, **ERRORS}, tags=["jobs"])
 def jobs_cancel(request: HttpRequest, job_id: Id) -> TrainingJob:
     job = get_or_404(_jobs(request), job_id, "job")
     if not job_cancel(job=job):
@@ -157,7 +157,7 @@ def jobs_cancel(request: HttpRequest, job_id: Id) -> TrainingJob:
     return _jobs(request).get(pk=job.pk)
 
 
-@router.post("/jobs/{job_id}/retry", response={200: JobOut, 409: ErrorOut, **ERRORS}, tags=["jobs"])
+@router.post("/jobs/{int:job_id}/retry", response={200: JobOut, 409: ErrorOut, **ERRORS}, tags=["jobs"])
 def jobs_retry(request: HttpRequest, job_id: Id) -> TrainingJob:
     """Run again what failed or fell short; completions already made are kept."""
     job = get_or_404(_jobs(request), job_id, "job")
@@ -276,7 +276,7 @@ def completions_list(request: HttpRequest, filters: Query[CompletionFilters]) ->
     return rows
 
 
-@router.get("/completions/{completion_id}", response={200: CompletionOut, **ERRORS}, tags=["completions"])
+@router.get("/completions/{int:completion_id}", response={200: CompletionOut, **ERRORS}, tags=["completions"])
 def completions_get(request: HttpRequest, completion_id: Id) -> Completion:
     return _completion(request, completion_id)
 
@@ -289,19 +289,19 @@ def _review(request: HttpRequest, completion_id: int, status: str, question: str
     return _completion(request, completion_id)
 
 
-@router.post("/completions/{completion_id}/approve", response={200: CompletionOut, **ERRORS}, tags=["completions"])
+@router.post("/completions/{int:completion_id}/approve", response={200: CompletionOut, **ERRORS}, tags=["completions"])
 def completions_approve(request: HttpRequest, completion_id: Id) -> Completion:
     """Approve (reviewers and admins of the workspace)."""
     return _review(request, completion_id, Completion.Status.APPROVED)
 
 
-@router.post("/completions/{completion_id}/reject", response={200: CompletionOut, **ERRORS}, tags=["completions"])
+@router.post("/completions/{int:completion_id}/reject", response={200: CompletionOut, **ERRORS}, tags=["completions"])
 def completions_reject(request: HttpRequest, completion_id: Id) -> Completion:
     """Reject (reviewers and admins of the workspace)."""
     return _review(request, completion_id, Completion.Status.REJECTED)
 
 
-@router.patch("/completions/{completion_id}", response={200: CompletionOut, **ERRORS}, tags=["completions"])
+@router.patch("/completions/{int:completion_id}", response={200: CompletionOut, **ERRORS}, tags=["completions"])
 def completions_edit(request: HttpRequest, completion_id: Id, payload: CompletionEdit) -> Completion:
     """Edit the question and/or answer (the original text is kept) and/or set the status."""
     completion = _completion(request, completion_id)
@@ -339,7 +339,7 @@ def completions_regenerate(request: HttpRequest, payload: IdsIn) -> dict[str, An
     return _with_missing(outcome, payload.completion_ids, ids).as_dict()
 
 
-@router.post("/completions/{completion_id}/keep", response={200: OutcomeOut, **ERRORS}, tags=["completions"])
+@router.post("/completions/{int:completion_id}/keep", response={200: OutcomeOut, **ERRORS}, tags=["completions"])
 def completions_keep(request: HttpRequest, completion_id: Id, payload: KeepIn) -> dict[str, Any]:
     """Resolve a near-duplicate group: keep this one and reject the others (merge: move their agents)."""
     completion = _completion(request, completion_id)
@@ -364,7 +364,7 @@ class DuplicatesOut(Schema):
     flagged: int
 
 
-@router.post("/agents/{agent_id}/duplicates", response={200: DuplicatesOut, **ERRORS}, tags=["agents"])
+@router.post("/agents/{int:agent_id}/duplicates", response={200: DuplicatesOut, **ERRORS}, tags=["agents"])
 def agents_flag_duplicates(request: HttpRequest, agent_id: Id) -> dict[str, Any]:
     """Find near-duplicates in the agent's pending and approved material and flag them."""
     agent = get_or_404(agents_for(user=user_of(request)), agent_id, "agent")
@@ -394,7 +394,7 @@ def _export_agent(request: HttpRequest, agent_id: int) -> Agent:
 
 
 @router.get(
-    "/agents/{agent_id}/export",
+    "/agents/{int:agent_id}/export",
     response={200: None, **ERRORS},
     tags=["agents"],
     openapi_extra={"responses": {200: {"description": "The dataset file, streamed.", "content": {
@@ -419,7 +419,7 @@ def agents_export(request: HttpRequest, agent_id: Id, query: Query[ExportQuery])
     )
 
 
-@router.get("/agents/{agent_id}/export/report", response={200: ExportReportOut, **ERRORS}, tags=["agents"])
+@router.get("/agents/{int:agent_id}/export/report", response={200: ExportReportOut, **ERRORS}, tags=["agents"])
 def agents_export_report(request: HttpRequest, agent_id: Id, query: Query[ExportQuery]) -> dict[str, Any]:
     """What an export would write per part, and what it would skip and why."""
     agent = _export_agent(request, agent_id)

@@ -22,6 +22,7 @@ from array import array
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 JACCARD_THRESHOLD = 0.8
 NUM_PERM = 100
@@ -52,12 +53,13 @@ def features(question: str, answer: str) -> frozenset[str]:
     return frozenset(found)
 
 
-def _hashes(feature: str) -> array[int]:
-    """NUM_PERM independent 32-bit hashes of one feature."""
+@lru_cache(maxsize=1 << 16)
+def _hashes(feature: str) -> tuple[int, ...]:
+    """NUM_PERM independent 32-bit hashes of one feature (cached: words recur across texts)."""
     values = array("I", hashlib.shake_128(SALT + feature.encode("utf-8")).digest(4 * NUM_PERM))
     if sys.byteorder == "big":
         values.byteswap()  # read the bytes little-endian everywhere
-    return values
+    return tuple(values)
 
 
 def signature(items: Iterable[str]) -> tuple[int, ...]:
@@ -88,15 +90,21 @@ class LSHIndex:
         for key in band_keys(sig):
             self.buckets[key].append(item_id)
 
-    def candidate_pairs(self) -> set[tuple[int, int]]:
-        pairs: set[tuple[int, int]] = set()
+    def candidate_pairs(self) -> Iterator[tuple[int, int]]:
+        """Pairs (smaller id first) sharing a band; a bucket seen in another band is skipped."""
+        seen: set[tuple[int, ...]] = set()
         for members in self.buckets.values():
+            if len(members) < 2:
+                continue
+            key = tuple(members)
+            if key in seen:  # identical items share every band: one pass over them is enough
+                continue
+            seen.add(key)
             for i in range(1, len(members)):
                 for j in range(max(0, i - WINDOW), i):
                     a, b = members[j], members[i]
                     if a != b:
-                        pairs.add((min(a, b), max(a, b)))
-        return pairs
+                        yield (min(a, b), max(a, b))
 
 
 class _UnionFind:
@@ -149,7 +157,11 @@ def near_duplicate_groups(
         return cache[item_id]
 
     links = _UnionFind()
-    for a, b in sorted(index.candidate_pairs()):
+    checked: set[tuple[int, int]] = set()
+    for a, b in index.candidate_pairs():
+        if (a, b) in checked or links.find(a) == links.find(b):
+            continue  # already linked through others: the groups would not change
+        checked.add((a, b))
         if jaccard(features_of(a), features_of(b)) >= threshold:
             links.union(a, b)
     return sorted(links.groups())

@@ -69,8 +69,11 @@ def _assignable(user: AbstractBaseUser, completion_ids: Sequence[int], agent: An
     if agent.workspace_id not in member_workspace_ids(user=user):
         raise PermissionDenied("You are not a member of this agent's workspace.")
     rows = dict(Completion.objects.filter(pk__in=list(completion_ids)).values_list("pk", "job__workspace_id"))
-    outcome.skip("not found", [cid for cid in completion_ids if cid not in rows])
-    outcome.skip("in another workspace than the agent", [cid for cid, ws in rows.items() if ws != agent.workspace_id])
+    # One reason for both: ids of other workspaces must not be told apart from unknown ones.
+    outcome.skip(
+        "not found in the agent's workspace",
+        [cid for cid in completion_ids if rows.get(cid) != agent.workspace_id],
+    )
     return [cid for cid, ws in rows.items() if ws == agent.workspace_id]
 
 
@@ -222,6 +225,7 @@ def duplicates_keep_one(*, keep: Completion, reviewer: AbstractBaseUser, merge: 
     """
     if not can_review(user=reviewer, workspace_id=keep.job.workspace_id):
         raise PermissionDenied("Only reviewers and admins of this workspace may resolve duplicates.")
+    keep.refresh_from_db(fields=["duplicate_of"])
     group = duplicate_group(keep)
     if len(group) < 2:
         raise ValidationError("This completion is not flagged as a near-duplicate of anything.", code="no_group")

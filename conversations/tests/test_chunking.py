@@ -242,8 +242,12 @@ def test_every_chunk_fits_and_every_message_is_covered(
 
     assert_well_formed(specs, budget)
     covered = {p for s in specs for p in range(s.first, s.last + 1)}
+    # The system prompt is the run of system messages before the first other message with
+    # content (empty messages are skipped); it is repeated as context, outside the locator.
     leading_system = 0
-    while leading_system < len(messages) and messages[leading_system].role == "system":
+    while leading_system < len(messages) and (
+        messages[leading_system].role == "system" or not messages[leading_system].content
+    ):
         leading_system += 1
     only_system = leading_system == len(messages)
     expected = {m.position for m in messages if m.content and (only_system or m.position >= leading_system)}

@@ -8,10 +8,8 @@ for its creator or an admin of the workspace.
 from datetime import datetime
 from typing import Any
 
-from django.core.exceptions import PermissionDenied, ValidationError
-from django.db import transaction
+from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest
-from django.utils.text import slugify
 from ninja import Field, Router, Schema
 from ninja.pagination import paginate
 from ninja.responses import Status
@@ -21,7 +19,7 @@ from workspaces.selectors import workspaces_for
 
 from .models import Agent
 from .selectors import agents_for
-from .services import agent_create
+from .services import agent_create, agent_delete, agent_update
 
 router = Router(tags=["agents"])
 
@@ -65,34 +63,6 @@ class AgentOut(Schema):
     def resolve_owner(obj: Agent) -> str | None:
         return username(obj.owner)
 
-
-# The agents app has create services only so far; these two are the API's writes. They
-# belong in agents/services.py (agent_update, agent_delete) once that file can take them.
-
-
-@transaction.atomic
-def _agent_update(*, agent: Agent, **fields: Any) -> Agent:
-    if "slug" in fields:
-        fields["slug"] = slugify(fields["slug"])[:100]
-        if not fields["slug"]:
-            raise ValidationError("A slug is made of letters, digits and hyphens.")
-        if Agent.objects.filter(workspace_id=agent.workspace_id, slug=fields["slug"]).exclude(pk=agent.pk).exists():
-            raise ValidationError(f"The workspace already has an agent called '{fields['slug']}'.")
-    if "name" in fields:
-        fields["name"] = fields["name"].strip()
-        if not fields["name"]:
-            raise ValidationError("An agent needs a name.")
-    if "system_prompt" in fields and not fields["system_prompt"].strip():
-        raise ValidationError("The system prompt cannot be empty.")
-    for key, value in fields.items():
-        setattr(agent, key, value.strip() if isinstance(value, str) and key != "system_prompt" else value)
-    agent.save()
-    return agent
-
-
-@transaction.atomic
-def _agent_delete(*, agent: Agent) -> None:
-    agent.delete()
 
 
 def _visible(request: HttpRequest) -> Any:
@@ -138,10 +108,10 @@ def agents_update(request: HttpRequest, agent_id: Id, payload: AgentPatch) -> Ag
             del fields[key]  # these cannot be cleared; null means "leave as it is"
     if "model" in fields and fields["model"] is None:
         fields["model"] = ""  # empty: the server's default model
-    return _agent_update(agent=agent, **fields)
+    return agent_update(agent=agent, **fields)
 
 
 @router.delete("/{int:agent_id}", response={204: None, **ERRORS})
 def agents_delete(request: HttpRequest, agent_id: Id) -> Status[None]:
-    _agent_delete(agent=_manageable(request, agent_id))
+    agent_delete(agent=_manageable(request, agent_id))
     return Status(204, None)

@@ -1,5 +1,4 @@
-"""Writes behind the agent dashboard that agents.services does not have yet: editing an agent,
-and moving material between agents."""
+"""Writes behind the agent dashboard: the edit form's update and moving material between agents."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -11,6 +10,7 @@ from django.db import transaction
 
 from training.services import completions_assign, completions_unassign
 
+from . import services
 from .models import Agent
 
 EDITABLE = ("model", "temperature", "top_p", "max_tokens", "frequency_penalty")
@@ -19,19 +19,12 @@ BATCH = 500
 
 @transaction.atomic
 def agent_update(*, agent: Agent, name: str, system_prompt: str, **params: Any) -> Agent:
-    """Change an agent's name, system prompt and model parameters; its slug (used by exports
-    and the command line) stays."""
+    """The edit form's update: an empty system prompt falls back to the default one."""
     unknown = set(params) - set(EDITABLE)
     if unknown:
         raise ValidationError(f"Unknown agent setting(s): {', '.join(sorted(unknown))}.")
-    if not name.strip():
-        raise ValidationError("An agent needs a name.", code="name")
-    agent.name = name.strip()[:200]
-    agent.system_prompt = system_prompt.strip() or settings.DEFAULT_AGENT_SYSTEM_PROMPT
-    for key, value in params.items():
-        setattr(agent, key, value)
-    agent.save()
-    return agent
+    prompt = system_prompt.strip() or settings.DEFAULT_AGENT_SYSTEM_PROMPT
+    return services.agent_update(agent=agent, name=name, system_prompt=prompt, **params)
 
 
 def _batches(ids: Sequence[int]) -> list[Sequence[int]]:

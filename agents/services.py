@@ -50,3 +50,41 @@ def agent_get_or_create(
     if existing:
         return existing, False
     return agent_create(owner=owner, workspace=workspace, name=slug, slug=slug), True
+
+
+# Fields an update may change (the slug too; exports and the command line name agents by it).
+UPDATABLE = ("name", "slug", "system_prompt", "model", "temperature", "top_p", "max_tokens", "frequency_penalty")
+
+
+@transaction.atomic
+def agent_update(*, agent: Agent, **fields: Any) -> Agent:
+    """Change some of an agent's settings; each given field is checked like at creation."""
+    unknown = set(fields) - set(UPDATABLE)
+    if unknown:
+        raise ValidationError(f"Unknown agent setting(s): {', '.join(sorted(unknown))}.")
+    if "slug" in fields:
+        fields["slug"] = slugify(fields["slug"])[:100]
+        if not fields["slug"]:
+            raise ValidationError("A slug is made of letters, digits and hyphens.")
+        taken = Agent.objects.filter(workspace_id=agent.workspace_id, slug=fields["slug"]).exclude(pk=agent.pk)
+        if taken.exists():
+            raise ValidationError(f"The workspace already has an agent called '{fields['slug']}'.")
+    if "name" in fields:
+        fields["name"] = fields["name"].strip()[:200]
+        if not fields["name"]:
+            raise ValidationError("An agent needs a name.", code="name")
+    if "system_prompt" in fields:
+        fields["system_prompt"] = fields["system_prompt"].strip()
+        if not fields["system_prompt"]:
+            raise ValidationError("The system prompt cannot be empty.", code="system_prompt")
+    if "model" in fields and isinstance(fields["model"], str):
+        fields["model"] = fields["model"].strip()
+    for key, value in fields.items():
+        setattr(agent, key, value)
+    agent.save()
+    return agent
+
+
+@transaction.atomic
+def agent_delete(*, agent: Agent) -> None:
+    agent.delete()

@@ -31,6 +31,7 @@ import argparse
 import contextlib
 import datetime as dt
 import fcntl
+import itertools
 import json
 import math
 import os
@@ -49,8 +50,6 @@ from typing import Any, Self
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
-
-import itertools
 
 from masscer.testing.fakellm import FakeLLMClient
 from masscer.testing.processes import (
@@ -77,7 +76,6 @@ from training.models import Completion, TrainingJob, WorkItem
 job = TrainingJob.objects.get(pk=JOB_ID)
 items = list(WorkItem.objects.filter(job=job).values("chunk_id", "chunk__content_hash", "chunk__token_count",
     "quota", "made", "calls", "attempts", "status", "reasons"))
-times = Completion.objects.filter(job=job).values_list("created_at", flat=True)
 print(json.dumps({
     "status": job.status,
     "error": job.error,
@@ -86,8 +84,6 @@ print(json.dumps({
     "calls": job.calls,
     "started_at": job.started_at.timestamp() if job.started_at else None,
     "finished_at": job.finished_at.timestamp() if job.finished_at else None,
-    "first_completion_at": min(times).timestamp() if times else None,
-    "last_completion_at": max(times).timestamp() if times else None,
     "items": items,
 }))
 """
@@ -198,6 +194,15 @@ class CpuSampler:
         return (os.cpu_count() or 1) * (1 - (idle1 - idle0) / (total1 - total0))
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU of one process, all its threads (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 # --- isolated database and broker --------------------------------------------------------------
 
 
@@ -276,8 +281,8 @@ class Figures:
     call_seconds_mean: float
     between_calls_mean: float  # same chunk: previous call end -> next call start
     between_calls_max: float
-    startup_lag_mean: float  # per chunk: first call start - first call of the job
     llm_processes: int = 1
+    llm_cpu: float | None = None  # CPU seconds the llm worker process(es) used during the job
     machine_busy: float | None = None  # cores busy machine-wide during the call window
     db_sessions: int | None = None  # PostgreSQL connections opened during the run
     error: str = ""
@@ -337,6 +342,7 @@ def measure(
     max_in_flight: int,
     cpu: CpuSampler | None = None,
     db_sessions: int | None = None,
+    llm_cpu: float | None = None,
 ) -> Figures:
     generation = [c for c in calls if c.get("endpoint") in ("chat", "completion")]
     served = [c for c in generation if c.get("status") == 200]
@@ -349,7 +355,7 @@ def measure(
     started = stats["started_at"] or first
     items = stats["items"]
     per_call = int(os.environ.get("MASSCER_PAIRS_PER_CALL", "10"))
-    # Calls per chunk from the fake's log (every call, rejected ones too), by source text hash.
+    # Answered calls per chunk from the fake's log, by the hash of the chunk text it was sent.
     by_source: dict[str, list[dict[str, Any]]] = {}
     for call in sorted(served, key=lambda c: c["started"]):
         by_source.setdefault(call["source_hash"], []).append(call)
@@ -359,7 +365,6 @@ def measure(
         for chunk_calls in by_source.values()
         for earlier, later in itertools.pairwise(chunk_calls)
     ]
-    lags = [chunk_calls[0]["started"] - first for chunk_calls in by_source.values()]
     c, latency = args.concurrency, args.latency
     bound_waves = math.ceil(len(served) / c) * latency
     bound_critical = max_k * latency
@@ -394,8 +399,8 @@ def measure(
         call_seconds_mean=sum((x["ended"] - x["started"]) for x in served) / len(served),
         between_calls_mean=sum(gaps) / len(gaps) if gaps else 0.0,
         between_calls_max=max(gaps, default=0.0),
-        startup_lag_mean=sum(lags) / len(lags) if lags else 0.0,
         llm_processes=args.llm_processes,
+        llm_cpu=llm_cpu,
         machine_busy=cpu.busy_cores(first, last) if cpu else None,
         db_sessions=db_sessions,
         error=stats.get("error") or "",
@@ -460,8 +465,17 @@ def table(f: Figures) -> list[tuple[str, str]]:
                 f"mean {f.between_calls_mean * 1000:.0f} ms, max {f.between_calls_max * 1000:.0f} ms"
             ),
         ),
-        ("chunk start lag", f"mean {f.startup_lag_mean:.2f} s after the first call"),
     ]
+    if f.llm_cpu is not None and f.calls_http:
+        per_call = f.llm_cpu / f.calls_http
+        need = per_call * f.concurrency / f.latency / f.llm_processes if f.latency else 0.0
+        rows.append(
+            (
+                "llm worker CPU",
+                f"{f.llm_cpu:.2f} s for the job = {per_call * 1000:.0f} ms per call; at the ideal "
+                f"{f.concurrency / f.latency:.0f} calls/s that is {need:.0%} of one core per process (one GIL)",
+            )
+        )
     if f.machine_busy is not None:
         rows.append(
             (
@@ -522,42 +536,46 @@ chunk × L); efficiency = bound / measured call window (goal ≥ 85 %).
 """
 
 
+def _strip_blank_edges(lines: list[str]) -> list[str]:
+    while lines and not lines[0].strip():
+        lines = lines[1:]
+    while lines and not lines[-1].strip():
+        lines = lines[:-1]
+    return lines
+
+
+def merge_section(text: str, block: str, database_heading: str) -> str:
+    """`text` with this database's subsection of SECTION replaced or added, nothing else changed."""
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.strip() == SECTION), None)
+    if start is None:
+        head = _strip_blank_edges(lines) or ["# Benchmarks"]
+        lines = [*head, "", SECTION, "", *SECTION_INTRO.rstrip().splitlines()]
+        start = len(head) + 1
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    section = lines[start:end]
+    new = block.rstrip().splitlines()
+    sub = next((i for i, line in enumerate(section) if line.strip() == database_heading), None)
+    if sub is None:
+        section = [*_strip_blank_edges(section), "", *new]
+    else:
+        sub_end = next(
+            (i for i in range(sub + 1, len(section)) if section[i].startswith(("### ", "## "))),
+            len(section),
+        )
+        rest = _strip_blank_edges(section[sub_end:])
+        section = [*_strip_blank_edges(section[:sub]), "", *new, *([""] + rest if rest else [])]
+    after = lines[end:]
+    merged = [*lines[:start], *section, *([""] + after if after else [])]
+    return "\n".join(merged).rstrip() + "\n"
+
+
 def update_benchmarks_md(block: str, database_heading: str) -> None:
     """Replace (or add) this database's subsection under SECTION; leave everything else alone."""
     BENCHMARKS_MD.touch(exist_ok=True)
     with open(BENCHMARKS_MD, "r+", encoding="utf-8") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # others writing their section at the same moment
-        text = handle.read()
-        if not text.strip():
-            text = "# Benchmarks\n"
-        lines = text.splitlines()
-        start = next((i for i, line in enumerate(lines) if line.strip() == SECTION), None)
-        if start is None:
-            lines = [*lines, "", SECTION, "", *SECTION_INTRO.rstrip().splitlines(), ""]
-            start = len(lines) - len(SECTION_INTRO.rstrip().splitlines()) - 3
-        end = next(
-            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
-            len(lines),
-        )
-        section = lines[start:end]
-        sub = next(
-            (i for i, line in enumerate(section) if line.strip() == database_heading),
-            None,
-        )
-        new = block.rstrip().splitlines()
-        if sub is None:
-            while section and not section[-1].strip():
-                section.pop()
-            section = [*section, "", *new, ""]
-        else:
-            sub_end = next(
-                (i for i in range(sub + 1, len(section)) if section[i].startswith(("### ", "## "))),
-                len(section),
-            )
-            section = [*section[:sub], *new, "", *section[sub_end:]]
-        merged = [*lines[:start], *section, *lines[end:]]
-        result = "\n".join(merged).rstrip() + "\n"
-        result = re.sub(r"\n{3,}", "\n\n", result)
+        fcntl.flock(handle, fcntl.LOCK_EX)  # in case someone updates another section right now
+        result = merge_section(handle.read(), block, database_heading)
         handle.seek(0)
         handle.write(result)
         handle.truncate()
@@ -635,13 +653,14 @@ def run(args: argparse.Namespace, workdir: Path, stack: Stack) -> list[Figures]:
     for log, worker in llm_workers:
         wait_for_ready(log, worker, "llm")
     llm_log = llm_workers[0][0]
+    llm_pids = [worker.pid for _, worker in llm_workers]
 
     client = FakeLLMClient(fake_url, timeout=60)
     results: list[Figures] = []
     dumps: list[dict[str, Any]] = []
     for number in range(1, args.repeat + 1):
         client.reset()  # a fresh call log and in-flight maximum per run
-        figures, dump = one_job(args, env, source, client, llm_log, number)
+        figures, dump = one_job(args, env, source, client, llm_log, llm_pids, number)
         results.append(figures)
         dumps.append(dump)
     if args.dump:
@@ -655,6 +674,7 @@ def one_job(
     source: Path,
     client: FakeLLMClient,
     llm_log: Path,
+    llm_pids: list[int],
     number: int,
 ) -> tuple[Figures, dict[str, Any]]:
     sessions_before = postgres_sessions() if args.database == "postgres" else None
@@ -663,11 +683,13 @@ def one_job(
         file=sys.stderr,
     )
     began = time.monotonic()
+    llm_cpu_before = sum(process_cpu_seconds(pid) for pid in llm_pids)
     with CpuSampler() as cpu:
         trained = manage(
             "train", str(source), "--count", str(args.count), "--agent", "bench", "--json",
             "--timeout", str(args.timeout), env=env, timeout=args.timeout + 60,
         )  # fmt: skip
+    llm_cpu = sum(process_cpu_seconds(pid) for pid in llm_pids) - llm_cpu_before
     print(
         f"train returned {trained.returncode} after {time.monotonic() - began:.1f} s",
         file=sys.stderr,
@@ -708,6 +730,7 @@ def one_job(
         max_in_flight=int(state.get("max_in_flight") or 0),
         cpu=cpu,
         db_sessions=sessions,
+        llm_cpu=llm_cpu,
     )
     return figures, {"summary": summary, "stats": stats, "calls": calls}
 
@@ -738,8 +761,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--keep", action="store_true", help="keep the temporary directory (worker logs)")
     add("--dump", help="write the raw call logs and job stats to this JSON file")
     args = parser.parse_args(argv)
-    if min(args.concurrency, args.count, args.repeat, args.llm_processes) < 1 or args.latency < 0:
-        parser.error("concurrency, count, repeat and llm-processes must be positive")
+    if min(args.concurrency, args.count, args.repeat, args.llm_processes) < 1 or args.latency <= 0:
+        parser.error("concurrency, count, repeat, llm-processes and latency must be positive")
     if args.llm_processes > args.concurrency:
         parser.error("--llm-processes cannot exceed --concurrency")
     return args

@@ -187,6 +187,9 @@ else:
         "unacked_restore_interval": env_int("CELERY_UNACKED_RESTORE_INTERVAL", 10),
         "unacked_restore_throttle": env_int("CELERY_UNACKED_RESTORE_THROTTLE", 10),
     }
+    if env_str("CELERY_BROKER_KEYPREFIX", ""):
+        # Several deployments (or test runs) can share one Redis without seeing each other's queues.
+        CELERY_BROKER_TRANSPORT_OPTIONS["global_keyprefix"] = env_str("CELERY_BROKER_KEYPREFIX", "")
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
@@ -230,6 +233,9 @@ MASSCER_RATELIMIT_REDIS_URL = env_str(
 # A worker thread waits in line for a slot at most this long; a longer wait hands the work
 # back to the queue with that countdown instead of holding the thread.
 MASSCER_RATELIMIT_MAX_WAIT = env_float("MASSCER_RATELIMIT_MAX_WAIT", 20.0)
+# Batch mode (OpenAI files + batches): price factor on the batch discount and poll period.
+MASSCER_BATCH_PRICE_FACTOR = env_float("MASSCER_BATCH_PRICE_FACTOR", 0.5)
+MASSCER_BATCH_POLL_SECONDS = env_float("MASSCER_BATCH_POLL_SECONDS", 60.0)
 # Playground retrieval: BM25 over approved material, or embeddings from the endpoint's
 # /v1/embeddings when a model is named here.
 MASSCER_EMBEDDINGS_MODEL = env_str("MASSCER_EMBEDDINGS_MODEL", "")

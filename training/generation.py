@@ -2,14 +2,19 @@
 
 No transaction or row lock is held across a model call: read, call, then write in one
 short transaction (`services.store_completions`).
+
+Batch mode (`training.batch`) takes its replies in through the same helpers: `_absorb`
+(validation, storing, counters, feedback), `_fail_model`/`_unreachable` (errors) and
+`_close_done` (calls budget and reasons), so live and batch results are judged alike.
 """
 from __future__ import annotations
 
 import logging
 import random
 from collections import Counter
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
 
 from django.conf import settings
 from django.db.models import F, Q
@@ -139,18 +144,30 @@ def _close(item_id: int, claim: int, status: str, **fields: object) -> None:
     )
 
 
-def _record_call(item: WorkItem, reply: llm.Reply) -> None:
+@dataclass(frozen=True)
+class _CallCounters:
+    """What one model call adds to the work item's and the job's counters."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    cost: Decimal
+
+
+def _call_counters(item: WorkItem, reply: llm.Reply, price_factor: Decimal = Decimal(1)) -> _CallCounters:
     usage = reply.usage
-    WorkItem.objects.filter(pk=item.pk).update(calls=F("calls") + 1, unavailable_since=None)
     cost = call_cost(parse_prices(settings.MASSCER_LLM_PRICES), reply.model or item.job.model, *usage_pair(usage))
+    return _CallCounters(usage.prompt_tokens, usage.completion_tokens, (cost or Decimal(0)) * price_factor)
+
+
+def _record_call(item: WorkItem, counters: _CallCounters) -> None:
+    """Count a model call on its own (normally `store_completions` counts it with its pairs)."""
+    WorkItem.objects.filter(pk=item.pk).update(calls=F("calls") + 1, unavailable_since=None)
     TrainingJob.objects.filter(pk=item.job_id).update(
         calls=F("calls") + 1,
-        prompt_tokens=F("prompt_tokens") + usage.prompt_tokens,
-        completion_tokens=F("completion_tokens") + usage.completion_tokens,
-        cost=F("cost") + (cost or 0),
+        prompt_tokens=F("prompt_tokens") + counters.prompt_tokens,
+        completion_tokens=F("completion_tokens") + counters.completion_tokens,
+        cost=F("cost") + counters.cost,
     )
-    item.calls += 1
-    item.unavailable_since = None
 
 
 @dataclass
@@ -168,6 +185,17 @@ class _Progress:
     feedback: str | None = None
     exhausted: bool = False
     budget_exhausted: bool = False
+    # Questions the model offered that were rejected as (near-)duplicates. The prompt shows
+    # only the latest questions of other chunks, so a clash with an older one (a running
+    # header, an index entry) would otherwise be offered again on every retry.
+    rejected_duplicates: list[str] = field(default_factory=list)
+
+
+def _model_source(item: WorkItem) -> str:
+    """The chunk text the model sees (and evidence is checked against)."""
+    # Redaction happens before any text leaves for the model; evidence is checked
+    # against the same redacted text the model saw.
+    return redact(item.chunk.text)[0] if item.job.redact else item.chunk.text
 
 
 def _load_progress(item: WorkItem) -> _Progress:
@@ -200,7 +228,9 @@ def _refresh_index(item: WorkItem, progress: _Progress) -> None:
 def _prompt_questions(progress: _Progress) -> list[str]:
     own = progress.chunk_questions[-MAX_EXISTING_IN_PROMPT:]
     room = MAX_EXISTING_IN_PROMPT - len(own)
-    return (progress.other_questions[-room:] if room > 0 else []) + own
+    rejected = progress.rejected_duplicates[-room:] if room > 0 else []
+    room -= len(rejected)
+    return (progress.other_questions[-room:] if room > 0 else []) + rejected + own
 
 
 def _feedback(reply: llm.Reply, reasons: Counter[str], asked: int, accepted: int) -> str | None:
@@ -232,23 +262,29 @@ def _backoff(attempt: int, retry_after: float | None) -> float:
     return random.uniform(ceiling / 2, ceiling)
 
 
+def _unreachable(since: datetime | None, exc: llm.LLMError) -> str | None:
+    """The failure once the model has been unreachable for too long (since `since`), else None."""
+    waited = (timezone.now() - since).total_seconds() if since is not None else 0.0
+    if waited < settings.MASSCER_MODEL_UNREACHABLE_SECONDS:
+        return None
+    minutes = settings.MASSCER_MODEL_UNREACHABLE_SECONDS / 60
+    return f"Model unreachable for {minutes:g} minutes: {exc}"
+
+
+def _fail_model(item: WorkItem, claim: int, error: str) -> None:
+    """Close a claimed item as failed by the model (the job is finished by the caller)."""
+    reasons = Counter(item.reasons or {})
+    reasons["model_error"] += 1
+    _close(item.pk, claim, WorkItem.Status.FAILED, error=error, reasons=dict(reasons))
+
+
 def _handle_transient(
     item: WorkItem, claim: int, exc: llm.LLMTransientError, attempt: int, limiter: ratelimit.RateLimiter | None
 ) -> None:
-    now = timezone.now()
-    since = item.unavailable_since or now
-    waited = (now - since).total_seconds()
-    if waited >= settings.MASSCER_MODEL_UNREACHABLE_SECONDS:
-        minutes = settings.MASSCER_MODEL_UNREACHABLE_SECONDS / 60
-        reasons = Counter(item.reasons or {})
-        reasons["model_error"] += 1
-        _close(
-            item.pk,
-            claim,
-            WorkItem.Status.FAILED,
-            error=f"Model unreachable for {minutes:g} minutes: {exc}",
-            reasons=dict(reasons),
-        )
+    since = item.unavailable_since or timezone.now()
+    failure = _unreachable(since, exc)
+    if failure is not None:
+        _fail_model(item, claim, failure)
         services.job_finish_if_done(job_id=item.job_id)
         return
     countdown = _backoff(attempt, exc.retry_after)
@@ -269,26 +305,32 @@ def work_item_run(*, item_id: int, attempt: int = 0) -> str:
         _close(item.pk, claim, WorkItem.Status.CANCELLED)
         return "job-not-running"
     progress = _load_progress(item)
-    budget = calls_budget(
-        item.quota, per_call=settings.MASSCER_PAIRS_PER_CALL, calls_per_batch=settings.MASSCER_CALLS_PER_BATCH
-    )
+    budget = _item_calls_budget(item)
     config, params = llm_config(), job_params(job)
-    # Redaction happens before any text leaves for the model; evidence is checked
-    # against the same redacted text the model saw.
-    source = redact(item.chunk.text)[0] if job.redact else item.chunk.text
+    source = _model_source(item)
     limiter = _limiter(job.model)
     source_tokens = count_tokens(source) + PROMPT_OVERHEAD_TOKENS
-    while progress.made < item.quota and item.calls < budget and not progress.exhausted:
-        if not _renew(item.pk, claim):
-            return "lost-lease"
-        if _job_stopped(item.job_id):
-            _close(item.pk, claim, WorkItem.Status.CANCELLED)
-            return "job-not-running"
-        if _over_budget(item.job_id):
+    first_call = True
+    while _wants_more(item, progress, budget):
+        if first_call:
+            # The claim has just set the lease, and the job (status, budget, cost) and the
+            # question index have just been read: checking them again before the first call
+            # would cost four round trips per work item, each a wait for the llm worker's GIL.
+            over_budget = job.budget is not None and job.cost >= job.budget
+        else:
+            if not _renew(item.pk, claim):
+                return "lost-lease"
+            if _job_stopped(item.job_id):
+                _close(item.pk, claim, WorkItem.Status.CANCELLED)
+                return "job-not-running"
+            over_budget = _over_budget(item.job_id)
+        if over_budget:
             progress.budget_exhausted = True
             break
+        if not first_call:
+            _refresh_index(item, progress)
+        first_call = False
         asked = min(item.quota - progress.made, progress.per_call)
-        _refresh_index(item, progress)
         _wait_for_slot(limiter, item, claim, source_tokens + asked * TOKENS_PER_PAIR)
         try:
             reply = llm.generate_pairs(
@@ -306,12 +348,9 @@ def work_item_run(*, item_id: int, attempt: int = 0) -> str:
             _handle_transient(item, claim, exc, attempt, limiter)
             return "failed-transient"
         except llm.LLMPermanentError as exc:
-            reasons = Counter(item.reasons or {})
-            reasons["model_error"] += 1
-            _close(item.pk, claim, WorkItem.Status.FAILED, error=str(exc), reasons=dict(reasons))
+            _fail_model(item, claim, str(exc))
             services.job_finish_if_done(job_id=item.job_id)
             return "failed-permanent"
-        _record_call(item, reply)
         if limiter is not None:
             limiter.tighten(reply.headers)
         stored = _absorb(item, claim, reply, asked, progress, source)
@@ -320,10 +359,55 @@ def work_item_run(*, item_id: int, attempt: int = 0) -> str:
     return _finish(item, claim, progress)
 
 
-def _absorb(item: WorkItem, claim: int, reply: llm.Reply, asked: int, progress: _Progress, source: str) -> int:
+def _absorb(
+    item: WorkItem,
+    claim: int,
+    reply: llm.Reply,
+    asked: int,
+    progress: _Progress,
+    source: str,
+    price_factor: Decimal = Decimal(1),
+) -> int:
+    """Screen a reply and store what passes; the call is counted exactly once either way.
+
+    `price_factor` scales the call's cost (batch calls are billed at a discount).
+    """
+    counters = _call_counters(item, reply, price_factor)
+    try:
+        stored, accepted, reasons = _screen_and_store(item, claim, reply, asked, progress, source, counters)
+    except Exception:
+        _record_call(item, counters)  # store_completions' transaction (and its count) rolled back
+        raise
+    if stored < 0:
+        _record_call(item, counters)  # nothing was written, the call still happened
+    item.calls += 1
+    item.unavailable_since = None
+    if stored > 0:
+        progress.made += stored
+        progress.chunk_questions.extend(c.question for c in accepted)
+    progress.feedback = _feedback(reply, reasons, asked, len(accepted))
+    return stored
+
+
+def _screen_and_store(
+    item: WorkItem,
+    claim: int,
+    reply: llm.Reply,
+    asked: int,
+    progress: _Progress,
+    source: str,
+    counters: _CallCounters,
+) -> tuple[int, list[Candidate], Counter[str]]:
     _refresh_index(item, progress)
     candidates = [Candidate(p.question, p.answer, p.evidence) for p in reply.pairs]
     accepted, reasons = screen(candidates, source=source, index=progress.index, wanted=item.quota - progress.made)
+    if reasons.get("duplicate"):
+        taken = {c.question for c in accepted}
+        progress.rejected_duplicates.extend(
+            question
+            for question in dict.fromkeys(c.question.strip() for c in candidates)
+            if question and question not in taken and progress.index.is_duplicate(question)
+        )
     if _mined_everything(item, reply, asked):
         # Mining returns the questions the user asked; fewer than asked means there
         # are no more, and asking again would only invite invented ones.
@@ -334,6 +418,8 @@ def _absorb(item: WorkItem, claim: int, reply: llm.Reply, asked: int, progress: 
     if reply.finish_reason == "length":
         reasons["truncated"] += 1
         progress.per_call = max(1, asked // 2)
+    # The call is counted in the same transaction as its pairs: one UPDATE of the work
+    # item and one of the job per call instead of two each.
     stored = services.store_completions(
         item=item,
         claim=claim,
@@ -341,12 +427,23 @@ def _absorb(item: WorkItem, claim: int, reply: llm.Reply, asked: int, progress: 
         model=reply.model,
         redacted=item.job.redact,
         reasons=reasons,
+        calls=1,
+        prompt_tokens=counters.prompt_tokens,
+        completion_tokens=counters.completion_tokens,
+        cost=counters.cost,
     )
-    if stored > 0:
-        progress.made += stored
-        progress.chunk_questions.extend(c.question for c in accepted)
-    progress.feedback = _feedback(reply, reasons, asked, len(accepted))
-    return stored
+    return stored, accepted, reasons
+
+
+def _wants_more(item: WorkItem, progress: _Progress, budget: int) -> bool:
+    """Whether the item should ask the model again (short, within its calls budget)."""
+    return progress.made < item.quota and item.calls < budget and not progress.exhausted
+
+
+def _item_calls_budget(item: WorkItem) -> int:
+    return calls_budget(
+        item.quota, per_call=settings.MASSCER_PAIRS_PER_CALL, calls_per_batch=settings.MASSCER_CALLS_PER_BATCH
+    )
 
 
 def _mined_everything(item: WorkItem, reply: llm.Reply, asked: int) -> bool:
@@ -358,12 +455,18 @@ def _mined_everything(item: WorkItem, reply: llm.Reply, asked: int) -> bool:
     )
 
 
-def _finish(item: WorkItem, claim: int, progress: _Progress) -> str:
+def _close_done(item: WorkItem, claim: int, progress: _Progress) -> str:
+    """Close a claimed item as done, recording why it fell short (calls or cost budget)."""
     fields: dict[str, object] = {}
     if progress.made < item.quota and not progress.exhausted:
         reasons = Counter(item.reasons or {})
         reasons["budget_exhausted" if progress.budget_exhausted else "calls_exhausted"] += 1
         fields["reasons"] = dict(reasons)
     _close(item.pk, claim, WorkItem.Status.DONE, **fields)
-    services.job_finish_if_done(job_id=item.job_id)
     return "done" if progress.made >= item.quota else "shortfall"
+
+
+def _finish(item: WorkItem, claim: int, progress: _Progress) -> str:
+    outcome = _close_done(item, claim, progress)
+    services.job_finish_if_done(job_id=item.job_id)
+    return outcome

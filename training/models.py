@@ -78,6 +78,11 @@ class TrainingJob(models.Model):
         SYNTHESIZE = "synthesize", "Synthesize new pairs"
         MINE = "mine", "Mine the questions users asked"
 
+    class Mode(models.TextChoices):
+        LIVE = "live", "Live calls"
+        # OpenAI's batches API: half the price, results within 24 hours.
+        BATCH = "batch", "Batch (cheaper, within 24 hours)"
+
     TRANSITIONS: dict[str, set[str]] = {
         Status.QUEUED: {Status.CHUNKING, Status.FAILED, Status.CANCELLED},
         Status.CHUNKING: {Status.GENERATING, Status.FAILED, Status.CANCELLED},
@@ -97,6 +102,7 @@ class TrainingJob(models.Model):
     agents = models.ManyToManyField("agents.Agent", blank=True, related_name="training_jobs")
     requested_count = models.PositiveIntegerField()
     style = models.CharField(max_length=20, choices=Style.choices, default=Style.SYNTHESIZE)
+    mode = models.CharField(max_length=10, choices=Mode.choices, default=Mode.LIVE)
     redact = models.BooleanField(default=False)
     model = models.CharField(max_length=200)
     temperature = models.FloatField(null=True, blank=True)
@@ -160,6 +166,11 @@ class WorkItem(models.Model):
     enqueued_at = models.DateTimeField(null=True, blank=True)
     # Start of the current run of transient model errors; reset on every successful call.
     unavailable_since = models.DateTimeField(null=True, blank=True)
+    # Batch mode: the last round whose result this item has taken in (so a round is
+    # ingested once per item), and what the next request carries over from the last
+    # reply: {"feedback": str | None, "per_call": int, "rejected": [question, ...]}.
+    batch_round = models.PositiveIntegerField(default=0)
+    batch_state = models.JSONField(default=dict, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -169,6 +180,55 @@ class WorkItem(models.Model):
 
     def __str__(self) -> str:
         return f"job {self.job_id} chunk {self.chunk_id} ({self.status})"
+
+
+class BatchRound(models.Model):
+    """One provider batch of a batch-mode job: the next request of every unfinished item.
+
+    Transitions (enforced by `training.batch`): pending → submitted (batch id known)
+    → ingesting (claimed by one worker) → ingested; pending/submitted → pending again
+    after a transient failure; any open status → failed (permanent error) or cancelled
+    (the job stopped).
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Waiting to be submitted"
+        SUBMITTED = "submitted", "At the provider"
+        INGESTING = "ingesting", "Results being taken in"
+        INGESTED = "ingested", "Results taken in"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    OPEN = (Status.PENDING, Status.SUBMITTED, Status.INGESTING)
+
+    job = models.ForeignKey(TrainingJob, on_delete=models.CASCADE, related_name="batch_rounds")
+    number = models.PositiveIntegerField()
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING, db_index=True)
+    batch_id = models.CharField(max_length=200, blank=True)
+    # {custom_id: {"item": work item id, "asked": pairs asked for}}
+    requests = models.JSONField(default=dict, blank=True)
+    # What the provider last said: status and request counts.
+    provider_status = models.CharField(max_length=20, blank=True)
+    request_counts = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    # Failures in a row (submit, poll, or rounds with requests to retry), for the backoff;
+    # and since when submitting or polling has been failing.
+    failures = models.PositiveIntegerField(default=0)
+    unavailable_since = models.DateTimeField(null=True, blank=True)
+    # When the poll task should next look at this round; a worker on it holds the lease.
+    next_check_at = models.DateTimeField(null=True, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    submitted_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["job", "number"]
+        constraints = [models.UniqueConstraint(fields=["job", "number"], name="batchround_unique_job_number")]
+        indexes = [models.Index(fields=["status", "next_check_at"])]
+
+    def __str__(self) -> str:
+        return f"job {self.job_id} batch round {self.number} ({self.status})"
 
 
 class Completion(models.Model):

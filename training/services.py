@@ -107,6 +107,16 @@ def _check_count(count: int) -> None:
         )
 
 
+def _check_mode(mode: str) -> None:
+    if mode not in TrainingJob.Mode.values:
+        raise ValidationError(f"Unknown mode {mode!r}; use live or batch.", code="mode")
+    if mode == TrainingJob.Mode.BATCH and settings.MASSCER_LLM_MODE != "chat":
+        raise ValidationError(
+            "Batch mode needs a chat model endpoint with the OpenAI batches API (MASSCER_LLM_MODE=chat).",
+            code="mode",
+        )
+
+
 def _check_same_workspace(workspace_id: int, objects: Sequence[Any], label: str) -> None:
     for obj in objects:
         if obj.workspace_id != workspace_id:
@@ -132,9 +142,15 @@ def job_create(
     style: str = TrainingJob.Style.SYNTHESIZE,
     redact: bool = False,
     budget: Decimal | None = None,
+    mode: str = TrainingJob.Mode.LIVE,
 ) -> TrainingJob:
-    """Create a queued job and send it to the workers after commit."""
+    """Create a queued job and send it to the workers after commit.
+
+    `mode="batch"` sends the model calls through the provider's batches API (cheaper,
+    results within 24 hours; chat endpoints only).
+    """
     _check_count(count)
+    _check_mode(mode)
     if not documents and not conversations:
         raise ValidationError("Choose at least one document or conversation to train with.", code="sources")
     if workspace is None:
@@ -163,6 +179,7 @@ def job_create(
         style=style,
         redact=redact,
         budget=budget,
+        mode=mode,
         enqueued_at=timezone.now(),
     )
     job.documents.set(documents)
@@ -234,10 +251,7 @@ def job_retry(*, job: TrainingJob) -> bool:
         WorkItem.objects.filter(pk__in=item_ids).update(
             status=WorkItem.Status.PENDING, calls=0, error="", reasons={}, unavailable_since=None, enqueued_at=now
         )
-        from .tasks import generate_task
-
-        for item_id in item_ids:
-            generate_task.delay_on_commit(item_id)
+        _dispatch_items(job, item_ids)
     if not item_ids:
         job_finish_if_done(job_id=job.pk)
     return True
@@ -307,10 +321,22 @@ def _plan(job: TrainingJob, chunks: list[Chunk]) -> None:
         pending = list(
             WorkItem.objects.filter(job=job, status=WorkItem.Status.PENDING).values_list("pk", flat=True)
         )
-        from .tasks import generate_task
+        _dispatch_items(job, pending)
 
-        for item_id in pending:
-            generate_task.delay_on_commit(item_id)
+
+def _dispatch_items(job: TrainingJob, item_ids: Sequence[int]) -> None:
+    """Send pending work items to the workers after commit: one task each, or one batch round."""
+    if not item_ids:
+        return
+    if job.mode == TrainingJob.Mode.BATCH:
+        from .batch import batch_round_open
+
+        batch_round_open(job_id=job.pk)
+        return
+    from .tasks import generate_task
+
+    for item_id in item_ids:
+        generate_task.delay_on_commit(item_id)
 
 
 def job_finish_if_done(*, job_id: int) -> bool:
@@ -391,7 +417,10 @@ def sweep() -> dict[str, int]:
     now = timezone.now()
     requeue_after = timedelta(seconds=settings.MASSCER_REQUEUE_AFTER_SECONDS)
     expired = WorkItem.objects.filter(status=WorkItem.Status.RUNNING, lease_expires_at__lt=now)
-    lost = WorkItem.objects.filter(status=WorkItem.Status.PENDING, enqueued_at__lt=now - requeue_after)
+    # Batch-mode items wait for their round (hours, at times); the batch sweep looks after them.
+    lost = WorkItem.objects.filter(status=WorkItem.Status.PENDING, enqueued_at__lt=now - requeue_after).exclude(
+        job__mode=TrainingJob.Mode.BATCH
+    )
     item_ids = list(expired.values_list("pk", flat=True)[:1000]) + list(lost.values_list("pk", flat=True)[:1000])
     # Expired leases become claimable again via the lease test in the claim itself.
     WorkItem.objects.filter(pk__in=item_ids).update(enqueued_at=now)
@@ -409,7 +438,16 @@ def sweep() -> dict[str, int]:
     for job_id in TrainingJob.objects.filter(status=Status.GENERATING).values_list("pk", flat=True)[:200]:
         finished += int(job_finish_if_done(job_id=job_id))
     documents = document_requeue_stale(older_than=requeue_after)
-    return {"work_items": len(item_ids), "jobs": len(stale_jobs), "finished": finished, "documents": documents}
+    from .batch import batch_sweep
+
+    rounds = batch_sweep(requeue_after=requeue_after)
+    return {
+        "work_items": len(item_ids),
+        "jobs": len(stale_jobs),
+        "finished": finished,
+        "documents": documents,
+        "batch_rounds": rounds,
+    }
 
 
 # --- review and assignment -------------------------------------------------------------------
@@ -468,11 +506,19 @@ def store_completions(
     model: str,
     redacted: bool,
     reasons: Counter[str],
+    calls: int = 0,
+    prompt_tokens: int = 0,
+    completion_tokens: int = 0,
+    cost: Decimal | float = 0,
 ) -> int:
     """Store accepted pairs for a claimed work item in one short transaction.
 
     `claim` is the attempt number that claimed the item; if another worker has taken it
-    over since (our lease expired), nothing is written.
+    over since (our lease expired), nothing is written and -1 is returned.
+
+    `calls`, the token counts and `cost` are the model call(s) these pairs came from; they
+    are added to the work item's and the job's counters in the same transaction (when -1
+    is returned they are not: the caller records the call on its own).
     """
     with transaction.atomic():
         still_ours = WorkItem.objects.filter(
@@ -495,21 +541,36 @@ def store_completions(
             for offset, (question, answer, evidence) in enumerate(pairs)
         ]
         try:
-            with transaction.atomic():
+            # No savepoint (two round trips fewer per call): an IntegrityError marks the
+            # outer transaction for rollback, which happens when this block is left.
+            with transaction.atomic(savepoint=False):
                 created = Completion.objects.bulk_create(rows)
         except IntegrityError:
             return -1
-        agent_ids = list(TrainingJob.agents.through.objects.filter(trainingjob_id=item.job_id).values_list(
-            "agent_id", flat=True
-        ))
-        Assignment.objects.bulk_create(
-            [Assignment(completion=row, agent_id=agent_id) for row in created for agent_id in agent_ids],
-            ignore_conflicts=True,
-        )
+        if created:
+            agent_ids = list(
+                TrainingJob.agents.through.objects.filter(trainingjob_id=item.job_id).values_list(
+                    "agent_id", flat=True
+                )
+            )
+            Assignment.objects.bulk_create(
+                [Assignment(completion=row, agent_id=agent_id) for row in created for agent_id in agent_ids],
+                ignore_conflicts=True,
+            )
         merged = Counter(item.reasons or {})
         merged.update(reasons)
-        WorkItem.objects.filter(pk=item.pk).update(made=F("made") + len(created), reasons=dict(merged))
+        item_fields: dict[str, Any] = {"made": F("made") + len(created), "reasons": dict(merged)}
+        job_fields: dict[str, Any] = {"created_count": F("created_count") + len(created)}
+        if calls:
+            item_fields.update(calls=F("calls") + calls, unavailable_since=None)
+            job_fields.update(
+                calls=F("calls") + calls,
+                prompt_tokens=F("prompt_tokens") + prompt_tokens,
+                completion_tokens=F("completion_tokens") + completion_tokens,
+                cost=F("cost") + cost,
+            )
+        WorkItem.objects.filter(pk=item.pk).update(**item_fields)
         item.reasons = dict(merged)
-        TrainingJob.objects.filter(pk=item.job_id).update(created_count=F("created_count") + len(created))
+        TrainingJob.objects.filter(pk=item.job_id).update(**job_fields)
     return len(created)
 

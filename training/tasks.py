@@ -9,7 +9,7 @@ from __future__ import annotations
 from celery import shared_task
 from celery.app.task import Task
 
-from . import generation, services
+from . import batch, generation, services
 
 
 @shared_task(bind=True, max_retries=None)
@@ -32,3 +32,12 @@ def generate_task(self: Task, item_id: int) -> str:
 @shared_task
 def sweep_task() -> dict[str, int]:
     return services.sweep()
+
+
+@shared_task
+def batch_poll_task(job_id: int) -> str:
+    """One step of a batch-mode job; it schedules the next one itself (the sweeper revives a lost chain).
+
+    Routed to the llm queue (CELERY_TASK_ROUTES: training.tasks.*).
+    """
+    return batch.batch_tick(job_id=job_id)

@@ -166,3 +166,22 @@ def wait_for(predicate: Any, *, timeout: float, interval: float = 0.2) -> bool:
             return True
         time.sleep(interval)
     return bool(predicate())
+
+
+def broker_env() -> dict[str, str]:
+    """Broker settings for a test's workers: the shared Redis, under a key prefix of its own.
+
+    Real Redis is required when CI is set (a failure), else the test is skipped. The prefix
+    keeps concurrent test runs on one Redis from consuming each other's messages.
+    """
+    import pytest
+
+    if not port_open(REDIS_HOST, REDIS_PORT):
+        message = f"Redis is not reachable at {REDIS_HOST}:{REDIS_PORT}"
+        if os.environ.get("CI"):
+            pytest.fail(message + " and CI is set: the worker tests must run")
+        pytest.skip(message)
+    return {
+        "CELERY_BROKER_URL": f"redis://{REDIS_HOST}:{REDIS_PORT}/14",
+        "CELERY_BROKER_KEYPREFIX": f"masscer-test-{os.getpid()}-{time.monotonic_ns()}:",
+    }

@@ -43,12 +43,10 @@ from masscer.lib import extract as extract_module
 from masscer.lib.extract import ExtractionError, extract_file, extract_isolated
 from masscer.lib.tokens import count_tokens
 from masscer.testing.processes import (
-    REDIS_HOST,
-    REDIS_PORT,
+    broker_env,
     celery_worker,
     child_env,
     database_url,
-    port_open,
     wait_for,
 )
 
@@ -72,7 +70,6 @@ NO_TEXT = "No extractable text"
 DOCX = "The file could not be read as a Word document (DOCX)"
 
 # Redis database 11 is this file's own (13: rate limiter, 14: worker tests, 12: benchmarks).
-REDIS_DB = 11
 
 
 # =========================================================================== measurement
@@ -749,19 +746,6 @@ def test_the_child_token_count_equals_the_parents_count_and_the_limit_is_exact(t
 # ------------------------------------------------------------------ a real ingest worker
 
 
-def _require_redis() -> str:
-    if not port_open(REDIS_HOST, REDIS_PORT):
-        message = f"Redis is not reachable at {REDIS_HOST}:{REDIS_PORT}"
-        if os.environ.get("CI"):
-            pytest.fail(message + " and CI is set: the worker tests must run")
-        pytest.skip(message)
-    import redis
-
-    url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"
-    redis.Redis.from_url(url).flushdb()
-    return url
-
-
 def _tail(log: Path) -> str:
     return log.read_text()[-3000:] if log.exists() else "(no worker log)"
 
@@ -796,10 +780,11 @@ WORKER_BATCH = [
 def test_a_prefork_ingest_worker_survives_a_hostile_batch_and_keeps_working(alice, media, tmp_path: Path) -> None:
     from celery import Celery
 
-    broker = _require_redis()
+    brokering = broker_env()
+    broker = brokering["CELERY_BROKER_URL"]
     env = child_env(
         DATABASE_URL=database_url(connection.settings_dict),
-        CELERY_BROKER_URL=broker,
+        **brokering,
         CELERY_TASK_ALWAYS_EAGER="false",
         MASSCER_MEDIA_ROOT=str(media),
         MASSCER_EXTRACT_CPU_SECONDS="2",
@@ -818,6 +803,7 @@ def test_a_prefork_ingest_worker_survives_a_hostile_batch_and_keeps_working(alic
     # the environment (memory://) would win over a broker= argument, hence the explicit
     # connection.
     producer = Celery("hostile-files-producer")
+    producer.conf.broker_transport_options = {"global_keyprefix": brokering["CELERY_BROKER_KEYPREFIX"]}
     connection_to_broker = producer.connection_for_write(url=broker)
 
     def send(document: Document) -> None:

@@ -21,6 +21,7 @@ from django.db import connection
 
 from masscer.testing.fakellm import source_hash
 from masscer.testing.processes import (
+    broker_env,
     child_env,
     database_url,
     kill_process,
@@ -35,7 +36,6 @@ from training.models import Completion, TrainingJob, WorkItem
 from training.validation import normalise
 
 from .conftest import prose
-from .test_worker_integration import require_redis
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -74,7 +74,7 @@ def stack(fake_llm: Any, tmp_path: Path) -> Iterator[Stack]:
     fake_llm.configure(latency=LATENCY)
     env = child_env(
         DATABASE_URL=database_url(connection.settings_dict),
-        CELERY_BROKER_URL=require_redis(),
+        **broker_env(),
         CELERY_TASK_ALWAYS_EAGER="false",
         MASSCER_LLM_BASE_URL=fake_llm.base_url,
         MASSCER_LLM_MODEL="fake-model",
@@ -205,6 +205,7 @@ def test_a_broker_restart_mid_job_is_recovered_by_the_sweeper(stack: Stack) -> N
     port = 6391
     redis = start_redis(port, workdir=stack.tmp)
     stack.env["CELERY_BROKER_URL"] = f"redis://127.0.0.1:{port}/0"
+    stack.env.pop("CELERY_BROKER_KEYPREFIX", None)
     try:
         stack.start("ingest", queues="ingest", pool="prefork", concurrency=1)
         stack.llm()

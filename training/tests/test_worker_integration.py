@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,13 +10,11 @@ import pytest
 from django.db import connection
 
 from masscer.testing.processes import (
-    REDIS_HOST,
-    REDIS_PORT,
+    broker_env,
     celery_worker,
     child_env,
     database_url,
     manage,
-    port_open,
 )
 
 SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "samples"
@@ -25,23 +22,15 @@ pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 
 def require_redis() -> str:
-    if not port_open(REDIS_HOST, REDIS_PORT):
-        message = f"Redis is not reachable at {REDIS_HOST}:{REDIS_PORT}"
-        if os.environ.get("CI"):
-            pytest.fail(message + " and CI is set: the worker tests must run")
-        pytest.skip(message)
-    import redis
-
-    url = f"redis://{REDIS_HOST}:{REDIS_PORT}/14"
-    redis.Redis.from_url(url).flushdb()
-    return url
+    """A Redis URL for tests that talk to Redis themselves (not through workers)."""
+    return broker_env()["CELERY_BROKER_URL"]
 
 
 @pytest.fixture
 def worker_env(fake_llm: Any, tmp_path: Path) -> dict[str, str]:
     return child_env(
         DATABASE_URL=database_url(connection.settings_dict),
-        CELERY_BROKER_URL=require_redis(),
+        **broker_env(),
         CELERY_TASK_ALWAYS_EAGER="false",
         MASSCER_LLM_BASE_URL=fake_llm.base_url,
         MASSCER_LLM_API_KEY="sk-test-secret-key",

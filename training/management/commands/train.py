@@ -57,6 +57,11 @@ class Command(BaseCommand):
         parser.add_argument(
             "--redact", action="store_true", help="mask e-mails, phone and card numbers before the model sees text"
         )
+        parser.add_argument(
+            "--batch",
+            action="store_true",
+            help="send the model calls through the OpenAI batches API: half the price, results within 24 hours",
+        )
         parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
         parser.add_argument("--no-wait", action="store_true", help="queue the job and return at once")
         parser.add_argument("--timeout", type=float, default=0, help="stop following after this many seconds")
@@ -70,6 +75,8 @@ class Command(BaseCommand):
         if options["no_wait"]:
             self._print(job, options["json"])
             return
+        if options["batch"]:
+            self.stderr.write(f"Job {job.pk} runs in batch mode: results can take up to 24 hours (--no-wait returns).")
         job = self._follow(job, options)
         self._print(job, options["json"])
         if job.status == TrainingJob.Status.FAILED:
@@ -109,6 +116,7 @@ class Command(BaseCommand):
             frequency_penalty=options["frequency_penalty"],
             stop=options["stop"],
             instructions=options["instructions"],
+            mode=TrainingJob.Mode.BATCH if options["batch"] else TrainingJob.Mode.LIVE,
         )
 
     def _import(self, user: Any, path: Path) -> list[Any]:

@@ -1,0 +1,473 @@
+"""Batch mode: a job's model calls go through the provider's batches API, in rounds.
+
+A round is one provider batch holding the next request of every unfinished work item
+(ask = what the item still needs, at most MASSCER_PAIRS_PER_CALL, with its existing
+questions and the feedback on its last reply, as live). The poll task (`batch_tick`)
+submits a round, polls it, and once the batch is finished takes every result in
+through the same code as live calls (`generation._absorb`: validation, storing, call,
+token and cost counters, feedback), at MASSCER_BATCH_PRICE_FACTOR of the price. Items
+still short go into the next round (top-ups), within the same calls budget as live.
+
+Errors: a result line with a transient error, a request the batch never answered (a
+failed or expired batch) and submit/poll failures are retried with backoff until the
+model has been unreachable for MASSCER_MODEL_UNREACHABLE_SECONDS; permanent errors fail
+the items with the reason.
+
+Running a tick twice is harmless: a round is worked on by one worker at a time (a lease
+on the round, claimed by a conditional update, and `next_check_at`, which turns a
+duplicate task into a no-op), its results are claimed once (submitted → ingesting), and
+each work item takes a round's result in once (`WorkItem.batch_round`, in the same
+transaction as its completions). No transaction is held across an HTTP call.
+"""
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F, Max, Q
+from django.utils import timezone
+
+from masscer.lib import llm
+
+from . import generation, services
+from .generation import MAX_EXISTING_IN_PROMPT, _Progress
+from .models import BatchRound, Completion, TrainingJob, WorkItem
+from .validation import QuestionIndex
+
+logger = logging.getLogger(__name__)
+
+Round = BatchRound.Status
+DEFAULT_POLL_SECONDS = 60.0
+DEFAULT_PRICE_FACTOR = 0.5
+
+
+def poll_seconds() -> float:
+    return float(getattr(settings, "MASSCER_BATCH_POLL_SECONDS", DEFAULT_POLL_SECONDS))
+
+
+def price_factor() -> Decimal:
+    return Decimal(str(getattr(settings, "MASSCER_BATCH_PRICE_FACTOR", DEFAULT_PRICE_FACTOR)))
+
+
+# --- rounds --------------------------------------------------------------------------------
+
+
+def batch_round_open(*, job_id: int, countdown: float = 0.0, failures: int = 0) -> BatchRound:
+    """Plan the job's next round unless one is open; the poll task submits it after `countdown` s."""
+    with transaction.atomic():
+        current = _open_round(job_id)
+        if current is None:
+            number = (BatchRound.objects.filter(job_id=job_id).aggregate(n=Max("number"))["n"] or 0) + 1
+            due = timezone.now() + timedelta(seconds=countdown)
+            try:
+                with transaction.atomic():
+                    current = BatchRound.objects.create(
+                        job_id=job_id, number=number, failures=failures, next_check_at=due
+                    )
+            except IntegrityError:  # another worker opened it just now
+                current = BatchRound.objects.get(job_id=job_id, number=number)
+        _schedule(job_id, countdown)
+    return current
+
+
+def _open_round(job_id: int) -> BatchRound | None:
+    return BatchRound.objects.filter(job_id=job_id, status__in=BatchRound.OPEN).order_by("-number").first()
+
+
+def _schedule(job_id: int, countdown: float) -> None:
+    from .tasks import batch_poll_task
+
+    batch_poll_task.apply_async_on_commit((job_id,), countdown=max(0.0, countdown))
+
+
+def _claim_round(round_: BatchRound) -> bool:
+    """Take the round for this tick; False if it is not due or another worker has it."""
+    now = timezone.now()
+    lease = now + timedelta(seconds=settings.MASSCER_LEASE_SECONDS)
+    free = Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now)
+    return (
+        BatchRound.objects.filter(free, pk=round_.pk, status__in=BatchRound.OPEN, next_check_at__lte=now).update(
+            lease_expires_at=lease
+        )
+        == 1
+    )
+
+
+def _release(round_: BatchRound, countdown: float, **fields: object) -> None:
+    """End this tick: look again after `countdown` seconds (and have the task do so)."""
+    next_check = timezone.now() + timedelta(seconds=countdown)
+    BatchRound.objects.filter(pk=round_.pk).update(lease_expires_at=None, next_check_at=next_check, **fields)
+    _schedule(round_.job_id, countdown)
+
+
+def _close_round(round_: BatchRound, status: str, **fields: object) -> None:
+    BatchRound.objects.filter(pk=round_.pk, status__in=BatchRound.OPEN).update(
+        status=status, lease_expires_at=None, finished_at=timezone.now(), **fields
+    )
+
+
+def batch_tick(*, job_id: int) -> str:
+    """Move a batch job on by one step (submit, poll or take results in); safe to run twice."""
+    round_ = BatchRound.objects.filter(job_id=job_id).order_by("-number").first()
+    if round_ is None or round_.status not in BatchRound.OPEN:
+        return "idle"
+    if not _claim_round(round_):
+        return "not-due"
+    job = TrainingJob.objects.get(pk=job_id)
+    if job.status != TrainingJob.Status.GENERATING:
+        _stop(round_)
+        return "job-not-running"
+    if round_.status == Round.PENDING:
+        return _submit(job, round_)
+    return _poll(job, round_)
+
+
+def _stop(round_: BatchRound) -> None:
+    """The job was cancelled or failed: stop the provider's batch (best effort) and the round."""
+    if round_.status == Round.SUBMITTED and round_.batch_id:
+        try:
+            llm.batch_cancel(generation.llm_config(), round_.batch_id)
+        except (llm.LLMError, ValueError) as exc:
+            logger.info("could not cancel batch %s: %s", round_.batch_id, exc)
+    _close_round(round_, Round.CANCELLED)
+
+
+# --- submitting ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Planned:
+    item_id: int
+    asked: int
+    request: llm.BatchItem
+
+
+def _submit(job: TrainingJob, round_: BatchRound) -> str:
+    if generation._over_budget(job.pk):
+        _settle_pending(job, budget_exhausted=True)
+        _close_round(round_, Round.CANCELLED, error="The job reached its cost budget.")
+        services.job_finish_if_done(job_id=job.pk)
+        return "budget-exhausted"
+    planned = _plan_requests(job, round_)
+    if not planned:
+        _close_round(round_, Round.CANCELLED, error="Nothing left to ask.")
+        services.job_finish_if_done(job_id=job.pk)
+        return "nothing-to-ask"
+    metadata = {"masscer_job": str(job.pk), "masscer_round": str(round_.number)}
+    try:
+        batch_id = llm.batch_submit(generation.llm_config(), [p.request for p in planned], metadata=metadata)
+    except llm.LLMTransientError as exc:
+        return _retry_later(job, round_, exc)
+    except (llm.LLMPermanentError, ValueError) as exc:
+        _fail_round(job, round_, str(exc))
+        return "failed-permanent"
+    requests = {p.request.custom_id: {"item": p.item_id, "asked": p.asked} for p in planned}
+    # A worker that dies between the two calls above and this update leaves the round
+    # pending: it is submitted again and the orphaned batch is never read.
+    _release(
+        round_,
+        poll_seconds(),
+        status=Round.SUBMITTED,
+        batch_id=batch_id,
+        requests=requests,
+        submitted_at=timezone.now(),
+        provider_status="validating",
+        unavailable_since=None,
+        error="",
+    )
+    return "submitted"
+
+
+def _plan_requests(job: TrainingJob, round_: BatchRound) -> list[_Planned]:
+    """The next request of every unfinished item, as live would ask it."""
+    questions = _JobQuestions.load(job.pk)
+    params = generation.job_params(job)
+    planned = []
+    items = WorkItem.objects.filter(job=job, status=WorkItem.Status.PENDING).select_related("job", "chunk")
+    for item in items.order_by("chunk__index"):
+        progress = questions.progress(item)
+        if not generation._wants_more(item, progress, generation._item_calls_budget(item)):
+            _finish_item(item, progress)
+            continue
+        asked = min(item.quota - progress.made, progress.per_call)
+        request = llm.BatchItem(
+            custom_id=f"job{job.pk}-round{round_.number}-item{item.pk}",
+            source=generation._model_source(item),
+            count=asked,
+            existing_questions=tuple(generation._prompt_questions(progress)),
+            instructions=job.instructions,
+            params=params,
+            feedback=progress.feedback,
+            source_kind=item.chunk.source_type,
+            style=job.style,
+        )
+        planned.append(_Planned(item.pk, asked, request))
+    return planned
+
+
+# --- polling and taking results in ------------------------------------------------------------
+
+
+def _poll(job: TrainingJob, round_: BatchRound) -> str:
+    try:
+        state = llm.batch_poll(generation.llm_config(), round_.batch_id)
+    except llm.LLMTransientError as exc:
+        return _retry_later(job, round_, exc)
+    except (llm.LLMPermanentError, ValueError) as exc:
+        _fail_round(job, round_, str(exc))
+        return "failed-permanent"
+    seen = {"provider_status": state.status, "request_counts": dict(state.request_counts)}
+    if not state.done:
+        _release(round_, poll_seconds(), unavailable_since=None, **seen)
+        return "waiting"
+    # The per-round "ingested" flag: only one worker moves the round on to ingesting
+    # (a worker that died while ingesting left it there, and its lease has expired).
+    claimed = BatchRound.objects.filter(pk=round_.pk, status=Round.SUBMITTED).update(status=Round.INGESTING, **seen)
+    if not claimed and round_.status != Round.INGESTING:
+        return "not-ours"
+    return _ingest(job, round_, state)
+
+
+def _ingest(job: TrainingJob, round_: BatchRound, state: llm.BatchState) -> str:
+    try:
+        results = dict(llm.batch_results(generation.llm_config(), state, model=job.model))
+    except llm.LLMTransientError as exc:
+        return _retry_later(job, round_, exc)
+    except (llm.LLMPermanentError, ValueError) as exc:
+        _fail_round(job, round_, str(exc))
+        return "failed-permanent"
+    unanswered = llm.LLMTransientError(_unanswered(state))
+    questions = _JobQuestions.load(job.pk)
+    transient: list[llm.LLMTransientError] = []
+    for custom_id, entry in round_.requests.items():
+        outcome = results.get(custom_id, unanswered)
+        if _take_in(round_, int(entry["item"]), int(entry["asked"]), outcome, questions) and isinstance(
+            outcome, llm.LLMTransientError
+        ):
+            transient.append(outcome)
+    error = f"{len(transient)} request(s) to retry: {transient[0]}" if transient else ""
+    BatchRound.objects.filter(pk=round_.pk, status=Round.INGESTING).update(
+        status=Round.INGESTED, lease_expires_at=None, finished_at=timezone.now(), error=error
+    )
+    _next_round(job, round_, transient)
+    return "ingested"
+
+
+def _unanswered(state: llm.BatchState) -> str:
+    detail = "; ".join(state.errors[:3])
+    return f"The batch {state.batch_id} ended {state.status} without answering this request" + (
+        f": {detail}" if detail else ""
+    )
+
+
+def _take_in(
+    round_: BatchRound,
+    item_id: int,
+    asked: int,
+    outcome: llm.Reply | llm.LLMError,
+    questions: _JobQuestions,
+) -> bool:
+    """Take one result in for its item, once; False if the item had taken it in already."""
+    with transaction.atomic():
+        claim = _claim_item(item_id, round_number=round_.number)
+        if claim is None:
+            return False
+        item = WorkItem.objects.select_related("job", "chunk").get(pk=item_id)
+        if isinstance(outcome, llm.Reply):
+            _take_reply(item, claim, asked, outcome, questions)
+        elif isinstance(outcome, llm.LLMPermanentError):
+            generation._fail_model(item, claim, str(outcome))
+        else:
+            since = item.unavailable_since or timezone.now()
+            failure = generation._unreachable(since, outcome)
+            if failure is not None:
+                generation._fail_model(item, claim, failure)
+            else:
+                _release_item(item, claim, unavailable_since=since)
+    return True
+
+
+def _take_reply(item: WorkItem, claim: int, asked: int, reply: llm.Reply, questions: _JobQuestions) -> None:
+    progress = questions.progress(item)
+    stored = generation._absorb(item, claim, reply, asked, progress, generation._model_source(item), price_factor())
+    if stored > 0:
+        questions.stored()
+    carried = {
+        "feedback": progress.feedback,
+        "per_call": progress.per_call,
+        "rejected": progress.rejected_duplicates[-MAX_EXISTING_IN_PROMPT:],
+    }
+    if stored >= 0 and not generation._wants_more(item, progress, generation._item_calls_budget(item)):
+        generation._close_done(item, claim, progress)
+        WorkItem.objects.filter(pk=item.pk).update(batch_state=carried)
+    else:
+        _release_item(item, claim, batch_state=carried)
+
+
+def _next_round(job: TrainingJob, round_: BatchRound, transient: list[llm.LLMTransientError]) -> None:
+    """Open the next round for the items still short (after a backoff if some failed)."""
+    still_short = WorkItem.objects.filter(job=job, status=WorkItem.Status.PENDING).exists()
+    running = TrainingJob.objects.filter(pk=job.pk, status=TrainingJob.Status.GENERATING).exists()
+    if not still_short or not running:
+        services.job_finish_if_done(job_id=job.pk)
+        return
+    failures = round_.failures + 1 if transient else 0
+    countdown = 0.0
+    if transient:
+        retry_after = max((exc.retry_after or 0.0 for exc in transient), default=0.0)
+        countdown = generation._backoff(failures, retry_after or None)
+    batch_round_open(job_id=job.pk, countdown=countdown, failures=failures)
+
+
+# --- failures ---------------------------------------------------------------------------------
+
+
+def _retry_later(job: TrainingJob, round_: BatchRound, exc: llm.LLMTransientError) -> str:
+    """Submit, poll or download failed for now: try again with backoff, within the limit."""
+    since = round_.unavailable_since or timezone.now()
+    failure = generation._unreachable(since, exc)
+    if failure is not None:
+        _fail_round(job, round_, failure)
+        return "failed-transient"
+    countdown = generation._backoff(round_.failures, exc.retry_after)
+    _release(round_, countdown, failures=F("failures") + 1, unavailable_since=since, error=str(exc))
+    return "retry-later"
+
+
+def _fail_round(job: TrainingJob, round_: BatchRound, error: str) -> None:
+    """A permanent failure: the unfinished items fail with the reason, and the job ends."""
+    for item, claim in _claim_pending(job.pk):
+        generation._fail_model(item, claim, error)
+    _close_round(round_, Round.FAILED, error=error)
+    services.job_finish_if_done(job_id=job.pk)
+
+
+def _settle_pending(job: TrainingJob, *, budget_exhausted: bool) -> None:
+    questions = _JobQuestions.load(job.pk)
+    for item, claim in _claim_pending(job.pk):
+        progress = questions.progress(item)
+        progress.budget_exhausted = budget_exhausted
+        generation._close_done(item, claim, progress)
+
+
+# --- work items -------------------------------------------------------------------------------
+
+
+def _claim_item(item_id: int, *, round_number: int | None = None) -> int | None:
+    """Claim a pending item (for one round's result: at most once per round)."""
+    item = WorkItem.objects.filter(pk=item_id).only("attempts").first()
+    if item is None:
+        return None
+    pending = WorkItem.objects.filter(pk=item_id, status=WorkItem.Status.PENDING, attempts=item.attempts)
+    fields: dict[str, object] = {}
+    if round_number is not None:
+        pending = pending.filter(batch_round__lt=round_number)
+        fields["batch_round"] = round_number
+    claim = item.attempts + 1
+    lease = timezone.now() + timedelta(seconds=settings.MASSCER_LEASE_SECONDS)
+    updated = pending.update(status=WorkItem.Status.RUNNING, attempts=claim, lease_expires_at=lease, **fields)
+    return claim if updated == 1 else None
+
+
+def _claim_pending(job_id: int) -> list[tuple[WorkItem, int]]:
+    claimed = []
+    for item_id in WorkItem.objects.filter(job_id=job_id, status=WorkItem.Status.PENDING).values_list("pk", flat=True):
+        claim = _claim_item(item_id)
+        if claim is not None:
+            claimed.append((WorkItem.objects.select_related("job", "chunk").get(pk=item_id), claim))
+    return claimed
+
+
+def _release_item(item: WorkItem, claim: int, **fields: object) -> None:
+    """Hand a claimed item back for the next round."""
+    generation._close(item.pk, claim, WorkItem.Status.PENDING, enqueued_at=timezone.now(), **fields)
+
+
+def _finish_item(item: WorkItem, progress: _Progress) -> None:
+    claim = _claim_item(item.pk)
+    if claim is not None:
+        generation._close_done(item, claim, progress)
+
+
+@dataclass
+class _JobQuestions:
+    """The job's questions, read once per round, for the prompts and the duplicate checks."""
+
+    job_id: int
+    by_chunk: dict[int, list[str]]
+    recent: list[tuple[int, str]]  # (chunk id, question), newest last
+    index: QuestionIndex
+    cursor: int
+
+    @classmethod
+    def load(cls, job_id: int) -> _JobQuestions:
+        rows = list(Completion.objects.filter(job_id=job_id).order_by("pk").values_list("pk", "chunk_id", "question"))
+        by_chunk: dict[int, list[str]] = defaultdict(list)
+        for _, chunk_id, question in rows:
+            by_chunk[chunk_id].append(question)
+        index = QuestionIndex(threshold=settings.MASSCER_NEAR_DUPLICATE_JACCARD)
+        index.extend(question for _, _, question in rows)
+        recent = [(chunk_id, question) for _, chunk_id, question in rows]
+        return cls(job_id, by_chunk, recent, index, max((pk for pk, _, _ in rows), default=0))
+
+    def progress(self, item: WorkItem) -> _Progress:
+        """What a live run of this item would know, with the state carried from its last reply."""
+        own = self.by_chunk.get(item.chunk_id, [])
+        carried = item.batch_state or {}
+        return _Progress(
+            index=self.index,
+            seen_completion_id=self.cursor,
+            chunk_questions=list(own),
+            other_questions=self._others(item.chunk_id),
+            made=len(own),
+            per_call=max(1, int(carried.get("per_call") or settings.MASSCER_PAIRS_PER_CALL)),
+            feedback=carried.get("feedback"),
+            rejected_duplicates=list(carried.get("rejected") or []),
+        )
+
+    def stored(self) -> None:
+        # The new rows are in the index already (screening adds what it accepts).
+        self.cursor = Completion.objects.filter(job_id=self.job_id).aggregate(n=Max("pk"))["n"] or self.cursor
+
+    def _others(self, chunk_id: int) -> list[str]:
+        others: list[str] = []
+        for other_chunk, question in reversed(self.recent):
+            if len(others) >= MAX_EXISTING_IN_PROMPT:
+                break
+            if other_chunk != chunk_id:
+                others.append(question)
+        return others[::-1]
+
+
+# --- sweeper ----------------------------------------------------------------------------------
+
+
+def batch_sweep(*, requeue_after: timedelta) -> int:
+    """Re-send poll tasks that were lost; open a round for batch jobs left without one."""
+    now = timezone.now()
+    free = Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now)
+    overdue = BatchRound.objects.filter(free, status__in=BatchRound.OPEN, next_check_at__lt=now - requeue_after)
+    job_ids = set(overdue.values_list("job_id", flat=True)[:200])
+    from .tasks import batch_poll_task
+
+    for job_id in job_ids:
+        batch_poll_task.delay(job_id)
+    orphaned = (
+        TrainingJob.objects.filter(
+            mode=TrainingJob.Mode.BATCH,
+            status=TrainingJob.Status.GENERATING,
+            work_items__status=WorkItem.Status.PENDING,
+            work_items__enqueued_at__lt=now - requeue_after,
+        )
+        .exclude(batch_rounds__status__in=BatchRound.OPEN)
+        .values_list("pk", flat=True)
+        .distinct()[:200]
+    )
+    for job_id in list(orphaned):
+        batch_round_open(job_id=job_id)
+    return len(job_ids) + len(orphaned)

@@ -19,6 +19,7 @@ from training.models import TrainingJob
 from training.services import job_create, job_summary
 
 from ._common import cli_user
+from ._estimate import print_estimate
 
 # After this long with nothing picked up, tell the user the workers may not be running.
 NO_WORKER_HINT_SECONDS = 20
@@ -62,11 +63,21 @@ class Command(BaseCommand):
             action="store_true",
             help="send the model calls through the OpenAI batches API: half the price, results within 24 hours",
         )
+        parser.add_argument(
+            "--estimate", action="store_true", help="print the chunks, calls, tokens and cost it would take, and stop"
+        )
         parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
         parser.add_argument("--no-wait", action="store_true", help="queue the job and return at once")
         parser.add_argument("--timeout", type=float, default=0, help="stop following after this many seconds")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if options["estimate"]:
+            paths = [Path(p) for p in options["path"]]
+            for path in paths:
+                if not path.is_file():
+                    raise CommandError(f"No such file: {path}")
+            print_estimate(self, paths, options, CONVERSATION_SUFFIXES)
+            return
         user = cli_user(options["user"])
         try:
             job = self._create_job(user, options)

@@ -163,6 +163,10 @@ STATIC_ROOT = VAR_DIR / "static"
 MEDIA_ROOT = Path(env_str("MASSCER_MEDIA_ROOT", str(VAR_DIR / "uploads")))
 
 LOGIN_URL = "/accounts/login/"
+# Failed logins allowed per account and per address within the window, then refused.
+# (The default cache is per process; production should point CACHES at Redis.)
+MASSCER_LOGIN_FAILURES = env_int("MASSCER_LOGIN_FAILURES", 5)
+MASSCER_LOGIN_WINDOW_SECONDS = env_int("MASSCER_LOGIN_WINDOW_SECONDS", 900)
 LOGIN_REDIRECT_URL = "/"
 
 # --- Celery --------------------------------------------------------------------------
@@ -251,6 +255,7 @@ MASSCER_MAX_DOCUMENT_TOKENS = env_int("MASSCER_MAX_DOCUMENT_TOKENS", 2_000_000)
 MASSCER_CHUNK_TOKENS = env_int("MASSCER_CHUNK_TOKENS", 800)
 MASSCER_CHUNK_OVERLAP = env_int("MASSCER_CHUNK_OVERLAP", 80)
 MASSCER_MAX_COMPLETIONS_PER_JOB = env_int("MASSCER_MAX_COMPLETIONS_PER_JOB", 5000)
+MASSCER_MAX_ACTIVE_JOBS_PER_USER = env_int("MASSCER_MAX_ACTIVE_JOBS_PER_USER", 5)
 MASSCER_PAIRS_PER_CALL = env_int("MASSCER_PAIRS_PER_CALL", 10)
 # Calls allowed per batch of pairs before a chunk gives up with a recorded shortfall.
 MASSCER_CALLS_PER_BATCH = env_int("MASSCER_CALLS_PER_BATCH", 3)

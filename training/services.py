@@ -117,6 +117,19 @@ def _check_mode(mode: str) -> None:
         )
 
 
+def _check_active_jobs(owner: AbstractBaseUser) -> None:
+    limit = settings.MASSCER_MAX_ACTIVE_JOBS_PER_USER
+    active = TrainingJob.objects.filter(
+        owner=owner, status__in=[Status.QUEUED, Status.CHUNKING, Status.GENERATING]
+    ).count()
+    if active >= limit:
+        raise ValidationError(
+            f"You already have {active} jobs running (the limit is {limit}); "
+            "wait for one to finish or cancel one.",
+            code="too_many_jobs",
+        )
+
+
 def _check_same_workspace(workspace_id: int, objects: Sequence[Any], label: str) -> None:
     for obj in objects:
         if obj.workspace_id != workspace_id:
@@ -151,6 +164,7 @@ def job_create(
     """
     _check_count(count)
     _check_mode(mode)
+    _check_active_jobs(owner)
     if not documents and not conversations:
         raise ValidationError("Choose at least one document or conversation to train with.", code="sources")
     if workspace is None:

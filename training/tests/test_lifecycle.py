@@ -76,3 +76,14 @@ def test_retry_of_a_job_whose_source_failed_starts_over(alice, agent, ready_docu
     assert job_retry(job=job)
     job.refresh_from_db()
     assert job.status == TrainingJob.Status.QUEUED
+
+
+def test_a_user_cannot_run_more_jobs_at_once_than_the_limit(alice, agent, ready_document, settings) -> None:
+    from django.core.exceptions import ValidationError
+
+    settings.MASSCER_MAX_ACTIVE_JOBS_PER_USER = 2
+    document = ready_document(alice, pages=1)
+    new_job(alice, document, agent, 2)
+    new_job(alice, document, agent, 2)
+    with pytest.raises(ValidationError, match="limit is 2"):
+        new_job(alice, document, agent, 2)

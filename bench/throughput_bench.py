@@ -3,7 +3,10 @@
 Run from the project root::
 
     .venv/bin/python bench/throughput_bench.py [--concurrency 16] [--latency 0.5] [--count 300]
-                                               [--database postgres|sqlite]
+                                               [--database postgres|sqlite] [--repeat 3]
+
+(``--repeat R`` runs R jobs on the same stack and reports the median; ``--llm-processes K``
+splits the C threads over K llm workers; ``--dump FILE`` keeps the raw call log.)
 
 What it does, all isolated from the development data (var/db.sqlite3 is never opened):
 
@@ -21,6 +24,12 @@ latency L is ``max(ceil(calls / C), max_k) * L`` where ``max_k`` is the most mod
 chunk made (they are sequential). Efficiency = bound / measured wall time; the goal is ≥ 85 %.
 The figures are printed and written to the "## Generation throughput" section of BENCHMARKS.md
 (one subsection per database, other sections untouched).
+
+Besides the bound it prints what explains a gap: the llm worker's CPU per call (one process,
+one GIL), the machine's CPU use during the window (other programs count too), the database
+connections opened and the time between two calls of the same chunk. Exit status 1 when a
+job does not make exactly N completions; being below the efficiency goal is reported, not
+an error.
 
 Everything the benchmark starts (workers, fake server) is stopped on exit, Ctrl-C or failure.
 """
@@ -778,6 +787,9 @@ def main(argv: list[str] | None = None) -> int:
         command += f" --llm-processes {args.llm_processes}"
     if args.repeat > 1:
         command += f" --repeat {args.repeat}"
+    # Ctrl-C, kill and a closed terminal all end in the same cleanup (even when the shell
+    # that started us ignores SIGINT, as it does for background jobs).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     signal.signal(signal.SIGHUP, _raise_keyboard_interrupt)
     workdir = Path(tempfile.mkdtemp(prefix="masscer-throughput-"))
@@ -814,9 +826,9 @@ def main(argv: list[str] | None = None) -> int:
     inexact = [f for f in results if not f.exact]
     for f in inexact:
         print(f"\nNOT EXACT: {f.created} completions for N = {f.requested} ({f.status}): {f.error}")
-    if inexact:
-        return 1
-    return 0 if figures.efficiency >= GOAL else 3
+    # Below the efficiency goal is a figure to read (it depends on the machine), not a failure;
+    # a wrong number of completions is.
+    return 1 if inexact else 0
 
 
 if __name__ == "__main__":

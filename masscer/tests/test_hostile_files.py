@@ -802,7 +802,8 @@ def test_a_prefork_ingest_worker_survives_a_hostile_batch_and_keeps_working(alic
     # A producer of our own: this process's app runs tasks eagerly, and CELERY_BROKER_URL in
     # the environment (memory://) would win over a broker= argument, hence the explicit
     # connection.
-    producer = Celery("hostile-files-producer")
+    # Not the current app: shared tasks of later tests must keep resolving to the project's app.
+    producer = Celery("hostile-files-producer", set_as_current=False)
     producer.conf.broker_transport_options = {"global_keyprefix": brokering["CELERY_BROKER_KEYPREFIX"]}
     connection_to_broker = producer.connection_for_write(url=broker)
 

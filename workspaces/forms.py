@@ -43,3 +43,7 @@ class MemberForm(forms.Form):
         initial=Membership.Role.MEMBER,
         help_text="Reviewers and admins approve and reject completions; admins also manage members.",
     )
+
+
+class ApiTokenForm(forms.Form):
+    name = forms.CharField(max_length=100, help_text="What will use it, e.g. “nightly export script”.")

@@ -7,6 +7,8 @@ from . import views
 app_name = "workspaces"
 urlpatterns = [
     path("", views.workspace_list, name="list"),
+    path("tokens/", views.token_list, name="tokens"),
+    path("tokens/<int:pk>/revoke/", views.token_revoke, name="token_revoke"),
     path("<int:pk>/", views.workspace_detail, name="detail"),
     path("<int:pk>/members/", views.member_add, name="member_add"),
     path("<int:pk>/members/<int:user_id>/remove/", views.member_remove, name="member_remove"),

@@ -10,10 +10,18 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from .forms import MemberForm, WorkspaceForm
+from .forms import ApiTokenForm, MemberForm, WorkspaceForm
 from .models import Membership, Workspace
 from .selectors import role_in, workspaces_for
-from .services import membership_add, membership_remove, workspace_create, workspace_personal
+from .services import (
+    api_token_create,
+    api_token_revoke,
+    api_tokens_of,
+    membership_add,
+    membership_remove,
+    workspace_create,
+    workspace_personal,
+)
 
 
 @login_required
@@ -88,3 +96,32 @@ def member_remove(request: HttpRequest, pk: int, user_id: int) -> HttpResponse:
         membership_remove(workspace=workspace, user=get_user_model()(pk=user_id))
         messages.success(request, "Removed the member.")
     return redirect("workspaces:detail", pk=pk)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def token_list(request: HttpRequest) -> HttpResponse:
+    """Personal API tokens: the secret of a new one is shown once, on this response only."""
+    form = ApiTokenForm(request.POST if request.method == "POST" else None)
+    secret = None
+    if request.method == "POST" and form.is_valid():
+        try:
+            token, secret = api_token_create(user=request.user, name=form.cleaned_data["name"])
+        except ValidationError as exc:
+            form.add_error("name", exc)
+        else:
+            messages.success(request, f"Created the token “{token.name}”. Copy it now: it is not shown again.")
+            form = ApiTokenForm()
+    tokens = api_tokens_of(user=request.user)
+    return render(request, "workspaces/tokens.html", {"tokens": tokens, "form": form, "secret": secret})
+
+
+@login_required
+@require_POST
+def token_revoke(request: HttpRequest, pk: int) -> HttpResponse:
+    token = api_tokens_of(user=request.user).filter(pk=pk).first()
+    if token is None:
+        raise Http404("No such token.")
+    api_token_revoke(token=token)
+    messages.success(request, f"Revoked the token “{token.name}”; scripts using it are refused from now on.")
+    return redirect("workspaces:tokens")

@@ -10,6 +10,7 @@ from django.urls import URLPattern, URLResolver, get_resolver
 from conversations.services import conversation_create
 from masscer.tests.web import fast_passwords  # noqa: F401 - autouse fixture
 from training.models import Completion
+from workspaces.services import api_token_create
 
 from .test_generation import new_job, run_job
 
@@ -37,6 +38,8 @@ def target_model(name: str, route: str) -> str:
         return "conversation"
     if "completions/" in route:
         return "completion"
+    if "tokens/" in route:
+        return "token"
     return {"documents": "document", "conversations": "conversation", "training": "job", "agents": "agent",
             "workspaces": "workspace"}[name.split(":")[0]]  # fmt: skip
 
@@ -59,12 +62,13 @@ def alices(alice, agent, ready_document, fake_llm, settings, tmp_path) -> dict[s
         "completion": Completion.objects.filter(job=job).first().pk,
         "agent": agent.pk,
         "workspace": job.workspace_id,
+        "token": api_token_create(user=alice, name="script")[0].pk,
     }
 
 
 def test_the_walk_covers_every_kind_of_object() -> None:
     kinds = {target_model(name, route) for name, route in object_routes()}
-    assert kinds == {"document", "conversation", "job", "completion", "agent", "workspace"}
+    assert kinds == {"document", "conversation", "job", "completion", "agent", "workspace", "token"}
 
 
 @pytest.mark.parametrize(("name", "route"), object_routes(), ids=[n for n, _ in object_routes()])

@@ -100,3 +100,22 @@ def test_an_admin_removes_a_member(client, alice, bob) -> None:
     membership_add(workspace=team, user=bob)
     logged_in(client, alice).post(f"/workspaces/{team.pk}/members/{bob.pk}/remove/")
     assert not Membership.objects.filter(user=bob, workspace=team).exists()
+
+
+def test_a_user_creates_sees_once_and_revokes_an_api_token(client, alice, charlie) -> None:
+    from workspaces.models import ApiToken
+    from workspaces.services import api_token_authenticate
+
+    logged_in(client, alice)
+    page = client.post("/workspaces/tokens/", {"name": "nightly export"})
+    assert page.status_code == 200
+    secret = page.context["secret"]
+    assert secret and secret in page.content.decode()
+    assert api_token_authenticate(raw=secret) == alice
+    assert secret not in client.get("/workspaces/tokens/").content.decode()  # shown once
+    token = ApiToken.objects.get(user=alice)
+    client.force_login(charlie)
+    assert client.post(f"/workspaces/tokens/{token.pk}/revoke/").status_code == 404
+    client.force_login(alice)
+    client.post(f"/workspaces/tokens/{token.pk}/revoke/")
+    assert api_token_authenticate(raw=secret) is None

@@ -11,7 +11,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from email.utils import formatdate
@@ -42,8 +41,7 @@ from masscer.testing.fakellm import (
     render_blocks,
     source_hash,
 )
-
-API_KEY = "sk-test-SECRET-0123456789"
+from masscer.tests.conftest import API_KEY, ConfigFactory
 
 SOURCE = (
     "The river Thames flows through London. It is the longest river entirely in England, "
@@ -68,30 +66,6 @@ SOURCE = (
 # --------------------------------------------------------------------------
 # Fixtures / helpers
 # --------------------------------------------------------------------------
-
-
-@pytest.fixture
-def server() -> Iterator[FakeLLMServer]:
-    with FakeLLMServer() as fake:
-        yield fake
-
-
-ConfigFactory = Callable[..., LLMConfig]
-
-
-@pytest.fixture
-def make_config(server: FakeLLMServer) -> ConfigFactory:
-    def factory(**overrides: Any) -> LLMConfig:
-        values: dict[str, Any] = {
-            "base_url": server.base_url,
-            "api_key": API_KEY,
-            "model": "fake-model",
-            "timeout": 5.0,
-        }
-        values.update(overrides)
-        return LLMConfig(**values)
-
-    return factory
 
 
 def closed_port() -> int:

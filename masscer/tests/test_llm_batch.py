@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -26,8 +25,8 @@ from masscer.lib.llm import (
     generate_pairs,
 )
 from masscer.testing.fakellm import FakeLLMClient, FakeLLMServer
+from masscer.tests.conftest import API_KEY, ConfigFactory
 
-API_KEY = "sk-test-SECRET-0123456789"
 SOURCE = (
     "The river Thames flows through London. It is the longest river entirely in England, "
     "with a length of 346 km. Tower Bridge, which opened in 1894, crosses it in London. "
@@ -35,30 +34,6 @@ SOURCE = (
     "Photosynthesis converts light energy into chemical energy. Chlorophyll absorbs mostly "
     "blue and red light, and oxygen is released when water molecules are split."
 )
-
-
-@pytest.fixture
-def server() -> Iterator[FakeLLMServer]:
-    with FakeLLMServer() as fake:
-        yield fake
-
-
-ConfigFactory = Callable[..., LLMConfig]
-
-
-@pytest.fixture
-def make_config(server: FakeLLMServer) -> ConfigFactory:
-    def factory(**overrides: Any) -> LLMConfig:
-        values: dict[str, Any] = {
-            "base_url": server.base_url,
-            "api_key": API_KEY,
-            "model": "fake-model",
-            "timeout": 5.0,
-        }
-        values.update(overrides)
-        return LLMConfig(**values)
-
-    return factory
 
 
 def items(n: int, count: int = 3, **fields: Any) -> list[BatchItem]:

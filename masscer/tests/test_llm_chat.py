@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,37 +24,12 @@ from masscer.lib.llm import (
 )
 from masscer.testing import fakellm
 from masscer.testing.fakellm import FakeLLMServer, chat_reply, reference_questions, transcript_reply
-
-API_KEY = "sk-test-SECRET-0123456789"
+from masscer.tests.conftest import API_KEY, ConfigFactory
 
 EXAMPLES = [
     ("How do I get a refund?", "Open Billing, pick the order and press Refund."),
     ("Which plans exist?", "Free, Team and Enterprise.\nQ: this line belongs to the answer"),
 ]
-
-
-@pytest.fixture
-def server() -> Iterator[FakeLLMServer]:
-    with FakeLLMServer() as fake:
-        yield fake
-
-
-ConfigFactory = Callable[..., LLMConfig]
-
-
-@pytest.fixture
-def make_config(server: FakeLLMServer) -> ConfigFactory:
-    def factory(**overrides: Any) -> LLMConfig:
-        values: dict[str, Any] = {
-            "base_url": server.base_url,
-            "api_key": API_KEY,
-            "model": "fake-model",
-            "timeout": 5.0,
-        }
-        values.update(overrides)
-        return LLMConfig(**values)
-
-    return factory
 
 
 def conversation(examples: list[tuple[str, str]] = EXAMPLES) -> list[dict[str, str]]:

@@ -11,7 +11,7 @@ from ninja.errors import HttpError
 from ninja.pagination import paginate
 from ninja.responses import Status
 
-from masscer.api_common import ERRORS, ErrorOut, Id, Page, get_or_404, user_of, username
+from masscer.api_common import ERRORS, ErrorOut, Id, Page, get_or_404, one_file_only, user_of, username
 from workspaces.selectors import workspaces_for
 
 from .models import Conversation
@@ -90,6 +90,7 @@ def conversations_import_file(
 
     Each conversation is stored whole or not at all; the report says what was skipped and why.
     """
+    one_file_only(request)
     user = user_of(request)
     limit = settings.MASSCER_MAX_UPLOAD_BYTES
     name = (file.name or "upload").replace("\x00", "") or "upload"

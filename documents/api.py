@@ -12,7 +12,18 @@ from ninja.errors import HttpError
 from ninja.pagination import paginate
 from ninja.responses import Status
 
-from masscer.api_common import ERRORS, ErrorOut, Id, Page, can_manage, form_text, get_or_404, user_of, username
+from masscer.api_common import (
+    ERRORS,
+    ErrorOut,
+    Id,
+    Page,
+    can_manage,
+    form_text,
+    get_or_404,
+    one_file_only,
+    user_of,
+    username,
+)
 from workspaces.selectors import workspaces_for
 
 from .models import Document
@@ -59,6 +70,7 @@ def documents_upload(
     workspace: Form[Id | None] = None,
 ) -> Status[Document]:
     """Upload a PDF, DOCX, Markdown, text or HTML file; extraction runs in the background."""
+    one_file_only(request)
     user = user_of(request)
     title = form_text(title, label="title", max_length=300)
     name = (file.name or "upload").replace("\x00", "") or "upload"

@@ -12,9 +12,11 @@ from django.core.exceptions import ValidationError
 from django.db.models import Model, QuerySet
 from django.http import Http404, HttpRequest
 from ninja import Field, Schema
+from ninja.errors import HttpError
 from ninja.pagination import LimitOffsetPagination
 from pydantic import AfterValidator
 
+from masscer.views import rows_ids_first
 from workspaces.models import Membership
 from workspaces.selectors import role_in
 
@@ -42,6 +44,13 @@ def form_text(value: str, *, label: str, max_length: int) -> str:
     return value
 
 
+def one_file_only(request: HttpRequest) -> None:
+    """Upload routes take one file; a second one would otherwise be dropped without a word."""
+    sent = sum(len(files) for _, files in request.FILES.lists())
+    if sent > 1:
+        raise HttpError(400, f"Send one file per request ({sent} were sent).")
+
+
 class ErrorOut(Schema):
     detail: str
 
@@ -56,6 +65,17 @@ class Page(LimitOffsetPagination):
     class Input(Schema):
         limit: int = Field(50, ge=1, le=500)
         offset: int = Field(0, ge=0, le=10**9)
+
+
+class IdsFirstPage(Page):
+    """`Page` for wide rows in big tables (completions): the ids first, then those rows, so a
+    deep offset walks an index instead of joining and reading every skipped row."""
+
+    def paginate_queryset(self, queryset: QuerySet[Any], pagination: Page.Input, request: HttpRequest,
+                          **params: Any) -> dict[str, Any]:
+        offset, limit = pagination.offset, min(pagination.limit, self.max_limit)
+        return {self.items_attribute: rows_ids_first(queryset, offset, offset + limit),
+                "count": self._items_count(queryset)}
 
 
 def user_of(request: HttpRequest) -> AbstractBaseUser:

@@ -98,6 +98,8 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    # Before the CSRF check, which reads the upload and would fail on too many files first.
+    "masscer.middleware.UploadLimitMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
@@ -126,7 +128,9 @@ TEMPLATES = [
 
 def _database() -> dict:
     url = env_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}")
-    config = dj_database_url.parse(url, conn_max_age=0)
+    # Connections are kept between requests and tasks (closed when broken or older than
+    # this); a new PostgreSQL connection per task costs the worker and the server CPU.
+    config = dj_database_url.parse(url, conn_max_age=env_int("MASSCER_DB_CONN_MAX_AGE", 300))
     if config["ENGINE"] == "django.db.backends.sqlite3":
         # WAL lets the web process read while workers write; IMMEDIATE takes the
         # write lock at BEGIN so concurrent writers queue instead of failing on upgrade.
@@ -139,6 +143,9 @@ def _database() -> dict:
         # One file per test run, so parallel runs do not share (and corrupt) it.
         default_test_db = str(VAR_DIR / f"test-{os.getpid()}.sqlite3")
         config["TEST"] = {"NAME": env_str("MASSCER_TEST_SQLITE", default_test_db)}
+    else:
+        # Parallel PostgreSQL test runs on one server each need a database name of their own.
+        config["TEST"] = {"NAME": env_str("MASSCER_TEST_DB_NAME", f"test_{config['NAME']}")}
     return config
 
 
@@ -164,10 +171,34 @@ MEDIA_ROOT = Path(env_str("MASSCER_MEDIA_ROOT", str(VAR_DIR / "uploads")))
 
 LOGIN_URL = "/accounts/login/"
 # Failed logins allowed per account and per address within the window, then refused.
-# (The default cache is per process; production should point CACHES at Redis.)
+# The failures are counted in the cache (see CACHES below).
 MASSCER_LOGIN_FAILURES = env_int("MASSCER_LOGIN_FAILURES", 5)
 MASSCER_LOGIN_WINDOW_SECONDS = env_int("MASSCER_LOGIN_WINDOW_SECONDS", 900)
 LOGIN_REDIRECT_URL = "/"
+
+
+def _caches() -> dict:
+    """Per process by default; with several web processes or machines the login throttle only
+    holds if they share one cache, so production sets MASSCER_CACHE_URL=redis://..."""
+    url = env_str("MASSCER_CACHE_URL", "")
+    if not url:
+        return {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if scheme not in {"redis", "rediss", "unix"}:
+        # The URL itself is not repeated: it may hold a password.
+        got = f"a {scheme}:// URL" if scheme else "no scheme"
+        raise ImproperlyConfigured(f"MASSCER_CACHE_URL must start with redis://, rediss:// or unix:// (got {got})")
+    return {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": url,
+            # Several deployments (or test runs) can share one Redis without sharing counters.
+            "KEY_PREFIX": env_str("MASSCER_CACHE_KEY_PREFIX", "masscer"),
+        }
+    }
+
+
+CACHES = _caches()
 
 # --- Celery --------------------------------------------------------------------------
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
@@ -201,6 +232,10 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = env_bool("CELERY_TASK_ACKS_LATE", True)
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Celery's Django fixup closes every DB connection after each task unless this is set;
+# connections are then checked (and closed when broken or too old) around each task
+# instead (masscer.celery).
+CELERY_DB_REUSE_MAX = env_int("CELERY_DB_REUSE_MAX", 1000) or None
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_TASK_ROUTES = {
@@ -231,6 +266,9 @@ MASSCER_LLM_PRICES = env_str("MASSCER_LLM_PRICES", "")
 # tightened at run time by the provider's x-ratelimit-limit-* headers.
 MASSCER_LLM_RPM = env_int("MASSCER_LLM_RPM", 0)
 MASSCER_LLM_TPM = env_int("MASSCER_LLM_TPM", 0)
+# Model calls in flight at once across every worker (the provider's concurrency limit;
+# 0: no limit). Shared through the rate limiter's Redis.
+MASSCER_LLM_MAX_CONCURRENCY = env_int("MASSCER_LLM_MAX_CONCURRENCY", 0)
 MASSCER_RATELIMIT_REDIS_URL = env_str(
     "MASSCER_RATELIMIT_REDIS_URL", CELERY_BROKER_URL if CELERY_BROKER_URL.startswith("redis") else ""
 )
@@ -247,9 +285,16 @@ MASSCER_PLAYGROUND_EXAMPLES = env_int("MASSCER_PLAYGROUND_EXAMPLES", 5)
 MASSCER_PLAYGROUND_CONTEXT_TOKENS = env_int("MASSCER_PLAYGROUND_CONTEXT_TOKENS", 1500)
 MASSCER_PLAYGROUND_HISTORY_MESSAGES = env_int("MASSCER_PLAYGROUND_HISTORY_MESSAGES", 20)
 MASSCER_PLAYGROUND_HISTORY_TOKENS = env_int("MASSCER_PLAYGROUND_HISTORY_TOKENS", 3000)
+# A playground turn waits this long at most for a slot in the shared rate limit, else "busy, try again".
+MASSCER_PLAYGROUND_MAX_WAIT = env_float("MASSCER_PLAYGROUND_MAX_WAIT", 5.0)
 
 # --- Limits and pipeline knobs ----------------------------------------------------------
 MASSCER_MAX_UPLOAD_BYTES = env_int("MASSCER_MAX_UPLOAD_BYTES", 50 * 1024 * 1024)
+# Files in one upload request (the documents page and the conversation import take several).
+# Django stops reading a request at the same number, so the extra files never reach the disk;
+# masscer.middleware answers both cases with the reason (a page or JSON, status 400).
+MASSCER_MAX_UPLOAD_FILES = env_int("MASSCER_MAX_UPLOAD_FILES", 20)
+DATA_UPLOAD_MAX_NUMBER_FILES = MASSCER_MAX_UPLOAD_FILES
 MASSCER_MAX_PAGES = env_int("MASSCER_MAX_PAGES", 2000)
 MASSCER_MAX_DOCUMENT_TOKENS = env_int("MASSCER_MAX_DOCUMENT_TOKENS", 2_000_000)
 MASSCER_CHUNK_TOKENS = env_int("MASSCER_CHUNK_TOKENS", 800)

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 from typing import Any
 
+import httpx2
 import openai
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "build_chat_request",
     "check_endpoint",
     "generate_pairs",
+    "warm_up",
 ]
 
 MODES = ("chat", "completion")
@@ -287,6 +289,18 @@ def _client_for(config: LLMConfig) -> openai.OpenAI:
             )
             _clients[key] = client
         return client
+
+
+def warm_up(config: LLMConfig) -> None:
+    """Set up the endpoint's client (cached per process) before a call is due.
+
+    A rate-limited caller waits for its slot and then calls at once. The client's first
+    set-up (HTTP pool, the SDK's lazily loaded resources: 0.1 s, more on a busy machine)
+    would otherwise fall between the two, and the first calls of a worker would reach the
+    provider late and bunched together.
+    """
+    client = _client_for(config)
+    _ = client.completions if config.mode == "completion" else client.chat.completions
 
 
 def _model_listed(model: str, ids: Sequence[str]) -> bool:
@@ -612,6 +626,10 @@ def _generate_chat(config: LLMConfig, request: _Request) -> Reply:
     while True:
         body = _chat_body(request, level)
         try:
+            # The SDK's generic POST (its documented way to send a body as is): retries,
+            # auth and errors as in `chat.completions.create`, without the type-driven
+            # transform of the body and the model parse of the reply, which cost more CPU
+            # than the rest of the call (the llm worker's GIL is its bottleneck).
             raw = client.chat.completions.with_raw_response.create(**body)
             completion = raw.parse()
         except openai.APIStatusError as exc:
@@ -972,10 +990,25 @@ def _strip_quotes(text: str) -> str:
 # --------------------------------------------------------------------------
 
 
+# Key-shaped words: OpenAI-style keys, whole or partly masked ("sk-proj-****abcd").
+_KEY_SHAPED = re.compile(r"\bsk-[A-Za-z0-9_*-]{6,}")
+
+
 def _redact(message: str, api_key: str) -> str:
-    # Servers sometimes echo the key (e.g. "Incorrect API key provided: ...").
+    """The message without the key: servers echo it ("Incorrect API key provided: ..."),
+    whole, partly masked, or cut in the middle by ``_shorten``."""
     if api_key and len(api_key) >= 4:
-        message = message.replace(api_key, "***")
+        message = _without_cut_key(message.replace(api_key, "***"), api_key)
+    return _KEY_SHAPED.sub("***", message)
+
+
+def _without_cut_key(message: str, api_key: str) -> str:
+    head, mark, tail = message.rpartition("…")
+    if not mark:
+        return message
+    for size in range(min(len(api_key) - 1, len(head)), 3, -1):
+        if head.endswith(api_key[:size]):
+            return head[:-size] + "***" + mark + tail
     return message
 
 
@@ -1052,7 +1085,20 @@ def _connection_reason(exc: BaseException) -> str:
     return _shorten(str(innermost) or type(innermost).__name__, 200)
 
 
+def _scrub(exc: BaseException, api_key: str) -> None:
+    """Take the key out of the SDK's error as well: ours is raised ``from`` it, and a traceback
+    (a worker's log, Django's debug page) prints the message of every error in the chain."""
+    exc.args = tuple(_redact(arg, api_key) if isinstance(arg, str) else arg for arg in exc.args)
+    for name in ("message", "body"):
+        value = getattr(exc, name, None)
+        if isinstance(value, str):
+            setattr(exc, name, _redact(value, api_key))
+        elif isinstance(value, (Mapping, list)):
+            setattr(exc, name, json.loads(_redact(json.dumps(value, default=str), api_key)))
+
+
 def _map_error(exc: openai.OpenAIError, config: LLMConfig, model: str) -> LLMError:
+    _scrub(exc, config.api_key)
     error = _classify(exc, config, model)
     error.message = _redact(error.message, config.api_key)
     error.args = (error.message,)
@@ -1408,6 +1454,7 @@ def _open_stream(
 
 def _stream_failure(exc: openai.APIError, config: LLMConfig) -> LLMError:
     """An error event inside an accepted stream."""
+    _scrub(exc, config.api_key)
     body = exc.body if isinstance(exc.body, Mapping) else {}
     message = _redact(
         f"Model server reported an error while streaming: {_shorten(exc.message)}",
@@ -1761,6 +1808,7 @@ def _batch_call(config: LLMConfig, what: str, call: Any, *, first: bool = False)
         return call()
     except openai.NotFoundError as exc:
         # Here a 404 is about a path or an id, not about a model.
+        _scrub(exc, config.api_key)
         detail = _error_detail(exc)
         hint = "; does it offer the OpenAI files and batches API?" if first else ""
         raise LLMPermanentError(

@@ -189,6 +189,30 @@ def test_lists_cost_the_same_queries_for_few_and_many_rows(world, path) -> None:
     assert queries() == few
 
 
+@pytest.mark.parametrize("rows", [10, 200])
+@pytest.mark.parametrize("query", ["", "?limit=5&offset=5", "?status=approved&limit=5&offset=3"])
+def test_the_completions_list_costs_the_same_queries_for_10_and_200(
+    client, alice, rows, query, django_assert_num_queries
+) -> None:
+    agent = make_agent(alice)
+    made = make_completions(make_job(alice), make_chunk(make_document(alice)), numbered(rows), agents=[agent])
+    Completion.objects.filter(pk__in=[c.pk for c in made[::2]]).update(status="approved")
+    client.force_login(alice)
+    # session, user, count, the page's ids, its rows (chunk and source joined), assignments prefetch
+    with django_assert_num_queries(6):
+        body = client.get(f"/api/completions{query}").json()
+    count = rows // 2 if "approved" in query else rows
+    limit, offset = (5, int(query.rsplit("=", 1)[1])) if query else (50, 0)
+    assert (body["count"], len(body["items"])) == (count, min(limit, count - offset))
+
+
+def test_a_deep_offset_returns_the_rows_in_list_order(client, alice) -> None:
+    made = make_completions(make_job(alice), make_chunk(make_document(alice)), numbered(30))
+    client.force_login(alice)
+    newest_first = [c.pk for c in reversed(made)]
+    assert [c["id"] for c in client.get("/api/completions?limit=7&offset=20").json()["items"]] == newest_first[20:27]
+
+
 def test_completions_filter_like_the_review_queue(world) -> None:
     token = world["tokens"]["alice"]
     ids = lambda query: {c["id"] for c in call("get", f"/api/completions?{query}", token).json()["items"]}  # noqa: E731

@@ -13,6 +13,7 @@ def test_check_deploy_is_clean_with_production_settings(tmp_path) -> None:
         DJANGO_ALLOWED_HOSTS="masscer.example.com",
         DATABASE_URL=f"sqlite:///{tmp_path / 'deploy.sqlite3'}",
         CELERY_BROKER_URL="redis://127.0.0.1:6379/0",
+        MASSCER_CACHE_URL="redis://127.0.0.1:6379/1",
         MASSCER_VAR_DIR=str(tmp_path),
     )
     result = manage("check", "--deploy", "--fail-level", "WARNING", env=env, timeout=120)

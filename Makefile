@@ -9,7 +9,7 @@ LLM_CONCURRENCY ?= 16
 PG_TEST_URL ?= postgres://postgres@127.0.0.1:5432/masscer
 
 .PHONY: run setup migrate demo worker worker-ingest worker-llm beat model web test test-sqlite test-pg \
-        lint migrations-check bench clean
+        lint migrations-check bench bench-pages clean
 
 # Set up everything (virtualenv, pinned requirements, migrations, demo login) and start
 # the whole default stack: web, Celery workers, beat and the embedded local model.
@@ -79,7 +79,15 @@ migrations-check: $(STAMP)
 
 bench: $(DEV_STAMP)
 	$(PY) bench/ingest_bench.py
-	$(PY) bench/throughput_bench.py
+	$(PY) bench/throughput_bench.py --concurrency 32 --repeat 3
+	$(PY) bench/hotpath_bench.py
+	$(PY) bench/ratelimit_bench.py
+	$(PY) bench/token_economy_bench.py
+
+# Pages at scale (B4): 100,000 completions in PostgreSQL under wrk against gunicorn (a few minutes).
+bench-pages: $(DEV_STAMP)
+	bash scripts/ensure_wrk.sh
+	$(PY) bench/pages_bench.py
 
 clean:
 	rm -rf var/broker var/test*.sqlite3

@@ -3,9 +3,15 @@
 A turn is prepared (validated input, retrieval, messages) before any byte is streamed, so bad
 input is a plain 400 and database work never happens inside the stream; the stream itself is
 only the model call.
+
+A turn takes its place in the endpoint's shared rate limit (the one the generation workers
+use, `training.generation.model_limiter`) before it calls the model. A short wait is waited;
+a longer one (MASSCER_PLAYGROUND_MAX_WAIT) reserves nothing and ends the stream with "the
+model is busy, try again in N s" instead of holding the request.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -13,9 +19,9 @@ from typing import Any
 from django.conf import settings
 from django.db.models import Count, Q
 
-from masscer.lib import llm
+from masscer.lib import llm, ratelimit
 from masscer.lib.tokens import count_tokens
-from training.generation import llm_config
+from training.generation import llm_config, model_limiter
 from training.models import Assignment, Completion
 
 from .models import Agent
@@ -24,6 +30,9 @@ from .retrieval import DEFAULT_K, DEFAULT_TOKEN_BUDGET, Retrieved, retrieve
 MAX_MESSAGE_CHARS = 8000
 DEFAULT_HISTORY_MESSAGES = 20
 DEFAULT_HISTORY_TOKENS = 3000
+DEFAULT_MAX_WAIT = 5.0
+# Reply tokens reserved in a tokens-per-minute limit when the agent sets no max_tokens.
+REPLY_TOKENS_ESTIMATE = 512
 HISTORY_ROLES = ("user", "assistant")
 
 REFERENCE_INTRO = (
@@ -54,6 +63,14 @@ def history_messages() -> int:
 
 def history_tokens() -> int:
     return int(getattr(settings, "MASSCER_PLAYGROUND_HISTORY_TOKENS", DEFAULT_HISTORY_TOKENS))
+
+
+def max_wait() -> float:
+    return float(getattr(settings, "MASSCER_PLAYGROUND_MAX_WAIT", DEFAULT_MAX_WAIT))
+
+
+class ModelBusy(llm.LLMTransientError):
+    """The shared rate limit has no slot for this turn within MASSCER_PLAYGROUND_MAX_WAIT."""
 
 
 def agent_params(agent: Agent) -> llm.GenParams:
@@ -130,8 +147,36 @@ def turn_prepare(agent: Agent, *, message: str, history: Any = (), tags: Iterabl
 
 
 def turn_stream(turn: Turn) -> Iterator[llm.ChatDelta]:
-    """The model's reply, delta by delta (LLMTransientError / LLMPermanentError on failure)."""
-    return llm.chat_stream(llm_config(), messages=turn.messages, params=turn.params)
+    """The model's reply, delta by delta, once the shared rate limit gives the turn a slot.
+
+    Nothing happens until the first delta is asked for; failures are raised from iteration:
+    ModelBusy (a transient error) when the slot is too far away, LLMTransientError /
+    LLMPermanentError from the call.
+    """
+    config = llm_config()
+    limiter = model_limiter(turn.params.model or config.model)
+    if limiter is not None:
+        llm.warm_up(config)  # before the slot, not between the slot and the call
+        _take_slot(limiter, turn)
+    try:
+        yield from llm.chat_stream(config, messages=turn.messages, params=turn.params)
+    except llm.LLMTransientError as exc:
+        if limiter is not None and exc.status_code == 429 and exc.retry_after:
+            limiter.block(exc.retry_after)  # the provider said wait: the workers wait too
+        raise
+
+
+def turn_tokens(turn: Turn) -> int:
+    """Tokens to reserve in a tokens-per-minute limit: the prompt and the longest reply."""
+    prompt = sum(count_tokens(m["content"]) for m in turn.messages)
+    return prompt + (turn.params.max_tokens or REPLY_TOKENS_ESTIMATE)
+
+
+def _take_slot(limiter: ratelimit.RateLimiter, turn: Turn) -> None:
+    decision = limiter.take(tokens=turn_tokens(turn), max_wait=max_wait())  # a short wait is slept here
+    if not decision.reserved:
+        seconds = max(1, math.ceil(decision.wait))
+        raise ModelBusy(f"The model is busy, try again in {seconds} s.", retry_after=float(seconds))
 
 
 def material_summary(agent: Agent) -> dict[str, int]:

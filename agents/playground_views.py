@@ -6,7 +6,8 @@ Events of ``playground_stream`` (each ``event: NAME`` + ``data: JSON``):
 * ``used`` ``{"completions": [{"id", "question", "rule", "score"}]}`` — the approved
   completions that were in the agent's context;
 * ``done`` ``{"finish_reason", "model", "usage"}`` — the end of the reply;
-* ``error`` ``{"message", "retry"}`` — the model call failed (the stream ends there).
+* ``error`` ``{"message", "retry", "retry_after"}`` — the model call failed, or the model is
+  busy (shared rate limit) and ``retry_after`` seconds is when to try again; the stream ends there.
 """
 from __future__ import annotations
 
@@ -115,7 +116,9 @@ def sse_events(turn: Turn) -> Iterator[bytes]:
             elif delta.text:
                 yield sse("delta", {"text": delta.text})
     except llm.LLMError as exc:
-        yield sse("error", {"message": str(exc), "retry": isinstance(exc, llm.LLMTransientError)})
+        retry_after = exc.retry_after if isinstance(exc, llm.LLMTransientError) else None
+        retry = isinstance(exc, llm.LLMTransientError)
+        yield sse("error", {"message": str(exc), "retry": retry, "retry_after": retry_after})
         return
     except Exception:
         # Headers are sent already: a 500 is impossible, a readable event is not.

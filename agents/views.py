@@ -6,7 +6,7 @@ from typing import Any
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
-from django.db.models import QuerySet
+from django.db.models import Count, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, QueryDict, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -92,14 +92,35 @@ def material_filters(data: QueryDict) -> dict[str, str]:
     return filters
 
 
-def material_rows(user: Any, agent: Agent, filters: dict[str, str]) -> QuerySet[Completion]:
+def _material(user: Any, agent: Agent, filters: dict[str, str]) -> QuerySet[Completion]:
     selected = {key: filters[key] for key in MATERIAL_FILTERS}
     rows = completions_for(user=user, filters=selected).filter(job__workspace_id=agent.workspace_id)
     if filters["scope"] == "assigned":
         rows = rows.filter(assignments__agent=agent)
     elif filters["scope"] == "unassigned":
         rows = rows.exclude(assignments__agent=agent)
+    return rows
+
+
+def material_rows(user: Any, agent: Agent, filters: dict[str, str]) -> QuerySet[Completion]:
+    rows = _material(user, agent, filters)
     return rows.select_related("chunk__document", "chunk__conversation").prefetch_related("agents")
+
+
+def material_counts(user: Any, agent: Agent) -> dict[str, int]:
+    """The agent's material by status (one grouped query over its assignments)."""
+    assigned = _material(user, agent, material_filters(QueryDict()))
+    counted = dict(assigned.order_by().values_list("status").annotate(n=Count("pk")))
+    return {status: counted.get(status, 0) for status in Completion.Status.values}
+
+
+def _known_count(filters: dict[str, str], counts: dict[str, int]) -> int | None:
+    """The list's length when the counts already tell it (the agent's material, by status or
+    all of it): at 50,000 assigned completions a second pass over them costs as much as the rest
+    of the page."""
+    if filters["scope"] != "assigned" or filters["job"] or filters["source_type"] or filters["q"]:
+        return None
+    return counts[filters["status"]] if filters["status"] else sum(counts.values())
 
 
 @login_required
@@ -107,13 +128,15 @@ def material_rows(user: Any, agent: Agent, filters: dict[str, str]) -> QuerySet[
 def agent_detail(request: HttpRequest, pk: int) -> HttpResponse:
     agent = _visible_agent(request, pk)
     filters = material_filters(request.GET)
-    page = paginate(request, material_rows(request.user, agent, filters))
-    counts = agents_with_counts(user=request.user).filter(pk=agent.pk).values("pending", "approved", "rejected")
+    counts = material_counts(request.user, agent)
+    page = paginate(
+        request, material_rows(request.user, agent, filters), count=_known_count(filters, counts), ids_first=True
+    )
     context = {
         "agent": agent,
         "page": page,
         "filters": filters,
-        "counts": counts.first(),
+        "counts": counts,
         "scopes": SCOPES,
         "statuses": Completion.Status.choices,
         "actions": MATERIAL_ACTIONS,

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import fcntl
 import json
 import os
 import platform
@@ -42,9 +41,10 @@ from typing import Any
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
+from benchlib import BENCHMARKS_MD, write_section
+
 PG_URL = "postgres://postgres@127.0.0.1:5432/"
 PG_DATABASE = "masscer_bench_export"
-BENCHMARKS_MD = PROJECT_ROOT / "BENCHMARKS.md"
 SECTION = "## Export"
 SECTION_INTRO = """\
 `bench/export_bench.py` exports an agent's approved completions as OpenAI fine-tuning JSONL
@@ -238,38 +238,6 @@ def markdown(kind: str, count: int, results: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(heading: str, block: str) -> None:
-    BENCHMARKS_MD.touch(exist_ok=True)
-    with open(BENCHMARKS_MD, "r+", encoding="utf-8") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # other benchmarks may write their sections at the same moment
-        text = handle.read() or "# Benchmarks\n"
-        lines = text.rstrip("\n").splitlines()
-        start = next((i for i, line in enumerate(lines) if line.strip() == SECTION), None)
-        if start is None:
-            lines += ["", SECTION, "", *SECTION_INTRO.rstrip().splitlines()]
-            start = len(lines) - len(SECTION_INTRO.rstrip().splitlines()) - 2
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        section = lines[start:end]
-        new = block.rstrip().splitlines()
-        sub = next((i for i, line in enumerate(section) if line.strip() == heading), None)
-        if sub is None:
-            while section and not section[-1].strip():
-                section.pop()
-            section += ["", *new]
-        else:
-            sub_end = next(
-                (i for i in range(sub + 1, len(section)) if section[i].startswith(("### ", "## "))), len(section)
-            )
-            section[sub:sub_end] = [*new, ""]
-        while section and not section[-1].strip():
-            section.pop()
-        tail = lines[end:]
-        lines = [*lines[:start], *section, *([""] if tail else []), *tail]
-        handle.seek(0)
-        handle.write("\n".join(lines) + "\n")
-        handle.truncate()
-
-
 # --- main ------------------------------------------------------------------------------------------
 
 
@@ -307,7 +275,7 @@ def main() -> int:
         block = markdown(args.database, args.count, results)
         print("\n" + block)
         if not args.no_write:
-            write_section(block.splitlines()[0], block)
+            write_section(block, block.splitlines()[0], section_heading=SECTION, intro=SECTION_INTRO)
             log(f"updated {BENCHMARKS_MD.name} ({SECTION})")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

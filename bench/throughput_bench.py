@@ -38,134 +38,56 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
-import fcntl
 import itertools
 import json
 import math
 import os
-import platform
-import re
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from masscer.testing.fakellm import FakeLLMClient
-from masscer.testing.processes import (
-    REDIS_HOST,
-    REDIS_PORT,
-    child_env,
-    manage,
-    port_open,
-    start_worker,
-    stop_process,
+from benchlib import (
+    BENCHMARKS_MD,
+    PG_HOST,
+    PG_PORT,
+    PG_USER,
+    BenchError,
+    Stack,
+    bench_env,
+    interrupt_on_signals,
+    job_stats,
+    markdown_block,
+    migrate,
+    postgres_database,
+    print_table,
+    sqlite_database,
+    start_fake,
+    train,
+    train_summary,
+    update_benchmarks_md,
+    wait_for_ready,
 )
 
+from masscer.testing.fakellm import FakeLLMClient
+from masscer.testing.processes import REDIS_HOST, REDIS_PORT, child_env, port_open, start_worker
+
 DEFAULT_SOURCE = PROJECT_ROOT / ".." / "shared" / "samples" / "pdf" / "GeoTopo-komprimiert.pdf"
-PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
 PG_DATABASE = "masscer_bench"
-BENCHMARKS_MD = PROJECT_ROOT / "BENCHMARKS.md"
 SECTION = "## Generation throughput"
 GOAL = 0.85
 
-# Runs inside `manage.py shell -c` against the bench database: the job and its work items.
-_STATS_SCRIPT = r"""
-import json
-from training.models import Completion, TrainingJob, WorkItem
-job = TrainingJob.objects.get(pk=JOB_ID)
-items = list(WorkItem.objects.filter(job=job).values("chunk_id", "chunk__content_hash", "chunk__token_count",
-    "quota", "made", "calls", "attempts", "status", "reasons"))
-print(json.dumps({
-    "status": job.status,
-    "error": job.error,
-    "created_count": job.created_count,
-    "completions": Completion.objects.filter(job=job).count(),
-    "calls": job.calls,
-    "started_at": job.started_at.timestamp() if job.started_at else None,
-    "finished_at": job.finished_at.timestamp() if job.finished_at else None,
-    "items": items,
-}))
-"""
-
-
-class BenchError(RuntimeError):
-    """The run could not be completed; the message says why."""
-
-
-# --- processes ------------------------------------------------------------------------------
-
-
-@dataclass
-class Stack:
-    """Everything the benchmark starts, so that one `finally` can stop it."""
-
-    processes: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
-
-    def add(self, name: str, process: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
-        self.processes.append((name, process))
-        return process
-
-    def stop(self) -> None:
-        # Reverse order: workers first, then the fake they talk to.
-        for _, process in reversed(self.processes):
-            with contextlib.suppress(Exception):
-                stop_process(process, timeout=10)
-        self.processes.clear()
-
-
-def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-def start_fake(stack: Stack, *, latency: float, capacity: int, log: Path) -> str:
-    command = [
-        sys.executable, "-m", "masscer.testing.fakellm",
-        "--port", "0", "--latency", str(latency), "--capacity", str(capacity),
-        "--model", "fake-model",
-    ]  # fmt: skip
-    process = stack.add(
-        "fake",
-        subprocess.Popen(
-            command,
-            cwd=PROJECT_ROOT,
-            stdout=subprocess.PIPE,
-            stderr=open(log, "ab"),  # noqa: SIM115
-            start_new_session=True,
-        ),
-    )
-    assert process.stdout is not None
-    line = process.stdout.readline().decode().strip()  # the server prints its base URL first
-    if not line.startswith("http"):
-        raise BenchError(f"the fake server did not start: {line!r} (see {log})")
-    return line
-
-
-def wait_for_ready(log: Path, process: subprocess.Popen[bytes], name: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise BenchError(f"the {name} worker exited with {process.returncode}: {tail(log)}")
-        if log.exists() and re.search(r"\bready\.", log.read_text(errors="replace")):
-            return
-        time.sleep(0.2)
-    raise BenchError(f"the {name} worker was not ready after {timeout:g} s: {tail(log)}")
-
-
-def tail(path: Path, chars: int = 3000) -> str:
-    try:
-        return path.read_text(errors="replace")[-chars:]
-    except OSError:
-        return ""
+# What job_stats reads of each of the job's work items.
+ITEM_FIELDS = (
+    "chunk_id", "chunk__content_hash", "chunk__token_count", "quota", "made", "calls", "attempts", "status", "reasons"
+)
 
 
 class CpuSampler:
@@ -215,17 +137,6 @@ def process_cpu_seconds(pid: int) -> float:
 # --- isolated database and broker --------------------------------------------------------------
 
 
-def postgres_database() -> str:
-    import psycopg
-
-    if not port_open(PG_HOST, PG_PORT):
-        raise BenchError(f"PostgreSQL is not reachable at {PG_HOST}:{PG_PORT}")
-    with psycopg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres", autocommit=True) as connection:
-        connection.execute(f'DROP DATABASE IF EXISTS "{PG_DATABASE}" WITH (FORCE)')
-        connection.execute(f'CREATE DATABASE "{PG_DATABASE}"')
-    return f"postgres://{PG_USER}@{PG_HOST}:{PG_PORT}/{PG_DATABASE}"
-
-
 def postgres_sessions() -> int | None:
     """Connections ever opened to the bench database (PostgreSQL 14+), None if unknown."""
     import psycopg
@@ -238,13 +149,6 @@ def postgres_sessions() -> int | None:
         row = connection.execute("SELECT sessions FROM pg_stat_database WHERE datname = %s", [PG_DATABASE]).fetchone()
         return int(row[0]) if row and row[0] is not None else None
     return None
-
-
-def sqlite_database(workdir: Path) -> str:
-    path = (workdir / "bench.sqlite3").resolve()
-    if path == (PROJECT_ROOT / "var" / "db.sqlite3").resolve():  # belt and braces
-        raise BenchError("refusing to use the development database")
-    return f"sqlite:///{path}"
 
 
 def redis_broker(db: int) -> str:
@@ -264,6 +168,8 @@ def redis_broker(db: int) -> str:
 class Figures:
     database: str
     concurrency: int
+    capacity: int  # the fake's limit on calls at once (429 beyond it)
+    slots: int  # the product's shared limit on calls at once (0: none)
     latency: float
     requested: int
     chunks: int
@@ -295,6 +201,11 @@ class Figures:
     machine_busy: float | None = None  # cores busy machine-wide during the call window
     db_sessions: int | None = None  # PostgreSQL connections opened during the run
     error: str = ""
+
+    @property
+    def effective(self) -> int:
+        """Calls that can be in flight at once: the worker threads or the model's capacity."""
+        return min(self.concurrency, self.capacity)
 
     @property
     def processes_note(self) -> str:
@@ -374,14 +285,17 @@ def measure(
         for chunk_calls in by_source.values()
         for earlier, later in itertools.pairwise(chunk_calls)
     ]
-    c, latency = args.concurrency, args.latency
+    # The provider's capacity caps the useful concurrency.
+    c, latency = min(args.concurrency, args.capacity), args.latency
     bound_waves = math.ceil(len(served) / c) * latency
     bound_critical = max_k * latency
     peak, mean, full = in_flight_profile(generation, first, last, c)
     quotas = sorted(i["quota"] for i in items)
     return Figures(
         database=args.database,
-        concurrency=c,
+        concurrency=args.concurrency,
+        capacity=args.capacity,
+        slots=args.max_concurrency,
         latency=latency,
         requested=args.count,
         chunks=len(items),
@@ -422,6 +336,11 @@ def table(f: Figures) -> list[tuple[str, str]]:
     rows = [
         ("database", f.database),
         ("llm worker", f"threads, concurrency {f.concurrency}{f.processes_note}"),
+        (
+            "model capacity",
+            f"{f.capacity} calls at once (fake server; 429 beyond); product limit "
+            + (f"MASSCER_LLM_MAX_CONCURRENCY={f.slots}" if f.slots else "none"),
+        ),
         ("model latency", f"{f.latency:g} s per call (fake server)"),
         ("job", f"{f.status}; {f.chunks} chunks, quotas {f.quotas}"),
         ("completions", f"{f.created} of {f.requested} (exactly N: {exact})"),
@@ -444,12 +363,12 @@ def table(f: Figures) -> list[tuple[str, str]]:
         ("completions/s", f"{f.completions_per_second:.1f}"),
         (
             "calls/s",
-            f"{f.calls_per_second:.2f} (ideal {f.concurrency / f.latency:.1f})",
+            f"{f.calls_per_second:.2f} (ideal {f.effective / f.latency:.1f})",
         ),
         (
             "ideal bound",
             (
-                f"{f.bound:.2f} s = max(ceil({f.calls_http}/{f.concurrency})×{f.latency:g} = "
+                f"{f.bound:.2f} s = max(ceil({f.calls_http}/{f.effective})×{f.latency:g} = "
                 f"{f.bound_waves:.2f}, {f.max_k}×{f.latency:g} = {f.bound_critical:.2f})"
             ),
         ),
@@ -463,8 +382,8 @@ def table(f: Figures) -> list[tuple[str, str]]:
         (
             "in flight",
             (
-                f"max {f.max_in_flight} of {f.concurrency}, mean {f.mean_in_flight:.1f}, "
-                f"all {f.concurrency} busy {f.time_at_full:.0%} of the window"
+                f"max {f.max_in_flight} of {f.effective}, mean {f.mean_in_flight:.1f}, "
+                f"all {f.effective} busy {f.time_at_full:.0%} of the window"
             ),
         ),
         (
@@ -477,12 +396,12 @@ def table(f: Figures) -> list[tuple[str, str]]:
     ]
     if f.llm_cpu is not None and f.calls_http:
         per_call = f.llm_cpu / f.calls_http
-        need = per_call * f.concurrency / f.latency / f.llm_processes if f.latency else 0.0
+        need = per_call * f.effective / f.latency / f.llm_processes if f.latency else 0.0
         rows.append(
             (
                 "llm worker CPU",
                 f"{f.llm_cpu:.2f} s for the job = {per_call * 1000:.0f} ms per call; at the ideal "
-                f"{f.concurrency / f.latency:.0f} calls/s that is {need:.0%} of one core per process (one GIL)",
+                f"{f.effective / f.latency:.0f} calls/s that is {need:.0%} of one core per process (one GIL)",
             )
         )
     if f.machine_busy is not None:
@@ -508,86 +427,12 @@ def table(f: Figures) -> list[tuple[str, str]]:
 # --- BENCHMARKS.md -----------------------------------------------------------------------------
 
 
-def machine() -> str:
-    memory = "?"
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                memory = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
-    return (
-        f"{os.cpu_count()} cores, {memory} RAM, Python {platform.python_version()} "
-        f"({platform.system()} {platform.machine()})"
-    )
-
-
-def markdown_block(rows: list[tuple[str, str]], f: Figures, command: str) -> str:
-    label = {"postgres": "PostgreSQL", "sqlite": "SQLite"}[f.database]
-    lines = [
-        f"### {label}",
-        "",
-        f"- date: {dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
-        f"- machine: {machine()}",
-        f"- command: `{command}`",
-        "",
-        "| figure | value |",
-        "|---|---|",
-        *(f"| {name} | {value.replace('|', '/')} |" for name, value in rows),
-        "",
-    ]
-    return "\n".join(lines)
-
-
 SECTION_INTRO = """\
 `bench/throughput_bench.py`: `manage.py train` on GeoTopo-komprimiert.pdf (117 pages) with
 real Celery workers (Redis broker; ingest prefork ×1, llm threads ×C) against the fake model
 server with a fixed latency per call. Ideal bound = max(ceil(calls / C) × L, max calls of one
 chunk × L); efficiency = bound / measured call window (goal ≥ 85 %).
 """
-
-
-def _strip_blank_edges(lines: list[str]) -> list[str]:
-    while lines and not lines[0].strip():
-        lines = lines[1:]
-    while lines and not lines[-1].strip():
-        lines = lines[:-1]
-    return lines
-
-
-def merge_section(text: str, block: str, database_heading: str) -> str:
-    """`text` with this database's subsection of SECTION replaced or added, nothing else changed."""
-    lines = text.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.strip() == SECTION), None)
-    if start is None:
-        head = _strip_blank_edges(lines) or ["# Benchmarks"]
-        lines = [*head, "", SECTION, "", *SECTION_INTRO.rstrip().splitlines()]
-        start = len(head) + 1
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-    section = lines[start:end]
-    new = block.rstrip().splitlines()
-    sub = next((i for i, line in enumerate(section) if line.strip() == database_heading), None)
-    if sub is None:
-        section = [*_strip_blank_edges(section), "", *new]
-    else:
-        sub_end = next(
-            (i for i in range(sub + 1, len(section)) if section[i].startswith(("### ", "## "))),
-            len(section),
-        )
-        rest = _strip_blank_edges(section[sub_end:])
-        section = [*_strip_blank_edges(section[:sub]), "", *new, *([""] + rest if rest else [])]
-    after = lines[end:]
-    merged = [*lines[:start], *section, *([""] + after if after else [])]
-    return "\n".join(merged).rstrip() + "\n"
-
-
-def update_benchmarks_md(block: str, database_heading: str) -> None:
-    """Replace (or add) this database's subsection under SECTION; leave everything else alone."""
-    BENCHMARKS_MD.touch(exist_ok=True)
-    with open(BENCHMARKS_MD, "r+", encoding="utf-8") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # in case someone updates another section right now
-        result = merge_section(handle.read(), block, database_heading)
-        handle.seek(0)
-        handle.write(result)
-        handle.truncate()
 
 
 # --- the run -------------------------------------------------------------------------------------
@@ -601,33 +446,18 @@ def run(args: argparse.Namespace, workdir: Path, stack: Stack) -> list[Figures]:
     logs.mkdir()
     (workdir / "var").mkdir()
     if args.database == "postgres":
-        database_url = postgres_database()
+        database_url = postgres_database(PG_DATABASE)
     else:
         database_url = sqlite_database(workdir)
     broker = redis_broker(args.redis_db)
-    fake_url = start_fake(
-        stack,
-        latency=args.latency,
-        capacity=max(64, 2 * args.concurrency),
-        log=logs / "fake.log",
-    )
+    fake_url = start_fake(stack, logs / "fake.log", ["--latency", str(args.latency), "--capacity", str(args.capacity)])
     env = child_env(
-        DATABASE_URL=database_url,
+        **bench_env(database_url, fake_url, workdir),
         CELERY_BROKER_URL=broker,
-        CELERY_TASK_ALWAYS_EAGER="false",
-        MASSCER_LLM_BASE_URL=fake_url,
-        MASSCER_LLM_API_KEY="sk-bench",
-        MASSCER_LLM_MODEL="fake-model",
-        MASSCER_LLM_MODE="chat",
-        MASSCER_MEDIA_ROOT=str(workdir / "uploads"),
-        # Nothing may fall back to the project's var/ (development database, broker files).
-        MASSCER_VAR_DIR=str(workdir / "var"),
-        MASSCER_CLI_USER="bench",
+        MASSCER_LLM_MAX_CONCURRENCY=str(args.max_concurrency),
     )
     print(f"database {database_url}, broker {broker}, fake {fake_url}", file=sys.stderr)
-    migrated = manage("migrate", "--noinput", env=env, timeout=300)
-    if migrated.returncode != 0:
-        raise BenchError("migrate failed:\n" + migrated.stderr[-3000:])
+    migrate(env)
 
     ingest_log = logs / "ingest.log"
     ingest = stack.add(
@@ -694,38 +524,20 @@ def one_job(
     began = time.monotonic()
     llm_cpu_before = sum(process_cpu_seconds(pid) for pid in llm_pids)
     with CpuSampler() as cpu:
-        trained = manage(
-            "train", str(source), "--count", str(args.count), "--agent", "bench", "--json",
-            "--timeout", str(args.timeout), env=env, timeout=args.timeout + 60,
-        )  # fmt: skip
+        trained = train(source, args.count, args.timeout, env)
     llm_cpu = sum(process_cpu_seconds(pid) for pid in llm_pids) - llm_cpu_before
     print(
         f"train returned {trained.returncode} after {time.monotonic() - began:.1f} s",
         file=sys.stderr,
     )
-    try:
-        summary = json.loads(trained.stdout.strip().splitlines()[-1])
-    except (IndexError, ValueError) as exc:
-        raise BenchError(
-            f"train printed no summary (exit {trained.returncode}):\n{trained.stderr[-2000:]}\n"
-            f"llm worker log:\n{tail(llm_log)}"
-        ) from exc
+    summary = train_summary(trained, llm_log)
     if summary["status"] != "completed":
         print(
             f"the job ended {summary['status']}: {summary.get('error')}",
             file=sys.stderr,
         )
 
-    shell = manage(
-        "shell",
-        "-c",
-        _STATS_SCRIPT.replace("JOB_ID", str(int(summary["job_id"]))),
-        env=env,
-        timeout=120,
-    )
-    if shell.returncode != 0:
-        raise BenchError("reading the job back failed:\n" + shell.stderr[-3000:])
-    stats = json.loads(shell.stdout.strip().splitlines()[-1])
+    stats = job_stats(summary["job_id"], ITEM_FIELDS, env)
     calls = client.calls(brief=True)
     state = client.state()
     sessions_after = postgres_sessions() if sessions_before is not None else None
@@ -763,6 +575,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=1,
         help="jobs to run on the same stack; the median is reported",
     )
+    add("--capacity", type=int, default=64, help="calls the fake model takes at once (429 beyond)")
+    add(
+        "--max-concurrency",
+        type=int,
+        default=None,
+        help="the product's shared limit on calls at once (MASSCER_LLM_MAX_CONCURRENCY); "
+        "default: the capacity when it is below the concurrency, else none",
+    )
     add("--redis-db", type=int, default=12, help="Redis database number (flushed first)")
     add("--source", default=str(DEFAULT_SOURCE), help="document to train with")
     add("--timeout", type=float, default=600, help="give up on a job after this long")
@@ -774,6 +594,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("concurrency, count, repeat, llm-processes and latency must be positive")
     if args.llm_processes > args.concurrency:
         parser.error("--llm-processes cannot exceed --concurrency")
+    if args.max_concurrency is None:
+        args.max_concurrency = args.capacity if args.capacity < args.concurrency else 0
     return args
 
 
@@ -783,15 +605,13 @@ def main(argv: list[str] | None = None) -> int:
         f".venv/bin/python bench/throughput_bench.py --concurrency {args.concurrency} "
         f"--latency {args.latency:g} --count {args.count} --database {args.database}"
     )
+    if args.capacity != 64:
+        command += f" --capacity {args.capacity}"
     if args.llm_processes > 1:
         command += f" --llm-processes {args.llm_processes}"
     if args.repeat > 1:
         command += f" --repeat {args.repeat}"
-    # Ctrl-C, kill and a closed terminal all end in the same cleanup (even when the shell
-    # that started us ignores SIGINT, as it does for background jobs).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    signal.signal(signal.SIGHUP, _raise_keyboard_interrupt)
+    interrupt_on_signals()
     workdir = Path(tempfile.mkdtemp(prefix="masscer-throughput-"))
     stack = Stack()
     try:
@@ -803,7 +623,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         return 1
     finally:
-        stack.stop()
+        stack.stop()  # ignores a second Ctrl-C or kill until everything is stopped
         if args.keep:
             print(f"kept {workdir}", file=sys.stderr)
         else:
@@ -815,13 +635,14 @@ def main(argv: list[str] | None = None) -> int:
     if len(results) > 1:
         runs = ", ".join(f"{f.efficiency:.0%} ({f.wall_calls:.2f} s)" for f in results)
         rows.append(("runs", f"{len(results)}, median shown; efficiency of each: {runs}"))
-    width = max(len(name) for name, _ in rows)
-    print(f"\nGeneration throughput ({machine()})")
-    for name, value in rows:
-        print(f"  {name:<{width}}  {value}")
+    print_table("Generation throughput", rows)
     if not args.no_write:
         label = {"postgres": "PostgreSQL", "sqlite": "SQLite"}[figures.database]
-        update_benchmarks_md(markdown_block(rows, figures, command), f"### {label}")
+        label += f", concurrency {args.concurrency}, capacity {args.capacity}"
+        # A new subsection goes at the end of the section (after ### Findings, as it always has).
+        update_benchmarks_md(
+            markdown_block(f"### {label}", rows, command), f"### {label}", section_heading=SECTION, intro=SECTION_INTRO
+        )
         print(f"\nupdated {BENCHMARKS_MD.name} ({SECTION}, ### {label})")
     inexact = [f for f in results if not f.exact]
     for f in inexact:

@@ -16,7 +16,18 @@ from agents.models import Agent
 from agents.selectors import agents_for
 from conversations.selectors import conversations_for
 from documents.selectors import documents_for
-from masscer.api_common import ERRORS, ErrorOut, Id, Page, Text, all_or_404, get_or_404, user_of, username
+from masscer.api_common import (
+    ERRORS,
+    ErrorOut,
+    Id,
+    IdsFirstPage,
+    Page,
+    Text,
+    all_or_404,
+    get_or_404,
+    user_of,
+    username,
+)
 from workspaces.selectors import workspaces_for
 
 from . import export, review
@@ -266,7 +277,7 @@ def _completion(request: HttpRequest, completion_id: int) -> Completion:
 
 
 @router.get("/completions", response={200: list[CompletionOut], **ERRORS}, tags=["completions"])
-@paginate(Page)
+@paginate(IdsFirstPage)
 def completions_list(request: HttpRequest, filters: Query[CompletionFilters]) -> QuerySet[Completion]:
     values = filters.model_dump(exclude_none=True)
     duplicates = values.pop("duplicates", None)

@@ -22,7 +22,6 @@ transaction as its completions). No transaction is held across an HTTP call.
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -34,10 +33,9 @@ from django.utils import timezone
 
 from masscer.lib import llm
 
-from . import generation, services
+from . import generation, questions, services
 from .generation import MAX_EXISTING_IN_PROMPT, _Progress
 from .models import BatchRound, Completion, TrainingJob, WorkItem
-from .validation import QuestionIndex
 
 logger = logging.getLogger(__name__)
 
@@ -394,36 +392,28 @@ def _finish_item(item: WorkItem, progress: _Progress) -> None:
         generation._close_done(item, claim, progress)
 
 
-@dataclass
-class _JobQuestions:
-    """The job's questions, read once per round, for the prompts and the duplicate checks."""
+class _JobQuestions(questions.JobQuestions):
+    """The job's questions, read once per round, for the prompts and the duplicate checks.
 
-    job_id: int
-    by_chunk: dict[int, list[str]]
-    recent: list[tuple[int, str]]  # (chunk id, question), newest last
-    index: QuestionIndex
-    cursor: int
+    Unlike a live run's copy it is not shared: screening adds what it accepts straight to
+    its index, and `stored` moves the cursor past those rows.
+    """
 
     @classmethod
     def load(cls, job_id: int) -> _JobQuestions:
-        rows = list(Completion.objects.filter(job_id=job_id).order_by("pk").values_list("pk", "chunk_id", "question"))
-        by_chunk: dict[int, list[str]] = defaultdict(list)
-        for _, chunk_id, question in rows:
-            by_chunk[chunk_id].append(question)
-        index = QuestionIndex(threshold=settings.MASSCER_NEAR_DUPLICATE_JACCARD)
-        index.extend(question for _, _, question in rows)
-        recent = [(chunk_id, question) for _, chunk_id, question in rows]
-        return cls(job_id, by_chunk, recent, index, max((pk for pk, _, _ in rows), default=0))
+        loaded = cls(job_id)
+        loaded.refresh()
+        return loaded
 
     def progress(self, item: WorkItem) -> _Progress:
         """What a live run of this item would know, with the state carried from its last reply."""
-        own = self.by_chunk.get(item.chunk_id, [])
+        own = self.chunk_questions(item.chunk_id)
         carried = item.batch_state or {}
         return _Progress(
             index=self.index,
             seen_completion_id=self.cursor,
-            chunk_questions=list(own),
-            other_questions=self._others(item.chunk_id),
+            chunk_questions=own,
+            other_questions=self.others(item.chunk_id, MAX_EXISTING_IN_PROMPT),
             made=len(own),
             per_call=max(1, int(carried.get("per_call") or settings.MASSCER_PAIRS_PER_CALL)),
             feedback=carried.get("feedback"),
@@ -433,15 +423,6 @@ class _JobQuestions:
     def stored(self) -> None:
         # The new rows are in the index already (screening adds what it accepts).
         self.cursor = Completion.objects.filter(job_id=self.job_id).aggregate(n=Max("pk"))["n"] or self.cursor
-
-    def _others(self, chunk_id: int) -> list[str]:
-        others: list[str] = []
-        for other_chunk, question in reversed(self.recent):
-            if len(others) >= MAX_EXISTING_IN_PROMPT:
-                break
-            if other_chunk != chunk_id:
-                others.append(question)
-        return others[::-1]
 
 
 # --- sweeper ----------------------------------------------------------------------------------

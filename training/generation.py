@@ -12,20 +12,22 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.conf import settings
-from django.db.models import F, Q
+from django.db.models import F
 from django.utils import timezone
 
-from masscer.lib import llm, ratelimit
+from masscer.lib import concurrency, llm, ratelimit
 from masscer.lib.pricing import call_cost, parse_prices
 from masscer.lib.redact import redact
 from masscer.lib.tokens import count_tokens
 
-from . import services
+from . import hotsql, questions, services
 from .models import Completion, TrainingJob, WorkItem
 from .planning import calls_budget
 from .validation import Candidate, QuestionIndex, screen
@@ -37,6 +39,8 @@ MAX_EXISTING_IN_PROMPT = 60
 # Token estimates reserved in the shared tokens-per-minute limit before a call.
 PROMPT_OVERHEAD_TOKENS = 400
 TOKENS_PER_PAIR = 120
+# How old this process's copy of a job's questions may be when a work item starts.
+PROMPT_REFRESH_SECONDS = 0.1
 
 
 class RetryLater(Exception):
@@ -68,20 +72,20 @@ def job_params(job: TrainingJob) -> llm.GenParams:
     )
 
 
-def _claim(item_id: int) -> int | None:
-    """Take a work item with a lease; returns the claim number, None if not ours."""
+def _claim(item_id: int) -> tuple[WorkItem, int] | None:
+    """Take a work item with a lease: the item (with its job and chunk) and the claim number.
+
+    None if it is not ours to take (done, or running under someone else's lease). The
+    claim is one compare-and-set UPDATE; the claim number makes every later write of this
+    run conditional on nobody having taken the item over since.
+    """
     now = timezone.now()
-    claimable = Q(status=WorkItem.Status.PENDING) | Q(status=WorkItem.Status.RUNNING, lease_expires_at__lt=now)
-    item = WorkItem.objects.filter(pk=item_id).only("attempts").first()
-    if item is None:
+    lease = now + timedelta(seconds=settings.MASSCER_LEASE_SECONDS)
+    claim = hotsql.claim(item_id, now=now, lease_until=lease)
+    if claim is None:
         return None
-    claim = item.attempts + 1
-    updated = WorkItem.objects.filter(claimable, pk=item_id, attempts=item.attempts).update(
-        status=WorkItem.Status.RUNNING,
-        attempts=claim,
-        lease_expires_at=now + timedelta(seconds=settings.MASSCER_LEASE_SECONDS),
-    )
-    return claim if updated == 1 else None
+    item = WorkItem.objects.select_related("job", "chunk").get(pk=item_id)
+    return item, claim
 
 
 def usage_pair(usage: llm.Usage) -> tuple[int, int]:
@@ -89,11 +93,20 @@ def usage_pair(usage: llm.Usage) -> tuple[int, int]:
 
 
 def _over_budget(job_id: int) -> bool:
-    job = TrainingJob.objects.only("budget", "cost").get(pk=job_id)
-    return job.budget is not None and job.cost >= job.budget
+    return _job_state(job_id)[1]
 
 
-def _limiter(model: str) -> ratelimit.RateLimiter | None:
+def _job_state(job_id: int) -> tuple[bool, bool]:
+    """Whether the job still runs and whether it has reached its budget (one query)."""
+    row = TrainingJob.objects.filter(pk=job_id).values_list("status", "budget", "cost").first()
+    if row is None:
+        return False, False
+    status, budget, cost = row
+    return status == TrainingJob.Status.GENERATING, budget is not None and cost >= budget
+
+
+def model_limiter(model: str) -> ratelimit.RateLimiter | None:
+    """The shared rate limit of the endpoint and `model` for every caller; None without Redis."""
     limits = ratelimit.Limits(settings.MASSCER_LLM_RPM, settings.MASSCER_LLM_TPM)
     if not settings.MASSCER_RATELIMIT_REDIS_URL:
         return None
@@ -103,13 +116,43 @@ def _limiter(model: str) -> ratelimit.RateLimiter | None:
 
 
 def _wait_for_slot(limiter: ratelimit.RateLimiter | None, item: WorkItem, claim: int, tokens: int) -> None:
-    """Take a place in the shared rate limit; hand the work back if the line is long."""
+    """Take a place in the shared rate limit and wait for it; hand the work back if the line is long."""
     if limiter is None:
         return
-    decision = limiter.acquire(tokens=tokens, max_wait=settings.MASSCER_RATELIMIT_MAX_WAIT)
+    decision = limiter.take(tokens=tokens, max_wait=settings.MASSCER_RATELIMIT_MAX_WAIT)
     if not decision.reserved:
         _hand_back(item, claim, decision.wait, f"waiting {decision.wait:.1f} s for the rate limit")
-    ratelimit.sleep(decision.wait)
+
+
+def call_slots(model: str) -> concurrency.CallSlots | None:
+    """The endpoint's shared limit on calls in flight (MASSCER_LLM_MAX_CONCURRENCY); None if unset."""
+    limit = settings.MASSCER_LLM_MAX_CONCURRENCY
+    if limit <= 0 or not settings.MASSCER_RATELIMIT_REDIS_URL:
+        return None
+    return concurrency.slots_for(
+        settings.MASSCER_RATELIMIT_REDIS_URL,
+        base_url=settings.MASSCER_LLM_BASE_URL,
+        model=model,
+        limit=limit,
+        lease_seconds=settings.MASSCER_LLM_TIMEOUT + 30,
+    )
+
+
+@contextmanager
+def _call_slot(slots: concurrency.CallSlots | None, item: WorkItem, claim: int) -> Iterator[None]:
+    """Hold one of the endpoint's call slots for the call; hand the work back if none comes free."""
+    if slots is None:
+        yield
+        return
+    try:
+        token = slots.take(settings.MASSCER_RATELIMIT_MAX_WAIT)
+    except concurrency.NoSlot as exc:
+        _hand_back(item, claim, random.uniform(1.0, 3.0), f"waiting for one of the {slots.limit} model call slots")
+        raise AssertionError("unreachable") from exc
+    try:
+        yield
+    finally:
+        slots.give(token)
 
 
 def _hand_back(item: WorkItem, claim: int, countdown: float, reason: str, **fields: object) -> None:
@@ -121,11 +164,6 @@ def _hand_back(item: WorkItem, claim: int, countdown: float, reason: str, **fiel
         **fields,
     )
     raise RetryLater(countdown, reason)
-
-
-def _job_stopped(job_id: int) -> bool:
-    # Cancel (or a failure elsewhere) takes effect between model calls.
-    return not TrainingJob.objects.filter(pk=job_id, status=TrainingJob.Status.GENERATING).exists()
 
 
 def _renew(item_id: int, claim: int) -> bool:
@@ -189,6 +227,12 @@ class _Progress:
     # only the latest questions of other chunks, so a clash with an older one (a running
     # header, an index entry) would otherwise be offered again on every retry.
     rejected_duplicates: list[str] = field(default_factory=list)
+    # Live runs share this process's copy of the job's questions (`index` is then an
+    # overlay on it and `other_questions` is read from it); batch rounds bring their own.
+    shared: questions.JobQuestions | None = None
+    chunk_id: int = 0
+    # The item was closed as done in the transaction that stored its last pairs.
+    closed: bool = False
 
 
 def _model_source(item: WorkItem) -> str:
@@ -199,23 +243,33 @@ def _model_source(item: WorkItem) -> str:
 
 
 def _load_progress(item: WorkItem) -> _Progress:
-    index = QuestionIndex(threshold=settings.MASSCER_NEAR_DUPLICATE_JACCARD)
-    rows = list(Completion.objects.filter(job_id=item.job_id).values_list("pk", "chunk_id", "question"))
-    index.extend(question for _, _, question in rows)
-    mine = [question for _, chunk_id, question in rows if chunk_id == item.chunk_id]
-    others = [question for _, chunk_id, question in rows if chunk_id != item.chunk_id]
+    # After the claim: every pair an earlier claim of this item stored is committed (a
+    # stale holder cannot store any more), so the refreshed copy has all of them.
+    shared = questions.for_job(item.job)
+    # The questions only steer the prompt until the reply is screened (which refreshes
+    # again), so a copy refreshed a moment ago by another thread will do, unless an earlier
+    # claim of this item may have stored pairs: those count towards its quota.
+    first_claim = item.attempts == 1 and item.made == 0
+    shared.refresh(max_age=PROMPT_REFRESH_SECONDS if first_claim else 0.0)
+    mine = shared.chunk_questions(item.chunk_id)
     return _Progress(
-        index=index,
-        seen_completion_id=max((pk for pk, _, _ in rows), default=0),
+        index=questions.Overlay(shared.index, settings.MASSCER_NEAR_DUPLICATE_JACCARD),  # type: ignore[arg-type]
+        seen_completion_id=shared.cursor,
         chunk_questions=mine,
-        other_questions=others,
+        other_questions=[],
         made=len(mine),
         per_call=max(1, settings.MASSCER_PAIRS_PER_CALL),
+        shared=shared,
+        chunk_id=item.chunk_id,
     )
 
 
 def _refresh_index(item: WorkItem, progress: _Progress) -> None:
     # Other chunks of the same job store questions concurrently; fold in the new ones.
+    if progress.shared is not None:
+        progress.shared.refresh()
+        progress.seen_completion_id = progress.shared.cursor
+        return
     newer = Completion.objects.filter(job_id=item.job_id, pk__gt=progress.seen_completion_id).exclude(
         chunk_id=item.chunk_id
     )
@@ -230,7 +284,13 @@ def _prompt_questions(progress: _Progress) -> list[str]:
     room = MAX_EXISTING_IN_PROMPT - len(own)
     rejected = progress.rejected_duplicates[-room:] if room > 0 else []
     room -= len(rejected)
-    return (progress.other_questions[-room:] if room > 0 else []) + rejected + own
+    if room <= 0:
+        others: list[str] = []
+    elif progress.shared is not None:
+        others = progress.shared.others(progress.chunk_id, room)
+    else:
+        others = progress.other_questions[-room:]
+    return others + rejected + own
 
 
 def _feedback(reply: llm.Reply, reasons: Counter[str], asked: int, accepted: int) -> str | None:
@@ -296,10 +356,10 @@ def _handle_transient(
 
 def work_item_run(*, item_id: int, attempt: int = 0) -> str:
     """Make the completions of one chunk's quota; safe to run twice or after a crash."""
-    claim = _claim(item_id)
-    if claim is None:
+    claimed = _claim(item_id)
+    if claimed is None:
         return "not-claimed"
-    item = WorkItem.objects.select_related("job", "chunk").get(pk=item_id)
+    item, claim = claimed
     job = item.job
     if job.status != TrainingJob.Status.GENERATING:
         _close(item.pk, claim, WorkItem.Status.CANCELLED)
@@ -308,8 +368,10 @@ def work_item_run(*, item_id: int, attempt: int = 0) -> str:
     budget = _item_calls_budget(item)
     config, params = llm_config(), job_params(job)
     source = _model_source(item)
-    limiter = _limiter(job.model)
-    source_tokens = count_tokens(source) + PROMPT_OVERHEAD_TOKENS
+    limiter = model_limiter(job.model)
+    llm.warm_up(config)  # before the first slot, not between the slot and the call
+    slots = call_slots(job.model)
+    source_tokens = (count_tokens(source) if job.redact else item.chunk.token_count) + PROMPT_OVERHEAD_TOKENS
     first_call = True
     while _wants_more(item, progress, budget):
         if first_call:
@@ -320,10 +382,11 @@ def work_item_run(*, item_id: int, attempt: int = 0) -> str:
         else:
             if not _renew(item.pk, claim):
                 return "lost-lease"
-            if _job_stopped(item.job_id):
+            # Cancel (or a failure elsewhere) takes effect between model calls.
+            running, over_budget = _job_state(item.job_id)
+            if not running:
                 _close(item.pk, claim, WorkItem.Status.CANCELLED)
                 return "job-not-running"
-            over_budget = _over_budget(item.job_id)
         if over_budget:
             progress.budget_exhausted = True
             break
@@ -331,19 +394,23 @@ def work_item_run(*, item_id: int, attempt: int = 0) -> str:
             _refresh_index(item, progress)
         first_call = False
         asked = min(item.quota - progress.made, progress.per_call)
-        _wait_for_slot(limiter, item, claim, source_tokens + asked * TOKENS_PER_PAIR)
         try:
-            reply = llm.generate_pairs(
-                config,
-                source=source,
-                count=asked,
-                existing_questions=_prompt_questions(progress),
-                instructions=job.instructions,
-                params=params,
-                feedback=progress.feedback,
-                source_kind=item.chunk.source_type,
-                style=job.style,
-            )
+            with _call_slot(slots, item, claim):
+                _wait_for_slot(limiter, item, claim, source_tokens + asked * TOKENS_PER_PAIR)
+                if progress.shared is not None:
+                    # The wait may have been long: show the model what was stored meanwhile.
+                    progress.shared.refresh(max_age=PROMPT_REFRESH_SECONDS)
+                reply = llm.generate_pairs(
+                    config,
+                    source=source,
+                    count=asked,
+                    existing_questions=_prompt_questions(progress),
+                    instructions=job.instructions,
+                    params=params,
+                    feedback=progress.feedback,
+                    source_kind=item.chunk.source_type,
+                    style=job.style,
+                )
         except llm.LLMTransientError as exc:
             _handle_transient(item, claim, exc, attempt, limiter)
             return "failed-transient"
@@ -419,7 +486,10 @@ def _screen_and_store(
         reasons["truncated"] += 1
         progress.per_call = max(1, asked // 2)
     # The call is counted in the same transaction as its pairs: one UPDATE of the work
-    # item and one of the job per call instead of two each.
+    # item and one of the job per call instead of two each. A live run whose quota is
+    # now met closes the item in that transaction too.
+    shared = progress.shared
+    close = shared is not None and progress.made + len(accepted) >= item.quota
     stored = services.store_completions(
         item=item,
         claim=claim,
@@ -431,7 +501,12 @@ def _screen_and_store(
         prompt_tokens=counters.prompt_tokens,
         completion_tokens=counters.completion_tokens,
         cost=counters.cost,
+        start=progress.made if shared is not None else None,
+        agent_ids=shared.agents() if shared is not None else None,
+        close=close,
     )
+    if close and stored >= 0:
+        progress.closed = True
     return stored, accepted, reasons
 
 
@@ -467,6 +542,10 @@ def _close_done(item: WorkItem, claim: int, progress: _Progress) -> str:
 
 
 def _finish(item: WorkItem, claim: int, progress: _Progress) -> str:
+    if progress.closed:
+        # Closed with its last pairs (and counted in the job's chunks_done there).
+        services.job_finish_if_done(job_id=item.job_id, chunks_counted=True)
+        return "done"
     outcome = _close_done(item, claim, progress)
     services.job_finish_if_done(job_id=item.job_id)
     return outcome

@@ -265,7 +265,14 @@ class Completion(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["job", "chunk", "ordinal"], name="completion_unique_job_chunk_ordinal")
         ]
-        indexes = [models.Index(fields=["status", "-created_at"])]
+        # The lists' orders (oldest or newest first, by status or not) are index walks, not sorts of
+        # every row; with the job in them a page's ids (masscer.views.rows_ids_first) and the
+        # workspace check come from the index alone. (job, status) answers the pagination counts.
+        indexes = [
+            models.Index(fields=["status", "created_at", "id", "job"], name="completion_status_created_idx"),
+            models.Index(fields=["created_at", "id", "job"], name="completion_created_idx"),
+            models.Index(fields=["job", "status"], name="completion_job_status_idx"),
+        ]
 
     def __str__(self) -> str:
         return self.question[:80]
@@ -290,6 +297,8 @@ class Assignment(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["completion", "agent"], name="assignment_unique_pair")
         ]
+        # An agent's material (the dashboard, its counts and the export) starts from the agent.
+        indexes = [models.Index(fields=["agent", "completion"], name="assignment_agent_idx")]
 
     def __str__(self) -> str:
         return f"{self.completion_id} → {self.agent_id}"

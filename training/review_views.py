@@ -70,7 +70,7 @@ def _filter_labels(request: HttpRequest, filters: dict[str, Any]) -> dict[str, s
 @require_GET
 def review_queue(request: HttpRequest) -> HttpResponse:
     filters = review_filters(request.GET)
-    page = paginate(request, review_rows(request.user, filters))
+    page = paginate(request, review_rows(request.user, filters), ids_first=True)
     reviewer_ids = reviewer_workspace_ids(request.user)
     context = {
         "page": page,

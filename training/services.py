@@ -13,7 +13,8 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import F, Q, QuerySet
+from django.db.models import Count, F, OuterRef, Q, QuerySet, Subquery
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from documents.models import Document
@@ -23,6 +24,7 @@ from workspaces.models import Membership, Workspace
 from workspaces.selectors import can_review
 from workspaces.services import workspace_for_write
 
+from . import hotsql
 from .models import Assignment, Chunk, Completion, TrainingJob, WorkItem
 from .planning import allocate, allocate_capped
 from .validation import describe_reasons
@@ -353,17 +355,30 @@ def _dispatch_items(job: TrainingJob, item_ids: Sequence[int]) -> None:
         generate_task.delay_on_commit(item_id)
 
 
-def job_finish_if_done(*, job_id: int) -> bool:
-    """Close a job once none of its work items can still make completions."""
-    open_items = WorkItem.objects.filter(
-        job_id=job_id, status__in=[WorkItem.Status.PENDING, WorkItem.Status.RUNNING]
+def _count_chunks_done(job_id: int) -> None:
+    finished = (
+        WorkItem.objects.filter(job_id=OuterRef("pk"))
+        .exclude(status__in=[WorkItem.Status.PENDING, WorkItem.Status.RUNNING])
+        .order_by()
+        .values("job_id")
+        .annotate(n=Count("pk"))
+        .values("n")
     )
-    finished_items = WorkItem.objects.filter(job_id=job_id).exclude(
-        status__in=[WorkItem.Status.PENDING, WorkItem.Status.RUNNING]
-    )
-    TrainingJob.objects.filter(pk=job_id).update(chunks_done=finished_items.count())
-    if open_items.exists():
+    TrainingJob.objects.filter(pk=job_id).update(chunks_done=Coalesce(Subquery(finished), 0))
+
+
+def job_finish_if_done(*, job_id: int, chunks_counted: bool = False) -> bool:
+    """Close a job once none of its work items can still make completions.
+
+    `chunks_counted`: the caller closed its item and added it to `chunks_done` already
+    (the count is then taken again only when the job finishes).
+    """
+    if not chunks_counted:
+        _count_chunks_done(job_id)
+    if hotsql.has_open_items(job_id):
         return False
+    if chunks_counted:
+        _count_chunks_done(job_id)
     job = TrainingJob.objects.get(pk=job_id)
     if job.status != Status.GENERATING:
         return False
@@ -524,6 +539,9 @@ def store_completions(
     prompt_tokens: int = 0,
     completion_tokens: int = 0,
     cost: Decimal | float = 0,
+    start: int | None = None,
+    agent_ids: Sequence[int] | None = None,
+    close: bool = False,
 ) -> int:
     """Store accepted pairs for a claimed work item in one short transaction.
 
@@ -533,14 +551,20 @@ def store_completions(
     `calls`, the token counts and `cost` are the model call(s) these pairs came from; they
     are added to the work item's and the job's counters in the same transaction (when -1
     is returned they are not: the caller records the call on its own).
+
+    `start` is the chunk's number of completions in the job when the caller knows it, and
+    `agent_ids` the job's agents (each saves a query); `close` closes the item as done in
+    the same transaction and counts it in the job's `chunks_done`.
     """
+    merged = Counter(item.reasons or {})
+    merged.update(reasons)
     with transaction.atomic():
-        still_ours = WorkItem.objects.filter(
-            pk=item.pk, status=WorkItem.Status.RUNNING, attempts=claim
-        ).select_for_update()
-        if not still_ours.exists():
+        # The item's update comes first: its row lock, and the claim number in the
+        # condition, keep a worker whose lease was taken over from writing anything.
+        if not hotsql.item_stored(item.pk, claim, made=len(pairs), calls=calls, reasons=dict(merged), close=close):
             return -1
-        start = Completion.objects.filter(job_id=item.job_id, chunk_id=item.chunk_id).count()
+        if start is None:
+            start = Completion.objects.filter(job_id=item.job_id, chunk_id=item.chunk_id).count()
         rows = [
             Completion(
                 job_id=item.job_id,
@@ -558,33 +582,32 @@ def store_completions(
             # No savepoint (two round trips fewer per call): an IntegrityError marks the
             # outer transaction for rollback, which happens when this block is left.
             with transaction.atomic(savepoint=False):
-                created = Completion.objects.bulk_create(rows)
+                # Plain SQL, as bulk_create would write it, at a fraction of its CPU.
+                rows = Completion.objects.bulk_create(rows)
         except IntegrityError:
             return -1
+        created = rows
         if created:
-            agent_ids = list(
-                TrainingJob.agents.through.objects.filter(trainingjob_id=item.job_id).values_list(
-                    "agent_id", flat=True
+            if agent_ids is None:
+                agent_ids = list(
+                    TrainingJob.agents.through.objects.filter(trainingjob_id=item.job_id).values_list(
+                        "agent_id", flat=True
+                    )
                 )
-            )
-            Assignment.objects.bulk_create(
-                [Assignment(completion=row, agent_id=agent_id) for row in created for agent_id in agent_ids],
-                ignore_conflicts=True,
-            )
-        merged = Counter(item.reasons or {})
-        merged.update(reasons)
-        item_fields: dict[str, Any] = {"made": F("made") + len(created), "reasons": dict(merged)}
-        job_fields: dict[str, Any] = {"created_count": F("created_count") + len(created)}
-        if calls:
-            item_fields.update(calls=F("calls") + calls, unavailable_since=None)
-            job_fields.update(
-                calls=F("calls") + calls,
-                prompt_tokens=F("prompt_tokens") + prompt_tokens,
-                completion_tokens=F("completion_tokens") + completion_tokens,
-                cost=F("cost") + cost,
-            )
-        WorkItem.objects.filter(pk=item.pk).update(**item_fields)
-        item.reasons = dict(merged)
-        TrainingJob.objects.filter(pk=item.job_id).update(**job_fields)
+            if agent_ids:
+                Assignment.objects.bulk_create(
+                    [Assignment(completion=row, agent_id=agent_id) for row in created for agent_id in agent_ids],
+                    ignore_conflicts=True,
+                )
+        hotsql.job_counted(
+            item.job_id,
+            created=len(created),
+            calls=calls,
+            prompt_tokens=prompt_tokens if calls else 0,
+            completion_tokens=completion_tokens if calls else 0,
+            cost=Decimal(cost) if calls else Decimal(0),
+            chunks_done=1 if close else 0,
+        )
+    item.reasons = dict(merged)
     return len(created)
 

@@ -6,6 +6,7 @@ import unicodedata
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 _SPACE = re.compile(r"\s+")
@@ -40,9 +41,15 @@ def _evidence_form(text: str) -> str:
     return _SPACE.sub("", text)
 
 
+@lru_cache(maxsize=64)
+def _source_form(source: str) -> str:
+    # A reply's pairs are all checked against the same chunk: normalise it once.
+    return _evidence_form(source)
+
+
 def evidence_in_source(evidence: str, source: str) -> bool:
     needle = _evidence_form(evidence)
-    return bool(needle) and needle in _evidence_form(source)
+    return bool(needle) and needle in _source_form(source)
 
 
 def question_words(question: str) -> frozenset[str]:

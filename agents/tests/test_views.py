@@ -195,13 +195,50 @@ def test_the_dashboard_runs_the_same_queries_for_10_and_200(client, alice, rows,
 
 
 @pytest.mark.parametrize("rows", [10, 200])
+@pytest.mark.parametrize(
+    ("query", "queries"),
+    [
+        # session, user, agent, counts by status (they give the list's length), the page's ids,
+        # its rows, agents prefetch, other agents, jobs
+        ("", 9),
+        ("?status=approved&page=3", 9),
+        # filters the counts do not answer: one COUNT more
+        ("?q=Question", 10),
+        ("?scope=all", 10),
+    ],
+)
 def test_the_material_list_runs_the_same_queries_for_10_and_200(
-    client, alice, rows, django_assert_num_queries
+    client, alice, rows, query, queries, django_assert_num_queries
 ) -> None:
     support = web.agent(alice)
-    web.completions(web.job(alice), rows, agent_=support)
+    made = web.completions(web.job(alice), rows, agent_=support)
+    Completion.objects.filter(pk__in=[c.pk for c in made[::2]]).update(status="approved")
     logged_in(client, alice)
-    # session, user, agent, count, page, agents prefetch, counts, other agents, jobs
-    with django_assert_num_queries(9):
-        response = client.get(f"/agents/{support.pk}/")
-    assert response.content.decode().count('name="ids" value=') == min(rows, 25)
+    with django_assert_num_queries(queries):
+        response = client.get(f"/agents/{support.pk}/{query}")
+    shown = rows // 2 if "approved" in query else rows  # page 3 of 5 rows is their last page
+    assert response.content.decode().count('name="ids" value=') == min(shown, 25)
+
+
+def test_the_material_list_counts_what_it_shows(client, alice) -> None:
+    support, sales = web.agent(alice, "Support"), web.agent(alice, "Sales")
+    made = web.completions(web.job(alice), 7, agent_=support)
+    web.completions(web.job(alice), 2, agent_=sales)
+    Completion.objects.filter(pk__in=[c.pk for c in made[:3]]).update(status="approved")
+    Completion.objects.filter(pk=made[3].pk).update(status="rejected")
+    logged_in(client, alice)
+    body = client.get(f"/agents/{support.pk}/").content.decode()
+    assert [body[body.index(f'data-count="{key}"') :][:60].split(">")[1].split("<")[0] for key in
+            ("pending", "approved", "rejected")] == ["3", "3", "1"]
+    assert "All 7 matching the filters" in body
+    assert "All 3 matching the filters" in client.get(f"/agents/{support.pk}/?status=approved").content.decode()
+    assert "All 9 matching the filters" in client.get(f"/agents/{support.pk}/?scope=all").content.decode()
+    assert "All 2 matching the filters" in client.get(f"/agents/{support.pk}/?scope=unassigned").content.decode()
+
+
+def test_the_material_list_pages_newest_first(client, alice) -> None:
+    support = web.agent(alice)
+    made = web.completions(web.job(alice), 30, agent_=support)
+    body = logged_in(client, alice).get(f"/agents/{support.pk}/?page=2").content.decode()
+    shown = [int(part.split('"')[0]) for part in body.split('name="ids" value="')[1:]]
+    assert shown == [c.pk for c in reversed(made)][25:30]

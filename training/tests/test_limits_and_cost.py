@@ -75,3 +75,25 @@ def test_a_budget_stops_the_job_cleanly_with_the_reason(alice, agent, ready_docu
     assert job.shortfall == 8 and job.shortfall_reasons["budget_exhausted"] == 1
     assert "cost budget" in job.error
 
+
+
+def test_with_every_call_slot_taken_the_work_is_handed_back_without_calling(
+    alice, agent, ready_document, fake_llm, limited
+) -> None:
+    from training.generation import call_slots
+    from training.models import WorkItem
+
+    limited.MASSCER_LLM_MAX_CONCURRENCY = 1
+    limited.MASSCER_RATELIMIT_MAX_WAIT = 0.2
+    shared = call_slots("fake-model")
+    assert shared is not None
+    token = shared.take(max_wait=1)  # another worker's call in flight
+    job = job_create(owner=alice, count=2, agents=[agent], documents=[ready_document(alice, pages=1)])
+    retries = run_job(job, rounds=1)
+    assert len(retries) == 1 and "call slots" in str(retries[0])
+    assert fake_llm.calls == []
+    assert WorkItem.objects.get(job=job).status == WorkItem.Status.PENDING
+    shared.give(token)
+    run_job(job)
+    assert job.status == TrainingJob.Status.COMPLETED and job.created_count == 2
+    assert shared.held() == 0

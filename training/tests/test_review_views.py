@@ -1,14 +1,18 @@
 """The review queue: highlight, approve/reject/edit, roles, bulk review, filters, query counts."""
 from __future__ import annotations
 
+import unicodedata
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from masscer.tests import web
 from masscer.tests.web import fast_passwords  # noqa: F401 - autouse fixture
 from training.models import Completion
-from training.templatetags.masscer_ui import evidence_span, highlight_evidence
+from training.templatetags.masscer_ui import _QUOTE_CHARS, evidence_span, highlight_evidence
+from training.validation import _evidence_form
 from workspaces.models import Membership
 from workspaces.services import membership_add, workspace_personal
 
@@ -43,6 +47,43 @@ def test_without_a_match_the_text_is_only_escaped() -> None:
 
 def test_the_highlight_ignores_quotes_around_the_evidence() -> None:
     assert evidence_span("He said: free brake pads for all.", "“free brake pads”") == (9, 24)
+
+
+def _span_char_by_char(text: str, evidence: str) -> tuple[int, int] | None:
+    """evidence_span as it was before ASCII text got its regex shortcut: the reference."""
+    needle = _evidence_form(evidence)
+    chars: list[str] = []
+    where: list[int] = []
+    for index, char in enumerate(text):
+        if char.isspace() or char == "…":
+            continue
+        for folded in unicodedata.normalize("NFKC", char).casefold():
+            if not folded.isspace():
+                chars.append(folded)
+                where.append(index)
+    start = "".join(chars).find(needle) if needle else -1
+    if start < 0:
+        return None
+    end = where[start + len(needle) - 1] + 1
+    tail = evidence.rstrip().rstrip(_QUOTE_CHARS)[-1:]
+    if tail in (".", "…", "!", "?") and text[end : end + 1] == tail:
+        end += 1
+    return where[start], end
+
+
+TEXT = st.text(alphabet=st.sampled_from(list("abAB .,?!-\n\t\x1c\"'“…") + ["ß", "ﬁ", "İ", "ſ", "K", "é"]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(text=TEXT, cut=st.tuples(st.integers(0, 40), st.integers(0, 40)), upper=st.booleans(), quoted=st.booleans())
+def test_the_highlight_finds_what_the_character_by_character_match_finds(text, cut, upper, quoted) -> None:
+    evidence = text[min(cut) : max(cut)]
+    evidence = evidence.upper() if upper else evidence
+    evidence = f"“{evidence}.”" if quoted else evidence
+    assert evidence_span(text, evidence) == _span_char_by_char(text, evidence)
+    assert evidence_span(text.encode("ascii", "ignore").decode(), evidence) == _span_char_by_char(
+        text.encode("ascii", "ignore").decode(), evidence
+    )
 
 
 @pytest.mark.parametrize("url", ["/jobs/review/", "/jobs/completions/1/"])
@@ -224,12 +265,24 @@ def test_who_reviewed_and_when_is_shown(client, alice) -> None:
 
 
 @pytest.mark.parametrize("rows", [10, 200])
-def test_the_queue_runs_the_same_queries_for_10_and_200(client, alice, rows, django_assert_num_queries) -> None:
+@pytest.mark.parametrize("query", ["", "?status=all", "?status=all&page=5", "?status=approved"])
+def test_the_queue_runs_the_same_queries_for_10_and_200(
+    client, alice, rows, query, django_assert_num_queries
+) -> None:
     support = web.agent(alice)
-    web.completions(web.job(alice), rows, agent_=support)
+    made = web.completions(web.job(alice), rows, agent_=support)
+    Completion.objects.filter(pk__in=[c.pk for c in made[::2]]).update(status="approved")
     logged_in(client, alice)
-    # session, user, count, one page (chunk, source, job, reviewer joined), agents prefetch,
-    # reviewer workspaces, job choices, agent choices
-    with django_assert_num_queries(8):
-        response = client.get("/jobs/review/")
-    assert response.content.decode().count(CARD) == min(rows, 25)
+    # session, user, count, the page's ids, its rows (chunk, source, job, reviewer joined),
+    # agents prefetch, reviewer workspaces, job choices, agent choices
+    with django_assert_num_queries(9):
+        response = client.get(f"/jobs/review/{query}")
+    shown = rows if "all" in query else rows // 2  # page 5 of 10 rows is their last page
+    assert response.content.decode().count(CARD) == min(shown, 25)
+
+
+def test_a_deep_page_shows_the_rows_in_queue_order(client, alice) -> None:
+    made = web.completions(web.job(alice), 60)
+    body = logged_in(client, alice).get("/jobs/review/?page=3").content.decode()
+    shown = [int(part.split('"')[0]) for part in body.split('id="c-')[1:]]
+    assert shown == [c.pk for c in made[50:60]]

@@ -1,0 +1,127 @@
+"""The questions a job already has, kept per worker process and refreshed with the rows added since.
+
+Every work item needs the job's questions twice per model call: in the prompt (so the model
+does not repeat them) and in the duplicate check of its reply. Reading all of them for every
+work item made each item cost O(N) rows and index entries, O(N²) over a job; here the
+threads of one llm worker process share one copy per job and fetch only the rows with a
+higher primary key than the newest they have seen (one short query).
+
+The copy only grows from committed rows, so it never holds a question that was not stored.
+A work item screens its replies against this copy plus its own `overlay` (what it accepted
+itself), so duplicates inside one reply and across its calls are caught before the next
+refresh sees them.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+from django.conf import settings
+
+from . import hotsql
+from .models import TrainingJob
+from .validation import QuestionIndex
+
+# A job's copy is dropped when no thread has used it for this long.
+IDLE_SECONDS = 300.0
+# At most this many jobs are kept per process (the least recently used go first).
+MAX_JOBS = 16
+
+
+class JobQuestions:
+    """One job's stored questions as this process knows them."""
+
+    def __init__(self, job_id: int) -> None:
+        self.job_id = job_id
+        self.index = QuestionIndex(threshold=settings.MASSCER_NEAR_DUPLICATE_JACCARD)
+        self.recent: list[tuple[int, str]] = []  # (chunk id, question), oldest first
+        self.by_chunk: dict[int, list[str]] = {}
+        self.cursor = 0
+        self.agent_ids: list[int] | None = None
+        self.used_at = time.monotonic()
+        self.refreshed_at = float("-inf")
+        self._lock = threading.Lock()
+
+    def refresh(self, max_age: float = 0.0) -> None:
+        """Fold in the questions stored since the last refresh (by any process).
+
+        With `max_age`, a copy refreshed less than that many seconds ago is left as it is.
+        """
+        if max_age and time.monotonic() - self.refreshed_at < max_age:
+            return
+        with self._lock:
+            self.refreshed_at = time.monotonic()
+            for pk, chunk_id, question in hotsql.questions_since(self.job_id, self.cursor):
+                self.index.add(question)
+                self.recent.append((chunk_id, question))
+                self.by_chunk.setdefault(chunk_id, []).append(question)
+                self.cursor = pk
+            self.used_at = time.monotonic()
+
+    def chunk_questions(self, chunk_id: int) -> list[str]:
+        return list(self.by_chunk.get(chunk_id, ()))
+
+    def others(self, chunk_id: int, limit: int) -> list[str]:
+        """The newest `limit` questions of the job's other chunks, oldest first."""
+        found: list[str] = []
+        for other_chunk, question in reversed(self.recent):
+            if len(found) >= limit:
+                break
+            if other_chunk != chunk_id:
+                found.append(question)
+        return found[::-1]
+
+    def agents(self) -> list[int]:
+        """The agents the job's completions go to (fixed when the job is created)."""
+        if self.agent_ids is None:
+            self.agent_ids = list(
+                TrainingJob.agents.through.objects.filter(trainingjob_id=self.job_id).values_list(
+                    "agent_id", flat=True
+                )
+            )
+        return self.agent_ids
+
+
+class Overlay:
+    """A job's shared index plus what one work item accepted itself (the `screen` interface)."""
+
+    def __init__(self, shared: QuestionIndex, threshold: float) -> None:
+        self.shared = shared
+        self.own = QuestionIndex(threshold=threshold)
+
+    def add(self, question: str) -> None:
+        self.own.add(question)
+
+    def is_duplicate(self, question: str) -> bool:
+        return self.own.is_duplicate(question) or self.shared.is_duplicate(question)
+
+
+_jobs: dict[tuple[int, object], JobQuestions] = {}
+_jobs_lock = threading.Lock()
+
+
+def for_job(job: TrainingJob) -> JobQuestions:
+    """This process's copy of the job's questions (created empty; call `refresh`).
+
+    Keyed by the job's id and creation time: a test database that hands out an id again
+    (after a rollback) never meets an older job's copy.
+    """
+    key = (job.pk, job.created_at)
+    now = time.monotonic()
+    with _jobs_lock:
+        copy = _jobs.get(key)
+        if copy is None:
+            for stale in [key for key, value in _jobs.items() if now - value.used_at > IDLE_SECONDS]:
+                del _jobs[stale]
+            while len(_jobs) >= MAX_JOBS:
+                del _jobs[min(_jobs, key=lambda key: _jobs[key].used_at)]
+            copy = _jobs[key] = JobQuestions(job.pk)
+        copy.used_at = now
+        return copy
+
+
+def forget(job_id: int | None = None) -> None:
+    """Drop the copy of one job (or of all): the next use reads the questions again."""
+    with _jobs_lock:
+        for key in [key for key in _jobs if job_id is None or key[0] == job_id]:
+            del _jobs[key]

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,6 +46,8 @@ def child_env(**overrides: str) -> dict[str, str]:
     env.pop("DJANGO_SETTINGS_MODULE", None)
     env.update(overrides)
     env.setdefault("PYTHONUNBUFFERED", "1")
+    # A child that hangs can be made to print every thread's stack (SIGABRT): see dump_stacks.
+    env.setdefault("PYTHONFAULTHANDLER", "1")
     return env
 
 
@@ -103,11 +106,73 @@ def start_worker(
     )
 
 
+def start_ready_worker(
+    env: Mapping[str, str], *, log_path: Path, timeout: float = 45.0, **options: Any
+) -> subprocess.Popen[bytes]:
+    """`start_worker`, then wait until it is ready to consume.
+
+    A worker that stays silent past `timeout` (seen once in CI: a restarted worker wrote
+    nothing, not even its banner, for 90 s, and never again in 12 runs in a loop) is killed
+    with a dump of its threads' stacks, which is reported as a warning, and started once
+    more; a second failure fails the test.
+    """
+    for attempt in (1, 2):
+        since = log_size(log_path)
+        process = start_worker(env, log_path=log_path, **options)
+        if wait_worker_ready(process, log_path, since=since, timeout=timeout):
+            return process
+        stacks = dump_stacks(process, log_path, since=since)
+        name = options.get("name", "test")
+        message = f"worker {name} not ready after {timeout:g} s (start {attempt}); its log:\n{stacks}"
+        if attempt == 2:
+            raise RuntimeError(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
+    raise AssertionError("unreachable")
+
+
+def log_size(log_path: Path) -> int:
+    return log_path.stat().st_size if log_path.exists() else 0
+
+
+def wait_worker_ready(
+    process: subprocess.Popen[bytes], log_path: Path, *, since: int = 0, timeout: float = 60.0
+) -> bool:
+    """Until the worker logs that it is ready, after byte ``since`` of its log (a restarted
+    worker appends to the log of the one before). False if it exits or the time runs out."""
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            return True
+        with open(log_path, "rb") as handle:
+            handle.seek(since)
+            return b" ready." in handle.read()
+
+    return wait_for(ready, timeout=timeout, interval=0.1) and process.poll() is None
+
+
+def dump_stacks(process: subprocess.Popen[bytes], log_path: Path, *, since: int = 0) -> str:
+    """Kill a hung child with SIGABRT, which PYTHONFAULTHANDLER turns into a dump of every
+    thread's stack in its log; return what it wrote after byte ``since``."""
+    if process.poll() is None:
+        os.kill(process.pid, signal.SIGABRT)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            kill_process(process)
+    with open(log_path, "rb") as handle:
+        handle.seek(since)
+        return handle.read().decode("utf-8", "replace")[-6000:]
+
+
 def stop_process(process: subprocess.Popen[bytes], *, timeout: float = 15.0) -> None:
+    """SIGTERM to the process alone (a Celery worker then stops its own pool children, warm),
+    then SIGKILL to its whole group if it has not exited within ``timeout``."""
     if process.poll() is not None:
         return
     try:
-        os.killpg(process.pid, signal.SIGTERM)
+        # Not the group: pool children that get SIGTERM from outside die under the parent's
+        # feet, and it reports them lost (WorkerLostError) during an orderly shutdown.
+        os.kill(process.pid, signal.SIGTERM)
         process.wait(timeout=timeout)
     except (ProcessLookupError, subprocess.TimeoutExpired):
         kill_process(process)

@@ -27,8 +27,8 @@ from masscer.testing.processes import (
     kill_process,
     manage,
     start_beat,
+    start_ready_worker,
     start_redis,
-    start_worker,
     stop_process,
     wait_for,
 )
@@ -52,7 +52,9 @@ class Stack:
     processes: dict[str, Any] = field(default_factory=dict)
 
     def start(self, name: str, **kwargs: Any) -> None:
-        self.processes[name] = start_worker(self.env, name=name, log_path=self.tmp / f"{name}.log", **kwargs)
+        # Ready before the test goes on: a fault injected into a worker still starting up
+        # would test Celery's start-up, not the recovery of a job.
+        self.processes[name] = start_ready_worker(self.env, name=name, log_path=self.tmp / f"{name}.log", **kwargs)
 
     def llm(self) -> None:
         self.start("llm", queues="llm", pool="threads", concurrency=2)

@@ -84,7 +84,9 @@ def _claim(item_id: int) -> tuple[WorkItem, int] | None:
     claim = hotsql.claim(item_id, now=now, lease_until=lease)
     if claim is None:
         return None
-    item = WorkItem.objects.select_related("job", "chunk").get(pk=item_id)
+    item = hotsql.work_item(item_id)
+    if item is None:  # deleted (with its job) since the claim
+        return None
     return item, claim
 
 

@@ -15,8 +15,9 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import connection
+from django.db.models import Model
 
-from .models import Completion, TrainingJob, WorkItem
+from .models import Chunk, Completion, TrainingJob, WorkItem
 
 _ITEMS = WorkItem._meta.db_table
 _JOBS = TrainingJob._meta.db_table
@@ -25,6 +26,8 @@ _RUNNING = WorkItem.Status.RUNNING
 _PENDING = WorkItem.Status.PENDING
 _DONE = WorkItem.Status.DONE
 _REASONS = WorkItem._meta.get_field("reasons")
+# Parameters per INSERT statement (SQLite before 3.32 allows 999).
+_MAX_PARAMS = 900
 
 
 def _when(value: datetime | None) -> Any:
@@ -116,3 +119,84 @@ def has_open_items(job_id: int) -> bool:
     )
     return bool(rows)
 
+
+class _Rows:
+    """Instances of `model` from plain SQL rows (all concrete fields, in model order), with
+    the database converters the ORM would apply (JSON, and on SQLite dates and decimals)."""
+
+    def __init__(self, model: type[Model]) -> None:
+        self.model = model
+        self.fields = list(model._meta.concrete_fields)
+        self.attnames = [f.attname for f in self.fields]
+        self.table = model._meta.db_table
+        self._converters: list[tuple[int, Any, list[Any]]] | None = None
+
+    def columns(self, alias: str) -> str:
+        quote = connection.ops.quote_name
+        return ", ".join(f"{alias}.{quote(f.column)}" for f in self.fields)
+
+    def build(self, values: Sequence[Any]) -> Any:
+        if self._converters is None:
+            self._converters = []
+            for index, f in enumerate(self.fields):
+                col = f.get_col(self.table)
+                found = connection.ops.get_db_converters(col) + f.get_db_converters(connection)
+                if found:
+                    self._converters.append((index, col, found))
+        row = list(values)
+        for index, col, converters in self._converters:
+            for convert in converters:
+                row[index] = convert(row[index], col, connection)
+        return self.model.from_db(connection.alias, self.attnames, row)
+
+
+_ITEM_ROWS, _JOB_ROWS, _CHUNK_ROWS = _Rows(WorkItem), _Rows(TrainingJob), _Rows(Chunk)
+
+
+def work_item(item_id: int) -> WorkItem | None:
+    """A work item with its job and chunk (as `select_related("job", "chunk")` loads them)."""
+    quote = connection.ops.quote_name
+    job_fk = quote(WorkItem._meta.get_field("job").column)
+    chunk_fk = quote(WorkItem._meta.get_field("chunk").column)
+    _, rows = _execute(
+        f"SELECT {_ITEM_ROWS.columns('w')}, {_JOB_ROWS.columns('j')}, {_CHUNK_ROWS.columns('c')} "
+        f"FROM {_ITEMS} w JOIN {_JOBS} j ON j.id = w.{job_fk} JOIN {_CHUNK_ROWS.table} c ON c.id = w.{chunk_fk} "
+        "WHERE w.id = %s",
+        [item_id],
+    )
+    if not rows:
+        return None
+    row = rows[0]
+    a = len(_ITEM_ROWS.fields)
+    b = a + len(_JOB_ROWS.fields)
+    item = _ITEM_ROWS.build(row[:a])
+    item.job = _JOB_ROWS.build(row[a:b])
+    item.chunk = _CHUNK_ROWS.build(row[b:])
+    return item
+
+
+def insert(objs: Sequence[Model], *, ignore_conflicts: bool = False) -> None:
+    """INSERT `objs` (all of one model, new, with an auto id) in one statement, as
+    `bulk_create` does: defaults and `auto_now_add` applied, ids set on the objects (none
+    with `ignore_conflicts`, where rows that clash with a unique constraint are skipped)."""
+    if not objs:
+        return
+    model = type(objs[0])
+    pk = model._meta.pk
+    fields = [f for f in model._meta.concrete_fields if f is not pk]
+    quote = connection.ops.quote_name
+    head = f"INSERT INTO {quote(model._meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) VALUES "
+    tail = " ON CONFLICT DO NOTHING" if ignore_conflicts else f" RETURNING {quote(pk.column)}"
+    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    per_statement = max(1, _MAX_PARAMS // len(fields))
+    for start in range(0, len(objs), per_statement):
+        batch = objs[start : start + per_statement]
+        params: list[Any] = []
+        for obj in batch:
+            params.extend(f.get_db_prep_save(f.pre_save(obj, True), connection) for f in fields)
+        _, rows = _execute(head + ", ".join([row] * len(batch)) + tail, params)
+        for obj, returned in zip(batch, rows, strict=False):
+            obj.pk = returned[0]
+    for obj in objs:
+        obj._state.adding = False
+        obj._state.db = connection.alias

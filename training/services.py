@@ -583,7 +583,7 @@ def store_completions(
             # outer transaction for rollback, which happens when this block is left.
             with transaction.atomic(savepoint=False):
                 # Plain SQL, as bulk_create would write it, at a fraction of its CPU.
-                rows = Completion.objects.bulk_create(rows)
+                hotsql.insert(rows)
         except IntegrityError:
             return -1
         created = rows
@@ -595,7 +595,7 @@ def store_completions(
                     )
                 )
             if agent_ids:
-                Assignment.objects.bulk_create(
+                hotsql.insert(
                     [Assignment(completion=row, agent_id=agent_id) for row in created for agent_id in agent_ids],
                     ignore_conflicts=True,
                 )

@@ -630,8 +630,8 @@ def _generate_chat(config: LLMConfig, request: _Request) -> Reply:
             # auth and errors as in `chat.completions.create`, without the type-driven
             # transform of the body and the model parse of the reply, which cost more CPU
             # than the rest of the call (the llm worker's GIL is its bottleneck).
-            raw = client.chat.completions.with_raw_response.create(**body)
-            completion = raw.parse()
+            raw = client.post("/chat/completions", body=body, cast_to=httpx2.Response)
+            completion = _namespace(raw.json())
         except openai.APIStatusError as exc:
             if "response_format" in body and _rejects_response_format(exc):
                 level = _downgrade_format_level(key, level)

@@ -1,6 +1,10 @@
 from __future__ import annotations
 
-from training.validation import Candidate, QuestionIndex, evidence_in_source, screen
+import random
+
+import pytest
+
+from training.validation import Candidate, QuestionIndex, evidence_in_source, jaccard, question_words, screen
 
 SOURCE = "The  Eiffel Tower was completed in 1889.\nIt is 330 metres tall. Gustave Eiffel's company built it."
 
@@ -33,3 +37,26 @@ def test_screen_counts_every_rejection_and_drops_extras() -> None:
     accepted, reasons = screen(candidates, source=SOURCE, index=index, wanted=2)
     assert [c.question for c in accepted] == ["When was it completed?", "How tall is the tower?"]
     assert reasons == {"duplicate": 1, "empty_field": 1, "evidence_not_found": 1, "extra_dropped": 1}
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.7, 0.8, 0.9, 1.0])
+def test_the_near_duplicate_index_finds_exactly_what_comparing_with_every_question_finds(threshold: float) -> None:
+    """The prefix index compares a question with a few others only; it must miss nothing."""
+    rng = random.Random(threshold)
+    vocabulary = ["what", "is", "the", "of", "a", "how", "why", "tower", "eiffel", "built", "year", "metres",
+                  "company", "iron", "paris", "visitors", "height", "designer", "gustave", "completed"]  # fmt: skip
+    index = QuestionIndex(threshold=threshold)
+    stored: list[frozenset[str]] = []
+    found = expected = 0
+    for _ in range(1500):
+        size = rng.randint(0, 9)
+        question = " ".join(rng.choice(vocabulary) for _ in range(size)) + "?"
+        words = question_words(question)
+        brute = any(jaccard(words, other) >= threshold for other in stored)
+        assert index.is_duplicate(question) == brute, question
+        found += index.is_duplicate(question)
+        expected += brute
+        if rng.random() < 0.5:
+            index.add(question)
+            stored.append(words)
+    assert found == expected and 0 < expected < 1500  # both outcomes were exercised

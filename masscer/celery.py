@@ -1,11 +1,12 @@
 """The Celery application: JSON-only, settings read from Django's CELERY_* names."""
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
 from celery import Celery
-from celery.signals import task_postrun, task_prerun
+from celery.signals import task_postrun, task_prerun, worker_init
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "masscer.settings")
 
@@ -28,3 +29,23 @@ def _close_old_connections(sender: Any = None, **kwargs: Any) -> None:
     from django.db import close_old_connections
 
     close_old_connections()
+
+@worker_init.connect
+def _warm_up_model_client(**kwargs: Any) -> None:
+    """Set up the model endpoint's SDK client before the first task, not inside it.
+
+    The openai SDK and its HTTP stack import lazily on first use (about 0.3 s of CPU here):
+    paid inside the first task, it holds back every thread of a fresh llm worker's first
+    wave of calls. Nothing is sent to the endpoint.
+    """
+    from django.conf import settings
+
+    if not settings.MASSCER_LLM_BASE_URL:
+        return
+    from masscer.lib import llm
+    from training.generation import llm_config
+
+    try:
+        llm.warm_up(llm_config())
+    except Exception:  # a bad endpoint setting is reported by the first call, clearly
+        logging.getLogger(__name__).warning("could not set up the model client at start-up", exc_info=True)

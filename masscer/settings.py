@@ -302,6 +302,10 @@ MASSCER_CHUNK_OVERLAP = env_int("MASSCER_CHUNK_OVERLAP", 80)
 MASSCER_MAX_COMPLETIONS_PER_JOB = env_int("MASSCER_MAX_COMPLETIONS_PER_JOB", 5000)
 MASSCER_MAX_ACTIVE_JOBS_PER_USER = env_int("MASSCER_MAX_ACTIVE_JOBS_PER_USER", 5)
 MASSCER_PAIRS_PER_CALL = env_int("MASSCER_PAIRS_PER_CALL", 10)
+# Once a job's pending work items are no more than its running ones (its last wave of
+# calls), each call asks for one pair more than its chunk still needs: a rejected pair then
+# costs no second call, which would run alone after everything else (false turns this off).
+MASSCER_SPARE_PAIR_AT_END = env_bool("MASSCER_SPARE_PAIR_AT_END", True)
 # Calls allowed per batch of pairs before a chunk gives up with a recorded shortfall.
 MASSCER_CALLS_PER_BATCH = env_int("MASSCER_CALLS_PER_BATCH", 3)
 MASSCER_NEAR_DUPLICATE_JACCARD = env_float("MASSCER_NEAR_DUPLICATE_JACCARD", 0.8)

@@ -235,6 +235,8 @@ class _Progress:
     chunk_id: int = 0
     # The item was closed as done in the transaction that stored its last pairs.
     closed: bool = False
+    # Pairs asked for in the current call beyond what the chunk still needs (see `_spare`).
+    spare: int = 0
 
 
 def _model_source(item: WorkItem) -> str:
@@ -396,16 +398,17 @@ def work_item_run(*, item_id: int, attempt: int = 0) -> str:
             _refresh_index(item, progress)
         first_call = False
         asked = min(item.quota - progress.made, progress.per_call)
+        progress.spare = _spare(job, progress, asked)
         try:
             with _call_slot(slots, item, claim):
-                _wait_for_slot(limiter, item, claim, source_tokens + asked * TOKENS_PER_PAIR)
+                _wait_for_slot(limiter, item, claim, source_tokens + (asked + progress.spare) * TOKENS_PER_PAIR)
                 if progress.shared is not None:
                     # The wait may have been long: show the model what was stored meanwhile.
                     progress.shared.refresh(max_age=PROMPT_REFRESH_SECONDS)
                 reply = llm.generate_pairs(
                     config,
                     source=source,
-                    count=asked,
+                    count=asked + progress.spare,
                     existing_questions=_prompt_questions(progress),
                     instructions=job.instructions,
                     params=params,
@@ -426,6 +429,27 @@ def work_item_run(*, item_id: int, attempt: int = 0) -> str:
         if stored < 0:
             return "lost-lease"
     return _finish(item, claim, progress)
+
+
+def _spare(job: TrainingJob, progress: _Progress, asked: int) -> int:
+    """One spare pair for a call in the last wave of a live job, else 0.
+
+    A reply with a rejected pair (most often a near duplicate of a question another chunk
+    stored while this call was out) needs a second call. Early in a job that call overlaps
+    with other chunks' first calls; in the last wave (no more items pending than running)
+    it runs after them and adds a whole model latency to the job. The spare costs its
+    completion tokens; an unused one is counted as `spare_unused`. Mining asks for what
+    the conversations hold, so it gets no spare.
+    """
+    if (
+        not settings.MASSCER_SPARE_PAIR_AT_END
+        or progress.shared is None
+        or job.style == TrainingJob.Style.MINE
+        or asked >= progress.per_call
+    ):
+        return 0
+    pending, running = hotsql.open_items(job.pk)
+    return 1 if pending <= running else 0
 
 
 def _absorb(
@@ -477,6 +501,12 @@ def _screen_and_store(
             for question in dict.fromkeys(c.question.strip() for c in candidates)
             if question and question not in taken and progress.index.is_duplicate(question)
         )
+    if progress.spare and reasons.get("extra_dropped"):
+        unused = min(progress.spare, reasons["extra_dropped"])
+        reasons["extra_dropped"] -= unused
+        reasons["spare_unused"] += unused
+        if not reasons["extra_dropped"]:
+            del reasons["extra_dropped"]
     if _mined_everything(item, reply, asked):
         # Mining returns the questions the user asked; fewer than asked means there
         # are no more, and asking again would only invite invented ones.

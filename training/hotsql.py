@@ -112,6 +112,16 @@ def job_counted(
     )
 
 
+def open_items(job_id: int) -> tuple[int, int]:
+    """How many of the job's work items are pending and how many are running."""
+    _, rows = _execute(
+        f"SELECT status, COUNT(*) FROM {_ITEMS} WHERE job_id = %s AND status IN (%s, %s) GROUP BY status",
+        [job_id, _PENDING, _RUNNING],
+    )
+    counts = dict(rows)
+    return int(counts.get(_PENDING, 0)), int(counts.get(_RUNNING, 0))
+
+
 def has_open_items(job_id: int) -> bool:
     _, rows = _execute(
         f"SELECT 1 FROM {_ITEMS} WHERE job_id = %s AND status IN (%s, %s) LIMIT 1",

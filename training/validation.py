@@ -21,6 +21,7 @@ REASON_LABELS = {
     "invalid_output": "the model's output could not be parsed",
     "truncated": "the model's output was cut off at the token limit",
     "extra_dropped": "the model returned more pairs than asked (extras dropped)",
+    "spare_unused": "a spare pair asked for near the end of the job was not needed",
     "calls_exhausted": "the model did not deliver enough valid pairs within the allowed calls",
     "model_error": "the model endpoint returned an error",
     "cancelled": "the job was cancelled",

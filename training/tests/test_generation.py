@@ -56,7 +56,8 @@ def test_it_makes_exactly_n_grounded_completions(alice, agent, ready_document, f
     assert job.prompt_tokens > 0 and job.completion_tokens > 0
 
 
-def test_it_tops_up_short_replies(alice, agent, ready_document, fake_llm) -> None:
+def test_it_tops_up_short_replies(alice, agent, ready_document, fake_llm, settings) -> None:
+    settings.MASSCER_SPARE_PAIR_AT_END = False  # exact request sizes (spares: see below)
     document = ready_document(alice, pages=1)
     fake_llm.script([{"kind": "short", "n": 2}, {"kind": "short", "n": 1}])
     job = new_job(alice, document, agent, 6)
@@ -110,7 +111,8 @@ def test_it_retries_server_errors_and_timeouts(alice, agent, ready_document, fak
     assert job.status == TrainingJob.Status.COMPLETED and job.created_count == 3
 
 
-def test_a_truncated_reply_is_retried_with_fewer_pairs(alice, agent, ready_document, fake_llm) -> None:
+def test_a_truncated_reply_is_retried_with_fewer_pairs(alice, agent, ready_document, fake_llm, settings) -> None:
+    settings.MASSCER_SPARE_PAIR_AT_END = False  # exact request sizes (spares: see below)
     document = ready_document(alice, pages=1)
     fake_llm.script([{"kind": "length", "n": 1}])
     job = new_job(alice, document, agent, 8)
@@ -147,6 +149,43 @@ def test_rejected_evidence_and_duplicates_are_not_stored(alice, agent, ready_doc
     assert reasons["evidence_not_found"] == 2
     assert reasons["duplicate"] >= 1
     assert "not copied verbatim" in fake_llm.calls[1]["prompt"]
+
+
+@pytest.mark.parametrize("spare", [True, False])
+def test_near_the_end_of_a_job_a_spare_pair_saves_the_second_call(
+    alice, agent, ready_document, fake_llm, settings, spare: bool
+) -> None:
+    """A rejected pair in the job's last stretch costs no extra call (the control, with the
+    spare turned off, pays one); the job still has exactly N."""
+    settings.MASSCER_SPARE_PAIR_AT_END = spare
+    document = ready_document(alice, pages=1)
+    fake_llm.script([{"kind": "bad_evidence", "n": 1}])
+    job = new_job(alice, document, agent, 3)
+    run_job(job)
+    assert job.status == TrainingJob.Status.COMPLETED and job.created_count == 3 and job.shortfall == 0
+    item = WorkItem.objects.get(job=job)
+    assert item.reasons["evidence_not_found"] == 1
+    if spare:
+        assert [call["requested_count"] for call in fake_llm.calls] == [4]
+        assert job.calls == 1 and "spare_unused" not in item.reasons
+    else:
+        assert [call["requested_count"] for call in fake_llm.calls] == [3, 1]
+        assert job.calls == 2
+
+
+def test_only_the_last_wave_asks_for_a_spare_pair_and_an_unused_one_is_counted_as_such(
+    alice, agent, ready_document, fake_llm
+) -> None:
+    document = ready_document(alice, pages=8)
+    job = new_job(alice, document, agent, 13)
+    run_job(job)  # one item at a time: the last two run with no more pending than running
+    items = list(WorkItem.objects.filter(job=job).order_by("pk"))
+    assert len(items) >= 4
+    asked = [call["requested_count"] for call in fake_llm.calls]
+    assert asked == [item.quota for item in items[:-2]] + [item.quota + 1 for item in items[-2:]]
+    assert [item.reasons for item in items] == [{}] * (len(items) - 2) + [{"spare_unused": 1}] * 2
+    assert job.created_count == Completion.objects.filter(job=job).count() == 13
+    assert "extra_dropped" not in job.shortfall_reasons
 
 
 def test_a_permanent_error_fails_the_job_with_the_reason(alice, agent, ready_document, fake_llm) -> None:

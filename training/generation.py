@@ -72,8 +72,9 @@ def job_params(job: TrainingJob) -> llm.GenParams:
     )
 
 
-def _claim(item_id: int) -> tuple[WorkItem, int] | None:
-    """Take a work item with a lease: the item (with its job and chunk) and the claim number.
+def _claim(item_id: int) -> tuple[WorkItem, int, tuple[int, int]] | None:
+    """Take a work item with a lease: the item (with its job and chunk), the claim number,
+    and the job's pending and running items just after the claim.
 
     None if it is not ours to take (done, or running under someone else's lease). The
     claim is one compare-and-set UPDATE; the claim number makes every later write of this
@@ -84,10 +85,11 @@ def _claim(item_id: int) -> tuple[WorkItem, int] | None:
     claim = hotsql.claim(item_id, now=now, lease_until=lease)
     if claim is None:
         return None
-    item = hotsql.work_item(item_id)
-    if item is None:  # deleted (with its job) since the claim
+    loaded = hotsql.work_item(item_id)
+    if loaded is None:  # deleted (with its job) since the claim
         return None
-    return item, claim
+    item, pending, running = loaded
+    return item, claim, (pending, running)
 
 
 def usage_pair(usage: llm.Usage) -> tuple[int, int]:
@@ -363,7 +365,8 @@ def work_item_run(*, item_id: int, attempt: int = 0) -> str:
     claimed = _claim(item_id)
     if claimed is None:
         return "not-claimed"
-    item, claim = claimed
+    item, claim, counts = claimed
+    open_items: tuple[int, int] | None = counts
     job = item.job
     if job.status != TrainingJob.Status.GENERATING:
         _close(item.pk, claim, WorkItem.Status.CANCELLED)
@@ -398,7 +401,9 @@ def work_item_run(*, item_id: int, attempt: int = 0) -> str:
             _refresh_index(item, progress)
         first_call = False
         asked = min(item.quota - progress.made, progress.per_call)
-        progress.spare = _spare(job, progress, asked)
+        # The first call uses the counts read with the item; later ones count again.
+        progress.spare = _spare(job, progress, asked, open_items)
+        open_items = None
         try:
             with _call_slot(slots, item, claim):
                 _wait_for_slot(limiter, item, claim, source_tokens + (asked + progress.spare) * TOKENS_PER_PAIR)
@@ -431,7 +436,7 @@ def work_item_run(*, item_id: int, attempt: int = 0) -> str:
     return _finish(item, claim, progress)
 
 
-def _spare(job: TrainingJob, progress: _Progress, asked: int) -> int:
+def _spare(job: TrainingJob, progress: _Progress, asked: int, open_items: tuple[int, int] | None = None) -> int:
     """One spare pair for a call in the last wave of a live job, else 0.
 
     A reply with a rejected pair (most often a near duplicate of a question another chunk
@@ -448,7 +453,7 @@ def _spare(job: TrainingJob, progress: _Progress, asked: int) -> int:
         or asked >= progress.per_call
     ):
         return 0
-    pending, running = hotsql.open_items(job.pk)
+    pending, running = open_items if open_items is not None else hotsql.open_items(job.pk)
     return 1 if pending <= running else 0
 
 

@@ -163,16 +163,18 @@ class _Rows:
 _ITEM_ROWS, _JOB_ROWS, _CHUNK_ROWS = _Rows(WorkItem), _Rows(TrainingJob), _Rows(Chunk)
 
 
-def work_item(item_id: int) -> WorkItem | None:
-    """A work item with its job and chunk (as `select_related("job", "chunk")` loads them)."""
+def work_item(item_id: int) -> tuple[WorkItem, int, int] | None:
+    """A work item with its job and chunk (as `select_related("job", "chunk")` loads them),
+    and how many of the job's items are pending and running (as `open_items` counts them)."""
     quote = connection.ops.quote_name
     job_fk = quote(WorkItem._meta.get_field("job").column)
     chunk_fk = quote(WorkItem._meta.get_field("chunk").column)
+    count = f"(SELECT COUNT(*) FROM {_ITEMS} o WHERE o.{job_fk} = w.{job_fk} AND o.status = %s)"
     _, rows = _execute(
-        f"SELECT {_ITEM_ROWS.columns('w')}, {_JOB_ROWS.columns('j')}, {_CHUNK_ROWS.columns('c')} "
+        f"SELECT {_ITEM_ROWS.columns('w')}, {_JOB_ROWS.columns('j')}, {_CHUNK_ROWS.columns('c')}, {count}, {count} "
         f"FROM {_ITEMS} w JOIN {_JOBS} j ON j.id = w.{job_fk} JOIN {_CHUNK_ROWS.table} c ON c.id = w.{chunk_fk} "
         "WHERE w.id = %s",
-        [item_id],
+        [_PENDING, _RUNNING, item_id],
     )
     if not rows:
         return None
@@ -181,8 +183,8 @@ def work_item(item_id: int) -> WorkItem | None:
     b = a + len(_JOB_ROWS.fields)
     item = _ITEM_ROWS.build(row[:a])
     item.job = _JOB_ROWS.build(row[a:b])
-    item.chunk = _CHUNK_ROWS.build(row[b:])
-    return item
+    item.chunk = _CHUNK_ROWS.build(row[b:-2])
+    return item, int(row[-2]), int(row[-1])
 
 
 def insert(objs: Sequence[Model], *, ignore_conflicts: bool = False) -> None:

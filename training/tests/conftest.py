@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Callable
 from typing import Any
@@ -83,9 +84,16 @@ def prose(seed: int, sentences: int) -> str:
 
 @pytest.fixture
 def ready_document() -> Callable[..., Document]:
-    """A document already extracted into pages (extraction has its own tests)."""
+    """A document already extracted into pages (extraction has its own tests).
+
+    The text depends only on the document's place among those this test made, not on its
+    primary key: PostgreSQL does not reuse keys after a test, so text seeded by the key
+    changed with the tests that ran before (and a test could see different near duplicates).
+    """
+    made = itertools.count(1)
 
     def make(owner: Any, pages: int = 3, sentences_per_page: int = 25, title: str = "Manual") -> Document:
+        ordinal = next(made)
         document = Document.objects.create(
             owner=owner,
             workspace=workspace_personal(user=owner),
@@ -97,7 +105,7 @@ def ready_document() -> Callable[..., Document]:
             page_count=pages,
         )
         Page.objects.bulk_create(
-            Page(document=document, number=n, text=prose(n * 7 + document.pk, sentences_per_page))
+            Page(document=document, number=n, text=prose(n * 7 + ordinal, sentences_per_page))
             for n in range(1, pages + 1)
         )
         return document

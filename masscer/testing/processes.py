@@ -27,6 +27,13 @@ def port_open(host: str, port: int, timeout: float = 1.0) -> bool:
         return False
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on now (for a server a test starts itself)."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
 def database_url(settings_dict: Mapping[str, Any]) -> str:
     """A DATABASE_URL for the database Django is connected to (the test database in tests)."""
     engine = settings_dict["ENGINE"]

@@ -24,6 +24,7 @@ from masscer.testing.processes import (
     broker_env,
     child_env,
     database_url,
+    free_port,
     kill_process,
     manage,
     start_beat,
@@ -204,7 +205,7 @@ def test_a_warm_shutdown_mid_job_loses_and_duplicates_nothing(stack: Stack) -> N
 
 
 def test_a_broker_restart_mid_job_is_recovered_by_the_sweeper(stack: Stack) -> None:
-    port = 6391
+    port = free_port()  # not a fixed one: two test runs side by side must not share it
     redis = start_redis(port, workdir=stack.tmp)
     stack.env["CELERY_BROKER_URL"] = f"redis://127.0.0.1:{port}/0"
     stack.env.pop("CELERY_BROKER_KEYPREFIX", None)

@@ -7,7 +7,9 @@ only the model call.
 A turn takes its place in the endpoint's shared rate limit (the one the generation workers
 use, `training.generation.model_limiter`) before it calls the model. A short wait is waited;
 a longer one (MASSCER_PLAYGROUND_MAX_WAIT) reserves nothing and ends the stream with "the
-model is busy, try again in N s" instead of holding the request.
+model is busy, try again in N s" instead of holding the request. With a limit on calls in
+flight (MASSCER_LLM_MAX_CONCURRENCY) a turn also holds one of those call slots for its call,
+waiting for one at most as long.
 """
 from __future__ import annotations
 
@@ -19,9 +21,9 @@ from typing import Any
 from django.conf import settings
 from django.db.models import Count, Q
 
-from masscer.lib import llm, ratelimit
+from masscer.lib import concurrency, llm, ratelimit
 from masscer.lib.tokens import count_tokens
-from training.generation import llm_config, model_limiter
+from training.generation import call_slots, llm_config, model_limiter
 from training.models import Assignment, Completion
 
 from .models import Agent
@@ -33,6 +35,8 @@ DEFAULT_HISTORY_TOKENS = 3000
 DEFAULT_MAX_WAIT = 5.0
 # Reply tokens reserved in a tokens-per-minute limit when the agent sets no max_tokens.
 REPLY_TOKENS_ESTIMATE = 512
+# When every call slot is taken, how soon a turn is told to try again.
+BUSY_RETRY_SECONDS = 3.0
 HISTORY_ROLES = ("user", "assistant")
 
 REFERENCE_INTRO = (
@@ -70,7 +74,7 @@ def max_wait() -> float:
 
 
 class ModelBusy(llm.LLMTransientError):
-    """The shared rate limit has no slot for this turn within MASSCER_PLAYGROUND_MAX_WAIT."""
+    """The shared rate limit (or call slots) has no room for this turn within MASSCER_PLAYGROUND_MAX_WAIT."""
 
 
 def agent_params(agent: Agent) -> llm.GenParams:
@@ -154,16 +158,38 @@ def turn_stream(turn: Turn) -> Iterator[llm.ChatDelta]:
     LLMPermanentError from the call.
     """
     config = llm_config()
-    limiter = model_limiter(turn.params.model or config.model)
-    if limiter is not None:
+    model = turn.params.model or config.model
+    limiter = model_limiter(model)
+    slots = call_slots(model)
+    if limiter is not None or slots is not None:
         llm.warm_up(config)  # before the slot, not between the slot and the call
-        _take_slot(limiter, turn)
+    token = _take_call_slot(slots)  # one of the calls in flight the provider takes at once
     try:
-        yield from llm.chat_stream(config, messages=turn.messages, params=turn.params)
-    except llm.LLMTransientError as exc:
-        if limiter is not None and exc.status_code == 429 and exc.retry_after:
-            limiter.block(exc.retry_after)  # the provider said wait: the workers wait too
-        raise
+        if limiter is not None:
+            _take_slot(limiter, turn)
+        try:
+            yield from llm.chat_stream(config, messages=turn.messages, params=turn.params)
+        except llm.LLMTransientError as exc:
+            if limiter is not None and exc.status_code == 429 and exc.retry_after:
+                limiter.block(exc.retry_after)  # the provider said wait: the workers wait too
+            raise
+    finally:
+        if slots is not None and token is not None:
+            slots.give(token)
+
+
+def _take_call_slot(slots: concurrency.CallSlots | None) -> str | None:
+    """A call slot (MASSCER_LLM_MAX_CONCURRENCY, shared with the llm workers), or ModelBusy."""
+    if slots is None:
+        return None
+    try:
+        return slots.take(max_wait())
+    except concurrency.NoSlot as exc:
+        raise ModelBusy(
+            f"The model is busy (all {slots.limit} calls it takes at once are in use), "
+            f"try again in {BUSY_RETRY_SECONDS:g} s.",
+            retry_after=BUSY_RETRY_SECONDS,
+        ) from exc
 
 
 def turn_tokens(turn: Turn) -> int:

@@ -17,7 +17,7 @@ from django.urls import reverse
 from agents.models import Agent
 from masscer.lib.ratelimit import RateLimiter
 from masscer.tests.test_ratelimit import URL
-from training.generation import model_limiter
+from training.generation import call_slots, model_limiter
 from training.services import job_create
 from training.tests.conftest import ready_document  # noqa: F401 (a fixture)
 from training.tests.test_generation import run_job
@@ -117,3 +117,19 @@ def test_a_429_in_the_playground_pauses_the_generation_workers(alice, agent, fak
     name, data = turn(alice, agent)[-1]
     assert name == "error" and "rate limited" in data["message"] and data["retry_after"] == 3
     assert generation_limiter().acquire(max_wait=0).wait > 2.5  # nobody calls before the pause ends
+
+
+def test_a_turn_waits_for_a_call_slot_and_gives_it_back(alice, agent, fake_llm, shared_limit) -> None:
+    """With MASSCER_LLM_MAX_CONCURRENCY, a turn holds one of the calls in flight the workers share."""
+    shared_limit.MASSCER_LLM_RPM = 6000
+    shared_limit.MASSCER_LLM_MAX_CONCURRENCY = 1
+    shared_limit.MASSCER_PLAYGROUND_MAX_WAIT = 0.5
+    slots = call_slots("fake-model")  # what work_item_run holds during its call
+    assert slots is not None
+    held = slots.take(max_wait=0)  # a generation call is in flight: no slot is left
+    name, data = turn(alice, agent)[-1]
+    assert name == "error" and data["retry"] is True and "are in use" in data["message"]
+    assert fake_llm.calls == []  # no call beyond the provider's limit
+    slots.give(held)
+    assert turn(alice, agent)[-1][0] == "done" and len(fake_llm.calls) == 1
+    assert slots.held() == 0  # the turn gave its slot back

@@ -31,6 +31,21 @@ def charlie(django_user_model: Any) -> Any:
 
 
 @pytest.fixture
+def agent(alice: Any) -> Any:
+    """alice's support agent, in her personal workspace."""
+    from agents.models import Agent
+    from workspaces.services import workspace_personal
+
+    return Agent.objects.create(
+        owner=alice,
+        workspace=workspace_personal(user=alice),
+        name="Support",
+        slug="support",
+        system_prompt="You help customers.",
+    )
+
+
+@pytest.fixture
 def fake_llm(settings: Any) -> Iterator[Any]:
     """A fake OpenAI-compatible server on loopback, wired into the settings."""
     from masscer.testing.fakellm import FakeLLMServer

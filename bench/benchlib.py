@@ -16,11 +16,9 @@ import fcntl
 import json
 import os
 import platform
-import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,13 +102,12 @@ def start_fake(stack: Stack, log: Path, options: list[str]) -> str:
 
 
 def wait_for_ready(log: Path, process: subprocess.Popen[bytes], name: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise BenchError(f"the {name} worker exited with {process.returncode}: {tail(log)}")
-        if log.exists() and re.search(r"\bready\.", log.read_text(errors="replace")):
-            return
-        time.sleep(0.2)
+    from masscer.testing.processes import wait_worker_ready
+
+    if wait_worker_ready(process, log, timeout=timeout):
+        return
+    if process.poll() is not None:
+        raise BenchError(f"the {name} worker exited with {process.returncode}: {tail(log)}")
     raise BenchError(f"the {name} worker was not ready after {timeout:g} s: {tail(log)}")
 
 

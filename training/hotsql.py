@@ -9,6 +9,7 @@ Table and column names come from the models, so a renamed field fails loudly.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
@@ -122,6 +123,14 @@ def open_items(job_id: int) -> tuple[int, int]:
     return int(counts.get(_PENDING, 0)), int(counts.get(_RUNNING, 0))
 
 
+def job_agent_ids(job_id: int) -> list[int]:
+    """The agents a job's completions go to."""
+    through = TrainingJob.agents.through._meta
+    agent, job = through.get_field("agent").column, through.get_field("trainingjob").column
+    _, rows = _execute(f"SELECT {agent} FROM {through.db_table} WHERE {job} = %s", [job_id])
+    return [int(agent_id) for (agent_id,) in rows]
+
+
 def has_open_items(job_id: int) -> bool:
     _, rows = _execute(
         f"SELECT 1 FROM {_ITEMS} WHERE job_id = %s AND status IN (%s, %s) LIMIT 1",
@@ -163,19 +172,23 @@ class _Rows:
 _ITEM_ROWS, _JOB_ROWS, _CHUNK_ROWS = _Rows(WorkItem), _Rows(TrainingJob), _Rows(Chunk)
 
 
-def work_item(item_id: int) -> tuple[WorkItem, int, int] | None:
-    """A work item with its job and chunk (as `select_related("job", "chunk")` loads them),
-    and how many of the job's items are pending and running (as `open_items` counts them)."""
+@functools.cache
+def _work_item_sql() -> str:
     quote = connection.ops.quote_name
     job_fk = quote(WorkItem._meta.get_field("job").column)
     chunk_fk = quote(WorkItem._meta.get_field("chunk").column)
     count = f"(SELECT COUNT(*) FROM {_ITEMS} o WHERE o.{job_fk} = w.{job_fk} AND o.status = %s)"
-    _, rows = _execute(
+    return (
         f"SELECT {_ITEM_ROWS.columns('w')}, {_JOB_ROWS.columns('j')}, {_CHUNK_ROWS.columns('c')}, {count}, {count} "
         f"FROM {_ITEMS} w JOIN {_JOBS} j ON j.id = w.{job_fk} JOIN {_CHUNK_ROWS.table} c ON c.id = w.{chunk_fk} "
-        "WHERE w.id = %s",
-        [_PENDING, _RUNNING, item_id],
+        "WHERE w.id = %s"
     )
+
+
+def work_item(item_id: int) -> tuple[WorkItem, int, int] | None:
+    """A work item with its job and chunk (as `select_related("job", "chunk")` loads them),
+    and how many of the job's items are pending and running (as `open_items` counts them)."""
+    _, rows = _execute(_work_item_sql(), [_PENDING, _RUNNING, item_id])
     if not rows:
         return None
     row = rows[0]
@@ -187,19 +200,25 @@ def work_item(item_id: int) -> tuple[WorkItem, int, int] | None:
     return item, int(row[-2]), int(row[-1])
 
 
+@functools.cache
+def _insert_parts(model: type[Model], ignore_conflicts: bool) -> tuple[list[Any], str, str, str]:
+    """The fields an INSERT of `model` writes, and its head, one row's placeholders and tail."""
+    pk = model._meta.pk
+    fields = [f for f in model._meta.concrete_fields if f is not pk]
+    quote = connection.ops.quote_name
+    head = f"INSERT INTO {quote(model._meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) VALUES "
+    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    tail = " ON CONFLICT DO NOTHING" if ignore_conflicts else f" RETURNING {quote(pk.column)}"
+    return fields, head, row, tail
+
+
 def insert(objs: Sequence[Model], *, ignore_conflicts: bool = False) -> None:
     """INSERT `objs` (all of one model, new, with an auto id) in one statement, as
     `bulk_create` does: defaults and `auto_now_add` applied, ids set on the objects (none
     with `ignore_conflicts`, where rows that clash with a unique constraint are skipped)."""
     if not objs:
         return
-    model = type(objs[0])
-    pk = model._meta.pk
-    fields = [f for f in model._meta.concrete_fields if f is not pk]
-    quote = connection.ops.quote_name
-    head = f"INSERT INTO {quote(model._meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) VALUES "
-    tail = " ON CONFLICT DO NOTHING" if ignore_conflicts else f" RETURNING {quote(pk.column)}"
-    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    fields, head, row, tail = _insert_parts(type(objs[0]), ignore_conflicts)
     per_statement = max(1, _MAX_PARAMS // len(fields))
     for start in range(0, len(objs), per_statement):
         batch = objs[start : start + per_statement]

@@ -74,11 +74,7 @@ class JobQuestions:
     def agents(self) -> list[int]:
         """The agents the job's completions go to (fixed when the job is created)."""
         if self.agent_ids is None:
-            self.agent_ids = list(
-                TrainingJob.agents.through.objects.filter(trainingjob_id=self.job_id).values_list(
-                    "agent_id", flat=True
-                )
-            )
+            self.agent_ids = hotsql.job_agent_ids(self.job_id)
         return self.agent_ids
 
 

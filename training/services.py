@@ -586,22 +586,16 @@ def store_completions(
                 hotsql.insert(rows)
         except IntegrityError:
             return -1
-        created = rows
-        if created:
+        if rows:
             if agent_ids is None:
-                agent_ids = list(
-                    TrainingJob.agents.through.objects.filter(trainingjob_id=item.job_id).values_list(
-                        "agent_id", flat=True
-                    )
-                )
-            if agent_ids:
-                hotsql.insert(
-                    [Assignment(completion=row, agent_id=agent_id) for row in created for agent_id in agent_ids],
-                    ignore_conflicts=True,
-                )
+                agent_ids = hotsql.job_agent_ids(item.job_id)
+            hotsql.insert(
+                [Assignment(completion=row, agent_id=agent_id) for row in rows for agent_id in agent_ids],
+                ignore_conflicts=True,
+            )
         hotsql.job_counted(
             item.job_id,
-            created=len(created),
+            created=len(rows),
             calls=calls,
             prompt_tokens=prompt_tokens if calls else 0,
             completion_tokens=completion_tokens if calls else 0,
@@ -609,5 +603,5 @@ def store_completions(
             chunks_done=1 if close else 0,
         )
     item.reasons = dict(merged)
-    return len(created)
+    return len(rows)
 

@@ -44,17 +44,6 @@ def fresh_indexes() -> Iterator[None]:
 
 
 @pytest.fixture
-def agent(alice: Any) -> Agent:
-    return Agent.objects.create(
-        owner=alice,
-        workspace=workspace_personal(user=alice),
-        name="Support",
-        slug="support",
-        system_prompt="You help customers.",
-    )
-
-
-@pytest.fixture
 def bob_in_alices_workspace(alice: Any, bob: Any) -> Any:
     membership_add(workspace=workspace_personal(user=alice), user=bob)
     return bob

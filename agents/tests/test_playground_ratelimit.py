@@ -22,20 +22,8 @@ from training.services import job_create
 from training.tests.conftest import ready_document  # noqa: F401 (a fixture)
 from training.tests.test_generation import run_job
 from training.tests.test_worker_integration import require_redis
-from workspaces.services import workspace_personal
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def agent(alice: Any) -> Agent:
-    return Agent.objects.create(
-        owner=alice,
-        workspace=workspace_personal(user=alice),
-        name="Support",
-        slug="support",
-        system_prompt="You help customers.",
-    )
 
 
 @pytest.fixture

@@ -31,17 +31,6 @@ def fresh_indexes() -> Iterator[None]:
     forget_indexes()
 
 
-@pytest.fixture
-def agent(alice: Any) -> Agent:
-    return Agent.objects.create(
-        owner=alice,
-        workspace=workspace_personal(user=alice),
-        name="Support",
-        slug="support",
-        system_prompt="You help customers.",
-    )
-
-
 def _chunk_for(agent: Agent) -> tuple[TrainingJob, Chunk]:
     job = TrainingJob.objects.filter(workspace=agent.workspace).first()
     if job is not None:

@@ -150,6 +150,8 @@ def wait_worker_ready(
     def ready() -> bool:
         if process.poll() is not None:
             return True
+        if not log_path.exists():
+            return False
         with open(log_path, "rb") as handle:
             handle.seek(since)
             return b" ready." in handle.read()

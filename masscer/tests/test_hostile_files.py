@@ -48,6 +48,7 @@ from masscer.testing.processes import (
     child_env,
     database_url,
     wait_for,
+    wait_worker_ready,
 )
 
 SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "samples" / "pdf"
@@ -819,7 +820,7 @@ def test_a_prefork_ingest_worker_survives_a_hostile_batch_and_keeps_working(alic
         connection_to_broker,
         celery_worker(env, queues="ingest", pool="prefork", concurrency=2, name="hostile", log_path=log) as worker,
     ):
-        assert wait_for(lambda: log.exists() and " ready." in log.read_text(), timeout=60), _tail(log)
+        assert wait_worker_ready(worker, log, timeout=60), _tail(log)
         pool_start = _pool_children(worker.pid)
         for _, document in hostile:
             send(document)

@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 
-from agents.models import Agent
 from documents.models import Document, Page
 from workspaces.services import workspace_personal
 
@@ -113,12 +112,3 @@ def ready_document() -> Callable[..., Document]:
     return make
 
 
-@pytest.fixture
-def agent(alice: Any) -> Agent:
-    return Agent.objects.create(
-        owner=alice,
-        workspace=workspace_personal(user=alice),
-        name="Support",
-        slug="support",
-        system_prompt="You help customers.",
-    )

@@ -12,20 +12,30 @@ PG_TEST_URL ?= postgres://postgres@127.0.0.1:5432/masscer
         lint migrations-check bench bench-pages clean
 
 # Set up everything (virtualenv, pinned requirements, migrations, demo login) and start
-# the whole default stack: web, Celery workers, beat and the embedded local model.
+# the whole default stack: web, Celery workers, beat and the embedded local model. With
+# MASSCER_LLM_BASE_URL set, the model is that endpoint's and the embedded one is not started.
+# The embedded model serves one call at a time, so the llm worker then runs one thread
+# (more would only queue at the model and run into its timeout).
 run: setup
-	$(VENV)/bin/honcho start -f Procfile
+	@if [ -z "$$MASSCER_LLM_BASE_URL" ]; then \
+		MASSCER_LLM_WORKER_THREADS=$${MASSCER_LLM_WORKER_THREADS:-1} $(VENV)/bin/honcho start -f Procfile; \
+	else \
+		echo "Model endpoint: $$MASSCER_LLM_BASE_URL (the embedded model is not started)"; \
+		$(VENV)/bin/honcho start -f Procfile web ingest llm beat; \
+	fi
 
 setup: $(STAMP) migrate demo
 
+# Wheels only: nothing compiles on a user's machine (about 40 s on a fast link, 1.2 GB).
 $(STAMP): requirements.txt requirements-local.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install -r requirements-local.txt
+	$(PIP) install --only-binary=:all: -r requirements-local.txt
+	$(PY) -m masscer.localmodel --check
 	touch $(STAMP)
 
 $(DEV_STAMP): $(STAMP) requirements-dev.txt
-	$(PIP) install -r requirements-dev.txt
+	$(PIP) install --only-binary=:all: -r requirements-dev.txt
 	bash scripts/ensure_browser.sh
 	touch $(DEV_STAMP)
 
@@ -37,7 +47,7 @@ demo: $(STAMP)
 	$(PY) manage.py demo_setup
 
 web: $(STAMP)
-	$(PY) manage.py runserver 127.0.0.1:8000
+	$(PY) manage.py runserver 127.0.0.1:$${MASSCER_WEB_PORT:-8000}
 
 # Both workers in one terminal (for production, run them separately; see docker-compose.yml).
 worker: $(STAMP)

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+
+from masscer import localmodel
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -49,6 +52,19 @@ def env_bool(name: str, default: bool) -> bool:
     if lowered in {"0", "false", "no", "off"}:
         return False
     raise ImproperlyConfigured(f"{name} must be a boolean (1/0, true/false), got {raw!r}")
+
+
+def env_optional_float(name: str, default: float | None) -> float | None:
+    """A number, or None when the variable is set but empty ("use the provider's default")."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    return env_float(name, 0.0) if raw.strip() else None
+
+
+def _is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    return host == "localhost" or host == "::1" or host.startswith("127.")
 
 
 def env_list(name: str, default: list[str]) -> list[str]:
@@ -253,13 +269,28 @@ CELERY_BEAT_SCHEDULE = {
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
 # --- The model -------------------------------------------------------------------------
-MASSCER_LLM_BASE_URL = env_str("MASSCER_LLM_BASE_URL", "http://127.0.0.1:8766/v1")
+# By default, the embedded local model that `make run` serves on loopback
+# (masscer.localmodel: Qwen2.5-Coder-1.5B-Instruct in llama.cpp's server). Its defaults
+# below suit a small instruct model on a few CPU cores; any other endpoint keeps the
+# provider's own defaults.
+MASSCER_LOCAL_MODEL_PORT = env_int("MASSCER_LOCAL_MODEL_PORT", localmodel.DEFAULT_PORT)
+MASSCER_LOCAL_MODEL_URL = f"http://127.0.0.1:{MASSCER_LOCAL_MODEL_PORT}/v1"
+MASSCER_LLM_BASE_URL = env_str("MASSCER_LLM_BASE_URL", MASSCER_LOCAL_MODEL_URL)
+_EMBEDDED_MODEL = MASSCER_LLM_BASE_URL.rstrip("/") == MASSCER_LOCAL_MODEL_URL
 MASSCER_LLM_API_KEY = env_str("MASSCER_LLM_API_KEY", "local")
-MASSCER_LLM_MODEL = env_str("MASSCER_LLM_MODEL", "gemma-3-270m")
-MASSCER_LLM_MODE = env_str("MASSCER_LLM_MODE", "completion")
+MASSCER_LLM_MODEL = env_str("MASSCER_LLM_MODEL", localmodel.MODEL_ALIAS)
+MASSCER_LLM_MODE = env_str("MASSCER_LLM_MODE", "chat")
 if MASSCER_LLM_MODE not in {"chat", "completion"}:
     raise ImproperlyConfigured(f"MASSCER_LLM_MODE must be 'chat' or 'completion', got {MASSCER_LLM_MODE!r}")
-MASSCER_LLM_TIMEOUT = env_float("MASSCER_LLM_TIMEOUT", 120.0)
+# The embedded model writes about 9 tokens/s on 2 cores: a call of 10 pairs takes ~2.5 min.
+MASSCER_LLM_TIMEOUT = env_float("MASSCER_LLM_TIMEOUT", 300.0 if _EMBEDDED_MODEL else 120.0)
+# The sampling temperature of jobs that set none (empty: the provider's default). A small
+# model keeps its evidence quotes verbatim far more often at a low temperature.
+MASSCER_LLM_TEMPERATURE = env_optional_float("MASSCER_LLM_TEMPERATURE", 0.2 if _EMBEDDED_MODEL else None)
+# The requested count as minItems/maxItems in the JSON schema: local servers turn the
+# schema into a grammar, so a small model writes exactly N pairs; OpenAI's strict mode may
+# refuse these keywords. On by default for loopback endpoints.
+MASSCER_LLM_SCHEMA_COUNTS = env_bool("MASSCER_LLM_SCHEMA_COUNTS", _is_loopback(MASSCER_LLM_BASE_URL))
 # Prices per 1M tokens, "model=input:output,..." e.g. "gpt-4o-mini=0.15:0.60".
 MASSCER_LLM_PRICES = env_str("MASSCER_LLM_PRICES", "")
 # The provider's limits for the endpoint, shared by all llm workers through Redis (0 = none);

@@ -47,8 +47,10 @@ class TrainForm(forms.Form):
         min_value=0,
         max_value=2,
         required=False,
-        initial=0.7,
-        help_text="Randomness, 0–2: lower gives focused, repeatable pairs; higher gives more varied ones.",
+        help_text=(
+            "Randomness, 0–2: lower gives focused, repeatable pairs; higher gives more varied ones. "
+            "Empty: the server's default."
+        ),
     )
     top_p = forms.FloatField(
         label="Top p",
@@ -110,6 +112,8 @@ class TrainForm(forms.Form):
         assert isinstance(agent_field, forms.ModelMultipleChoiceField)
         agent_field.queryset = agents
         self.fields["model"].initial = settings.MASSCER_LLM_MODEL
+        # 0.2 for the embedded model: a small model quotes its evidence verbatim far more often.
+        self.fields["temperature"].initial = settings.MASSCER_LLM_TEMPERATURE
         if not conversations:
             del self.fields["style"]
             del self.fields["redact"]

@@ -87,6 +87,10 @@ class LLMConfig:
     mode: str = "chat"  # "chat" | "completion"
     timeout: float = 60.0
     max_retries: int = 0
+    # Put the requested count in the JSON schema as minItems/maxItems. Local servers
+    # (llama.cpp, vLLM) turn the schema into a grammar, so a small model then writes
+    # exactly N pairs; OpenAI's strict mode may refuse these keywords, so off by default.
+    schema_counts: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -325,6 +329,7 @@ class _Request:
     feedback: str
     kind: str
     model: str
+    schema_counts: bool = False
 
 
 def _make_request(
@@ -359,6 +364,7 @@ def _make_request(
         feedback=_neutralise((feedback or "").strip()),
         kind=source_kind,
         model=params.model or config.model,
+        schema_counts=config.schema_counts,
     )
 
 
@@ -573,7 +579,18 @@ def _downgrade_format_level(key: tuple[str, str], failed_level: int) -> int:
         return level
 
 
-def _response_format(level: int) -> dict[str, Any] | None:
+def _pairs_schema(request: _Request) -> dict[str, Any]:
+    if not request.schema_counts:
+        return _PAIRS_SCHEMA
+    # Mining returns the questions the user asked: at most N, possibly fewer.
+    counts = {"maxItems": request.count}
+    if request.style != "mine":
+        counts["minItems"] = request.count
+    pairs = {**_PAIRS_SCHEMA["properties"]["pairs"], **counts}
+    return {**_PAIRS_SCHEMA, "properties": {"pairs": pairs}}
+
+
+def _response_format(request: _Request, level: int) -> dict[str, Any] | None:
     name = _FORMAT_LEVELS[level]
     if name == "json_schema":
         return {
@@ -581,7 +598,7 @@ def _response_format(level: int) -> dict[str, Any] | None:
             "json_schema": {
                 "name": "qa_pairs",
                 "strict": True,
-                "schema": _PAIRS_SCHEMA,
+                "schema": _pairs_schema(request),
             },
         }
     if name == "json_object":
@@ -590,7 +607,13 @@ def _response_format(level: int) -> dict[str, Any] | None:
 
 
 def _rejects_response_format(exc: openai.APIStatusError) -> bool:
-    if exc.status_code not in (400, 422):
+    """Whether the server refused the request's response format (so a weaker one may do).
+
+    400/422 are the usual answers; llama-cpp-python's server raises its validation error
+    of a json_schema format as an internal error, a 500 whose body names the format, which
+    would otherwise be retried as transient until the model counts as unreachable.
+    """
+    if exc.status_code not in (400, 422, 500):
         return False
     if getattr(exc, "param", None) == "response_format":
         return True
@@ -613,7 +636,7 @@ def _chat_body(request: _Request, level: int) -> dict[str, Any]:
     }
     if request.params.stop:
         body["stop"] = list(request.params.stop)
-    response_format = _response_format(level)
+    response_format = _response_format(request, level)
     if response_format is not None:
         body["response_format"] = response_format
     return body

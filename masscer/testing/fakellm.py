@@ -40,7 +40,9 @@ default (``set_default``) is used, else "good".  Kinds:
   get an empty / invented evidence quote;
 * ``duplicate`` — the first ``n`` (default all) pairs share one question;
 * ``reject_json_schema`` — 400 "response_format json_schema not supported"
-  when the request uses a json_schema response_format, good otherwise;
+  when the request uses a json_schema response_format, good otherwise; with
+  ``status`` 500, the internal error llama-cpp-python's server answers (its
+  validation error of the format, with no ``param``);
   ``reject_response_format`` — the same for any response_format;
 * ``echo_injection`` — pairs that obey an injected instruction (evidence not
   in the source);
@@ -731,6 +733,8 @@ def respond(behaviour: Mapping[str, Any], call: _Call) -> _Outcome:
     if kind == "disconnect":
         return _Outcome(disconnect=True)
     if kind == "reject_json_schema" and call.response_format_type == "json_schema":
+        if int(behaviour.get("status", 400)) == 500:
+            return _Outcome(status=500, body=_error_body(_LLAMA_CPP_PYTHON_FORMAT_ERROR, "internal_server_error"))
         return _reject_format(
             "response_format json_schema not supported by this server"
         )
@@ -755,6 +759,14 @@ def respond(behaviour: Mapping[str, Any], call: _Call) -> _Outcome:
     if call.body.get("stream") is True:
         _stream_outcome(outcome, behaviour, call)
     return outcome
+
+
+# What llama-cpp-python's server says (as a 500) to a json_schema response_format.
+_LLAMA_CPP_PYTHON_FORMAT_ERROR = (
+    "1 validation error for CreateChatCompletionRequest\nresponse_format.type\n"
+    "  Input should be 'text' or 'json_object' [type=literal_error, input_value='json_schema', "
+    "input_type=str]"
+)
 
 
 def _reject_format(message: str) -> _Outcome:

@@ -350,6 +350,41 @@ def test_json_schema_rejection_falls_back_and_is_remembered(
     assert formats == [("json_schema", 400), ("json_object", 200), ("json_object", 200)]
 
 
+def test_a_500_about_json_schema_falls_back_to_json_mode_instead_of_retrying(
+    server: FakeLLMServer, make_config: ConfigFactory
+) -> None:
+    # llama-cpp-python's server raises its validation error of the format as a 500.
+    server.set_default({"kind": "reject_json_schema", "status": 500})
+    reply = generate_pairs(make_config(), source=SOURCE, count=3)
+    assert len(reply.pairs) == 3
+    assert [(c["response_format"], c["status"]) for c in server.calls] == [("json_schema", 500), ("json_object", 200)]
+
+
+def test_a_500_about_something_else_stays_transient(server: FakeLLMServer, make_config: ConfigFactory) -> None:
+    server.script([{"kind": "http_error", "status": 500}])
+    with pytest.raises(LLMTransientError):
+        generate_pairs(make_config(), source=SOURCE, count=2)
+    assert [c["response_format"] for c in server.calls] == ["json_schema"]
+
+
+def _pairs_schema_sent(server: FakeLLMServer) -> dict[str, Any]:
+    body = server.calls[-1]["request"]
+    return body["response_format"]["json_schema"]["schema"]["properties"]["pairs"]
+
+
+def test_schema_counts_put_the_exact_count_in_the_schema(server: FakeLLMServer, make_config: ConfigFactory) -> None:
+    generate_pairs(make_config(schema_counts=True), source=SOURCE, count=3)
+    exact = _pairs_schema_sent(server)
+    assert exact["minItems"] == 3 and exact["maxItems"] == 3
+
+    generate_pairs(make_config(schema_counts=True), source=SOURCE, count=2, source_kind="conversation", style="mine")
+    mined = _pairs_schema_sent(server)
+    assert mined["maxItems"] == 2 and "minItems" not in mined  # mining may find fewer
+
+    generate_pairs(make_config(), source=SOURCE, count=3)
+    assert "minItems" not in _pairs_schema_sent(server) and "maxItems" not in _pairs_schema_sent(server)
+
+
 def test_response_format_rejection_falls_back_to_plain(
     server: FakeLLMServer, make_config: ConfigFactory
 ) -> None:

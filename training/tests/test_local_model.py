@@ -1,18 +1,27 @@
-"""A small job against the real embedded local model (gemma-3-270m in llama-cpp-python's server)."""
+"""A new user's first job, against the real embedded model (Qwen2.5-Coder-1.5B-Instruct in
+llama.cpp's server from the xllamacpp wheel), on the product's own defaults.
+
+The one test that is about the embedded model: it would have caught the release where the
+default model made 0 of 41 completions under a green "Completed". It runs once in CI, on
+SQLite (`-m "not localmodel"` keeps it out of the PostgreSQL run).
+"""
 
 from __future__ import annotations
 
+import io
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from documents.models import Document, Page
-from masscer.localmodel import MODEL_ALIAS, server_command
+from documents.services import document_create, document_extract
+from masscer import localmodel
 from masscer.testing.processes import ROOT, stop_process
 from training.models import Completion, TrainingJob
 from training.validation import evidence_in_source
@@ -21,12 +30,26 @@ from .test_generation import new_job, run_job
 
 pytestmark = [pytest.mark.localmodel, pytest.mark.django_db]
 
-TEXT = (
-    "The Eiffel Tower was completed in 1889. It is 330 metres tall. "
-    "The tower was built by the company of Gustave Eiffel for the World's Fair in Paris. "
-    "It was the tallest man-made structure in the world until 1930. "
-    "Millions of tourists visit the tower every year."
-)
+HANDBOOK = """# Acme Support Handbook
+
+## Opening hours
+Our support desk is open Monday to Friday from 8:00 to 18:00 Central European Time.
+On public holidays the desk is closed and tickets are answered on the next working day.
+
+## Refunds
+Customers can ask for a full refund within 30 days of purchase. After 30 days we offer
+store credit instead of money back. Refunds are paid to the original payment method
+within 5 business days.
+
+## Passwords
+A user who forgot their password can reset it from the login page. The reset link in
+the email expires after 2 hours. Support staff must never ask a customer for their password.
+
+## Escalation
+Tickets that are not answered within 24 hours are escalated to the team lead. Security
+incidents are escalated at once to the on-call engineer by phone.
+"""
+START_TIMEOUT = 180
 
 
 def free_port() -> int:
@@ -35,59 +58,79 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def local_model() -> Iterator[str]:
-    port = free_port()
-    process = subprocess.Popen(
-        server_command(port, n_ctx=2048),
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    base_url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 120
+def wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         try:
-            urllib.request.urlopen(base_url + "/models", timeout=2).read()
-            break
+            urllib.request.urlopen(url + "/health", timeout=2).read()
+            return
         except OSError:
             if process.poll() is not None:
-                pytest.fail("the local model server exited during start-up")
+                pytest.fail(f"the embedded model exited during start-up:\n{log.read_text()[-3000:]}")
             time.sleep(0.5)
-    else:
-        stop_process(process)
-        pytest.fail("the local model server did not start within 120 s")
-    yield base_url
+    stop_process(process)
+    pytest.fail(f"the embedded model did not answer /health within {START_TIMEOUT} s")
+
+
+@pytest.fixture(scope="module")
+def embedded_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`python -m masscer.localmodel` as `make run` starts it, on a free port."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("model") / "model.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "masscer.localmodel", "--port", str(port)],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    wait_healthy(url, process, log)
+    yield url + "/v1"
     stop_process(process)
 
 
-def test_a_small_job_on_the_local_model_terminates_with_only_valid_completions(
-    local_model: str, alice: Any, agent: Any, settings: Any
+def test_a_first_job_on_the_embedded_model_makes_exactly_n_grounded_completions(
+    embedded_model: str, alice: Any, agent: Any, settings: Any, tmp_path: Path
 ) -> None:
-    settings.MASSCER_LLM_BASE_URL = local_model
-    settings.MASSCER_LLM_MODEL = MODEL_ALIAS
-    settings.MASSCER_LLM_MODE = "completion"
-    settings.MASSCER_LLM_TIMEOUT = 120
-    document = Document.objects.create(
-        owner=alice,
-        workspace=agent.workspace,
-        title="Eiffel",
-        filename="eiffel.md",
-        file="documents/e.md",
-        sha256="0" * 64,
-        status=Document.Status.READY,
-        page_count=1,
+    # Only the port differs from what `make run` gives a new user: model, chat mode with a
+    # JSON schema, temperature and timeout are the settings' defaults for the embedded model.
+    settings.MASSCER_LLM_BASE_URL = embedded_model
+    settings.MEDIA_ROOT = str(tmp_path)
+    assert settings.MASSCER_LLM_MODEL == localmodel.MODEL_ALIAS and settings.MASSCER_LLM_MODE == "chat"
+    document = document_create(
+        owner=alice, fileobj=io.BytesIO(HANDBOOK.encode()), filename="handbook.md", enqueue=False
     )
-    Page.objects.create(document=document, number=1, text=TEXT)
-    job = new_job(alice, document, agent, 2, temperature=0.2)
+    document_extract(document_id=document.pk)
+    job = new_job(alice, document, agent, 3)
+
     started = time.monotonic()
     run_job(job, rounds=3)
-    assert job.status in (TrainingJob.Status.COMPLETED, TrainingJob.Status.FAILED)
-    assert time.monotonic() - started < 300
-    assert 1 <= job.calls <= 3  # bounded: one batch, at most three tries
+    elapsed = time.monotonic() - started
+
     completions = list(Completion.objects.filter(job=job).select_related("chunk"))
-    assert len(completions) + job.shortfall == 2
+    shown = [(c.question, c.answer, c.evidence) for c in completions]
+    assert job.status == TrainingJob.Status.COMPLETED, job.error
+    assert (job.created_count, job.shortfall, len(completions)) == (3, 0, 3), (job.shortfall_reasons, shown)
+    assert job.chunks_total == 1
     for completion in completions:
-        assert completion.question and completion.answer
-        assert evidence_in_source(completion.evidence, completion.chunk.text)
+        assert completion.question.strip() and completion.answer.strip()
+        assert evidence_in_source(completion.evidence, completion.chunk.text), shown
+    assert len({c.question.strip().lower() for c in completions}) == 3
+    assert 1 <= job.calls <= 3 and job.completion_tokens > 0
+    assert elapsed < 300, f"3 completions took {elapsed:.0f} s"
+
+
+def test_a_tampered_model_file_is_refused_with_a_clear_message(tmp_path: Path) -> None:
+    parts = localmodel.part_paths()
+    fake = tmp_path / "model.gguf"
+    fake.write_bytes(b"GGUF" + b"\0" * 60)
+    with pytest.raises(localmodel.ModelFileError, match="has 64 bytes, not the 1,117,320,768 of the pinned model"):
+        localmodel.check_model_file(fake)
+    # The right size but other bytes (the uploader is anonymous: the hash is the trust).
+    with fake.open("wb") as out:
+        out.truncate(localmodel.MODEL_BYTES)
+    with pytest.raises(localmodel.ModelFileError, match="sha256 .* not the pinned"):
+        localmodel.check_model_file(fake)
+    assert len(parts) == 22 and all(part.is_file() for part in parts)

@@ -1,0 +1,202 @@
+"""B7 the embedded model: what a new user's first jobs cost on this machine.
+
+Starts the embedded model as `make run` does (`python -m masscer.localmodel`: Qwen2.5-Coder-
+1.5B-Instruct Q4_K_M in llama.cpp's server from the xllamacpp wheel), then runs real jobs
+(upload, extraction, chunking, planning, generation with validation, all inline) on a
+held-in document with the product's defaults for the embedded model, and prints: wall per
+call, prompt and generation tokens/s (the server's own /metrics), pairs asked and made,
+calls per accepted pair, and the server's peak RSS. The pairs made are printed too, to be
+read by hand: validation proves each evidence quote is in its chunk, not that it supports
+the answer.
+
+    .venv/bin/python bench/local_model_bench.py [--count 5] [--jobs 2] [--file PATH] [--write]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchlib import machine, markdown_block, print_table, update_benchmarks_md  # noqa: E402
+
+# A one-page Markdown handbook, as in the README's first flow (held in: the same text every run).
+HANDBOOK = """# Acme Support Handbook
+
+## Opening hours
+Our support desk is open Monday to Friday from 8:00 to 18:00 Central European Time.
+On public holidays the desk is closed and tickets are answered on the next working day.
+
+## Refunds
+Customers can ask for a full refund within 30 days of purchase. After 30 days we offer
+store credit instead of money back. Refunds are paid to the original payment method
+within 5 business days.
+
+## Passwords
+A user who forgot their password can reset it from the login page. The reset link in
+the email expires after 2 hours. Support staff must never ask a customer for their password.
+
+## Escalation
+Tickets that are not answered within 24 hours are escalated to the team lead. Security
+incidents are escalated at once to the on-call engineer by phone.
+
+## Shipping
+Orders placed before 14:00 ship the same working day. Standard delivery takes 2 to 4
+working days within the EU; express delivery takes one working day and costs 12 euros.
+"""
+SECTION = "## Embedded model (B7)"
+INTRO = (
+    "A new user's first jobs on the embedded default model (`make run`): real jobs on a held-in\n"
+    "one-page handbook, inline, against `python -m masscer.localmodel`."
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_model(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    log = (workdir / "model.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "masscer.localmodel", "--port", str(port)],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url + "/health", timeout=2).read()
+            return process, url
+        except OSError:
+            if process.poll() is not None:
+                raise SystemExit(f"the embedded model exited:\n{(workdir / 'model.log').read_text()[-2000:]}") from None
+            time.sleep(0.5)
+    process.kill()
+    raise SystemExit("the embedded model did not start within 180 s")
+
+
+def metrics(url: str) -> dict[str, float]:
+    text = urllib.request.urlopen(url + "/metrics", timeout=5).read().decode()
+    return {m[1]: float(m[2]) for m in re.finditer(r"^llamacpp:(\w+)\s+([-\d.e+]+)$", text, re.MULTILINE)}
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def setup_django(workdir: Path, base_url: str) -> None:
+    os.environ.update(
+        DJANGO_SETTINGS_MODULE="masscer.settings",
+        DATABASE_URL=f"sqlite:///{workdir / 'bench.sqlite3'}",
+        MASSCER_VAR_DIR=str(workdir),
+        CELERY_BROKER_URL="memory://",
+        CELERY_TASK_ALWAYS_EAGER="true",
+        MASSCER_LOG_LEVEL="WARNING",
+    )
+    import django
+
+    django.setup()
+    from django.conf import settings
+    from django.core.management import call_command
+
+    # Only the port differs from the embedded defaults (model, chat + JSON schema, 0.2, timeout).
+    settings.MASSCER_LLM_BASE_URL = base_url + "/v1"
+    settings.MEDIA_ROOT = str(workdir / "media")
+    call_command("migrate", verbosity=0)
+
+
+def run_jobs(source: Path, count: int, jobs: int) -> list[dict]:
+    from django.contrib.auth import get_user_model
+
+    from agents.services import agent_get_or_create
+    from documents.services import document_create_from_path
+    from training.models import Completion, TrainingJob
+    from training.services import job_create
+
+    user = get_user_model().objects.create(username="bench")
+    agent, _ = agent_get_or_create(owner=user, slug="bench")
+    document = document_create_from_path(owner=user, path=source)
+    results = []
+    for _ in range(jobs):
+        started = time.monotonic()
+        job = job_create(owner=user, count=count, agents=[agent], documents=[document])
+        job = TrainingJob.objects.get(pk=job.pk)
+        pairs = list(Completion.objects.filter(job=job).values_list("question", "answer", "evidence"))
+        results.append({"job": job, "wall": time.monotonic() - started, "pairs": pairs})
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--count", type=int, default=5, help="completions asked per job")
+    parser.add_argument("--jobs", type=int, default=2, help="jobs run one after the other")
+    parser.add_argument("--file", type=Path, help="a document instead of the held-in handbook")
+    parser.add_argument("--write", action="store_true", help="record the figures in BENCHMARKS.md")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        source = args.file or workdir / "handbook.md"
+        if args.file is None:
+            source.write_text(HANDBOOK)
+        started = time.monotonic()
+        process, url = start_model(workdir)
+        start_seconds = time.monotonic() - started
+        try:
+            setup_django(workdir, url)
+            results = run_jobs(source, args.count, args.jobs)
+            figures = metrics(url)
+            rss = peak_rss_mib(process.pid)
+        finally:
+            process.terminate()
+            process.wait(30)
+    jobs = [r["job"] for r in results]
+    calls = sum(j.calls for j in jobs)
+    made = sum(j.created_count for j in jobs)
+    wall = sum(r["wall"] for r in results)
+    for number, result in enumerate(results, 1):
+        job = result["job"]
+        print(f"\njob {number}: {job.status}, {job.created_count}/{job.requested_count} in {result['wall']:.0f} s, "
+              f"{job.calls} calls, reasons {job.shortfall_reasons or {}}")
+        for question, answer, evidence in result["pairs"]:
+            print(f"  Q: {question}\n  A: {answer}\n  E: {evidence}\n")
+    rows = [
+        ("document", f"{source.name}, {jobs[0].chunks_total} chunk(s)"),
+        ("model start (assemble check + load)", f"{start_seconds:.1f} s"),
+        ("jobs", f"{len(jobs)} of N = {args.count}"),
+        ("pairs asked / made", f"{args.count * len(jobs)} / {made}"),
+        ("wall per job", " / ".join(f"{r['wall']:.0f} s" for r in results)),
+        ("model calls", str(calls)),
+        ("wall per call", f"{wall / max(calls, 1):.1f} s"),
+        ("calls per accepted pair", f"{calls / made:.2f}" if made else "no pair made"),
+        ("prompt tokens/s (server)", f"{figures.get('prompt_tokens_seconds', 0):.1f}"),
+        ("generation tokens/s (server)", f"{figures.get('predicted_tokens_seconds', 0):.1f}"),
+        ("prompt / generated tokens", f"{sum(j.prompt_tokens for j in jobs)} / {sum(j.completion_tokens for j in jobs)}"),  # noqa: E501
+        ("model server peak RSS", f"{rss:.0f} MiB"),
+    ]
+    print_table("B7 embedded model", rows)
+    if args.write:
+        command = "bench/local_model_bench.py " + " ".join(sys.argv[1:])
+        block = markdown_block(f"### {machine().split(',')[0]}, N = {args.count}", rows, command.strip())
+        update_benchmarks_md(block, block.splitlines()[0], section_heading=SECTION, intro=INTRO)
+
+
+if __name__ == "__main__":
+    main()

@@ -37,13 +37,17 @@ from .models import Assignment, Chunk, Completion, TrainingJob, WorkItem
 
 @admin.register(TrainingJob)
 class TrainingJobAdmin(admin.ModelAdmin):
-    list_display = ["id", "workspace", "owner", "status", "requested_count", "created_count", "shortfall", "calls",
+    list_display = ["id", "workspace", "owner", "outcome", "requested_count", "created_count", "shortfall", "calls",
                     "created_at"]
     list_filter = ["status", "style", "model"]
     list_select_related = ["owner", "workspace"]
     raw_id_fields = ["owner", "workspace", "documents", "conversations", "agents"]
     readonly_fields = ["created_count", "calls", "prompt_tokens", "completion_tokens", "shortfall_reasons", "error"]
     actions = ["cancel", "retry"]
+
+    @admin.display(description="Outcome", ordering="status")
+    def outcome(self, job: TrainingJob) -> str:
+        return job.outcome_label
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[TrainingJob]:
         rows = super().get_queryset(request)

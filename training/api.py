@@ -65,6 +65,15 @@ class JobOut(Schema):
     workspace_id: int
     owner: str | None
     status: str
+    outcome: str = Field(
+        ...,
+        description='How the job ended: for a completed job "completed" (all N made), '
+        '"completed_with_shortfall" (fewer) or "no_completions" (none); otherwise the status.',
+    )
+    outcome_label: str = Field(..., description='The outcome for people, e.g. "No completions made".')
+    next_step: str | None = Field(
+        None, description="What to do when a completed job made fewer than asked because of the model."
+    )
     requested: int
     completions_created: int
     shortfall: int

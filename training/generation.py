@@ -30,7 +30,7 @@ from masscer.lib.tokens import count_tokens
 from . import hotsql, questions, services
 from .models import Completion, TrainingJob, WorkItem
 from .planning import calls_budget
-from .validation import Candidate, QuestionIndex, screen
+from .validation import Candidate, QuestionIndex, add_samples, pair_text, screen, shorten
 
 logger = logging.getLogger(__name__)
 
@@ -58,13 +58,14 @@ def llm_config() -> llm.LLMConfig:
         model=settings.MASSCER_LLM_MODEL,
         mode=settings.MASSCER_LLM_MODE,
         timeout=settings.MASSCER_LLM_TIMEOUT,
+        schema_counts=settings.MASSCER_LLM_SCHEMA_COUNTS,
     )
 
 
 def job_params(job: TrainingJob) -> llm.GenParams:
     return llm.GenParams(
         model=job.model,
-        temperature=job.temperature,
+        temperature=job.temperature if job.temperature is not None else settings.MASSCER_LLM_TEMPERATURE,
         top_p=job.top_p,
         max_tokens=job.max_tokens,
         frequency_penalty=job.frequency_penalty,
@@ -498,7 +499,10 @@ def _screen_and_store(
 ) -> tuple[int, list[Candidate], Counter[str]]:
     _refresh_index(item, progress)
     candidates = [Candidate(p.question, p.answer, p.evidence) for p in reply.pairs]
-    accepted, reasons = screen(candidates, source=source, index=progress.index, wanted=item.quota - progress.made)
+    rejected: list[tuple[str, Candidate]] = []
+    accepted, reasons = screen(
+        candidates, source=source, index=progress.index, wanted=item.quota - progress.made, rejected=rejected
+    )
     if reasons.get("duplicate"):
         taken = {c.question for c in accepted}
         progress.rejected_duplicates.extend(
@@ -512,16 +516,15 @@ def _screen_and_store(
         reasons["spare_unused"] += unused
         if not reasons["extra_dropped"]:
             del reasons["extra_dropped"]
-    if _mined_everything(item, reply, asked):
-        # Mining returns the questions the user asked; fewer than asked means there
-        # are no more, and asking again would only invite invented ones.
-        progress.exhausted = True
-        reasons["source_exhausted"] += asked - len(reply.pairs)
+    _count_short_reply(item, reply, asked, progress, reasons)
     if reply.parse_error:
         reasons["invalid_output"] += 1
     if reply.finish_reason == "length":
         reasons["truncated"] += 1
         progress.per_call = max(1, asked // 2)
+    # A few rejected replies go to the job page; the item is ours (claimed), so its own
+    # copy of the samples is current, and they are written with the call's counters.
+    samples = add_samples(item.samples or [], _rejections(reply, rejected, reasons))
     # The call is counted in the same transaction as its pairs: one UPDATE of the work
     # item and one of the job per call instead of two each. A live run whose quota is
     # now met closes the item in that transaction too.
@@ -541,6 +544,7 @@ def _screen_and_store(
         start=progress.made if shared is not None else None,
         agent_ids=shared.agents() if shared is not None else None,
         close=close,
+        samples=samples,
     )
     if close and stored >= 0:
         progress.closed = True
@@ -558,13 +562,47 @@ def _item_calls_budget(item: WorkItem) -> int:
     )
 
 
-def _mined_everything(item: WorkItem, reply: llm.Reply, asked: int) -> bool:
-    return (
-        item.job.style == TrainingJob.Style.MINE
-        and not reply.parse_error
-        and reply.finish_reason != "length"
-        and len(reply.pairs) < asked
-    )
+def _count_short_reply(
+    item: WorkItem, reply: llm.Reply, asked: int, progress: _Progress, reasons: Counter[str]
+) -> None:
+    """Count the pairs a well-formed reply left out: the model's doing, unless (mining) the
+    chunk holds fewer user questions than have been made and asked for."""
+    if reply.parse_error or reply.finish_reason == "length" or len(reply.pairs) >= asked:
+        return  # counted as invalid_output or truncated
+    missing = asked - len(reply.pairs)
+    if item.job.style == TrainingJob.Style.MINE:
+        # The planner caps a chunk's quota at its user questions, so normally all of the
+        # shortfall is the model's; a quota raised by "regenerate" can ask for more than the
+        # chunk holds, and that part is the conversation's.
+        held = max(0, services.user_turns(item.chunk) - progress.made)
+        beyond = min(missing, max(0, asked - held))
+        if beyond:
+            reasons["source_exhausted"] += beyond
+            missing -= beyond
+        # Mining is asked for "up to N, never invent": a model that answered with fewer has
+        # said it found no more, and asking it again would only invite invented questions.
+        # So the item stops here either way (one call, not its whole calls budget); the
+        # reason says whose doing the shortfall was, and a retry can ask again.
+        progress.exhausted = True
+    if missing:
+        reasons["model_returned_fewer"] += missing
+
+
+def _rejections(
+    reply: llm.Reply, rejected: list[tuple[str, Candidate]], reasons: Counter[str]
+) -> list[tuple[str, str]]:
+    """What this call's output lost, as (reason, shortened text): the whole reply when it could not
+    be used as a whole, then each rejected pair."""
+    found: list[tuple[str, str]] = []
+    if reply.finish_reason == "length":
+        # The end shows where it was cut off.
+        found.append(("truncated", shorten(reply.raw_text, keep_end=True) or "(no text)"))
+    elif reply.parse_error:
+        found.append(("invalid_output", shorten(reply.raw_text) or "(no text)"))
+    found += [(reason, pair_text(pair)) for reason, pair in rejected]
+    if not reply.pairs and not found and reasons.get("model_returned_fewer"):
+        found.append(("model_returned_fewer", shorten(reply.raw_text) or "(no text)"))
+    return found
 
 
 def _close_done(item: WorkItem, claim: int, progress: _Progress) -> str:

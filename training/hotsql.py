@@ -27,6 +27,7 @@ _RUNNING = WorkItem.Status.RUNNING
 _PENDING = WorkItem.Status.PENDING
 _DONE = WorkItem.Status.DONE
 _REASONS = WorkItem._meta.get_field("reasons")
+_SAMPLES = WorkItem._meta.get_field("samples")
 # Parameters per INSERT statement (SQLite before 3.32 allows 999).
 _MAX_PARAMS = 900
 
@@ -69,10 +70,15 @@ def item_stored(
     calls: int,
     reasons: dict[str, int],
     close: bool,
+    samples: Sequence[dict[str, str]] | None = None,
 ) -> bool:
-    """Count a call's pairs on the item if `claim` still holds it (and close it if asked)."""
+    """Count a call's pairs on the item if `claim` still holds it (and close it if asked);
+    `samples` replace the item's rejected-reply samples."""
     sets = ["made = made + %s", "reasons = %s"]
     params: list[Any] = [made, _REASONS.get_db_prep_value(reasons, connection)]
+    if samples is not None:
+        sets.append("samples = %s")
+        params.append(_SAMPLES.get_db_prep_value(list(samples), connection))
     if calls:
         sets += ["calls = calls + %s", "unavailable_since = NULL"]
         params.append(calls)

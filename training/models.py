@@ -4,6 +4,8 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+from .validation import next_step
+
 
 class Chunk(models.Model):
     """A token-bounded slice of one source (a document or a conversation)."""
@@ -95,6 +97,13 @@ class TrainingJob(models.Model):
     }
     FINISHED = (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
 
+    class Outcome(models.TextChoices):
+        """How a completed job really ended (see `outcome`); other statuses are their own outcome."""
+
+        COMPLETED = "completed", "Completed"
+        COMPLETED_WITH_SHORTFALL = "completed_with_shortfall", "Completed with shortfall"
+        NO_COMPLETIONS = "no_completions", "No completions made"
+
     workspace = models.ForeignKey("workspaces.Workspace", on_delete=models.CASCADE, related_name="training_jobs")
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="training_jobs")
     documents = models.ManyToManyField("documents.Document", blank=True, related_name="training_jobs")
@@ -141,6 +150,32 @@ class TrainingJob(models.Model):
     def is_finished(self) -> bool:
         return self.status in self.FINISHED
 
+    @property
+    def outcome(self) -> str:
+        """The status, with a completed job told apart by what it made: all it was asked for,
+        fewer, or nothing (every door shows this, so nobody sees 0 completions under a green
+        "Completed")."""
+        if self.status != self.Status.COMPLETED:
+            return self.status
+        if self.created_count >= self.requested_count:
+            return self.Outcome.COMPLETED.value
+        if self.created_count > 0:
+            return self.Outcome.COMPLETED_WITH_SHORTFALL.value
+        return self.Outcome.NO_COMPLETIONS.value
+
+    @property
+    def outcome_label(self) -> str:
+        if self.status != self.Status.COMPLETED:
+            return self.get_status_display()
+        return str(self.Outcome(self.outcome).label)
+
+    @property
+    def next_step(self) -> str | None:
+        """What the user can do when a completed job made fewer than asked because of the model."""
+        if self.status != self.Status.COMPLETED:
+            return None
+        return next_step(self.shortfall_reasons or {}, created=self.created_count, requested=self.requested_count)
+
 
 class WorkItem(models.Model):
     """One chunk's share of a job: the unit a generation task claims with a lease."""
@@ -161,6 +196,10 @@ class WorkItem(models.Model):
     attempts = models.PositiveIntegerField(default=0)
     # Why pairs were rejected or missing: {"evidence_not_found": 2, "invalid_output": 1, ...}.
     reasons = models.JSONField(default=dict, blank=True)
+    # A few of the model's rejected replies, for the job page: at most validation.SAMPLES_PER_ITEM of
+    # {"reason": key of REASON_LABELS, "text": the reply or the rejected pair, shortened}.
+    # Written with the call's counters by the worker that holds the item's claim.
+    samples = models.JSONField(default=list, blank=True)
     error = models.TextField(blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     enqueued_at = models.DateTimeField(null=True, blank=True)

@@ -164,6 +164,7 @@ def _requeue(by_item: dict[tuple[int, int], int], now: Any) -> None:
             calls=0,
             error="",
             reasons={},
+            samples=[],
             unavailable_since=None,
             enqueued_at=now,
         )

@@ -8,7 +8,8 @@ from django.db.models import Q, QuerySet
 
 from workspaces.selectors import visible_to
 
-from .models import Chunk, Completion, TrainingJob
+from .models import Chunk, Completion, TrainingJob, WorkItem
+from .validation import REASON_LABELS, SAMPLES_PER_ITEM, pick_samples
 
 
 def jobs_for(*, user: AbstractBaseUser) -> QuerySet[TrainingJob]:
@@ -47,3 +48,19 @@ def chunks_for_document(*, document: Any) -> QuerySet[Chunk]:
 
 def chunks_for_conversation(*, conversation: Any) -> QuerySet[Chunk]:
     return Chunk.objects.filter(conversation=conversation).order_by("index")
+
+
+def job_rejected_samples(*, job: TrainingJob, limit: int = SAMPLES_PER_ITEM) -> list[dict[str, str]]:
+    """Up to `limit` of the model's rejected replies in a job, one of each reason first, with
+    the reason's label: {"reason", "label", "text"} (the text is model output: escape it)."""
+    # Every item with samples has at least one, so `limit` items are enough to fill the list.
+    rows = (
+        WorkItem.objects.filter(job=job)
+        .exclude(samples=[])
+        .order_by("pk")
+        .values_list("samples", flat=True)[:limit]
+    )
+    return [
+        {**sample, "label": REASON_LABELS.get(sample["reason"], sample["reason"].replace("_", " "))}
+        for sample in pick_samples(rows, limit)
+    ]

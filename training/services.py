@@ -265,7 +265,13 @@ def job_retry(*, job: TrainingJob) -> bool:
             return False
         item_ids = list(retryable.values_list("pk", flat=True))
         WorkItem.objects.filter(pk__in=item_ids).update(
-            status=WorkItem.Status.PENDING, calls=0, error="", reasons={}, unavailable_since=None, enqueued_at=now
+            status=WorkItem.Status.PENDING,
+            calls=0,
+            error="",
+            reasons={},
+            samples=[],
+            unavailable_since=None,
+            enqueued_at=now,
         )
         _dispatch_items(job, item_ids)
     if not item_ids:
@@ -424,7 +430,10 @@ def job_summary(job: TrainingJob) -> dict[str, Any]:
         "requested": job.requested_count,
         "completions_created": job.created_count,
         "shortfall": job.shortfall,
+        "outcome": job.outcome,
+        "outcome_label": job.outcome_label,
         "shortfall_reasons": job.shortfall_reasons,
+        "next_step": job.next_step,
         "model_calls": job.calls,
         "prompt_tokens": job.prompt_tokens,
         "completion_tokens": job.completion_tokens,
@@ -542,6 +551,7 @@ def store_completions(
     start: int | None = None,
     agent_ids: Sequence[int] | None = None,
     close: bool = False,
+    samples: Sequence[dict[str, str]] | None = None,
 ) -> int:
     """Store accepted pairs for a claimed work item in one short transaction.
 
@@ -554,14 +564,18 @@ def store_completions(
 
     `start` is the chunk's number of completions in the job when the caller knows it, and
     `agent_ids` the job's agents (each saves a query); `close` closes the item as done in
-    the same transaction and counts it in the job's `chunks_done`.
+    the same transaction and counts it in the job's `chunks_done`. `samples`, when given,
+    replace the item's rejected-reply samples (the caller holds the claim, so it has the
+    current list and adds to it).
     """
     merged = Counter(item.reasons or {})
     merged.update(reasons)
     with transaction.atomic():
         # The item's update comes first: its row lock, and the claim number in the
         # condition, keep a worker whose lease was taken over from writing anything.
-        if not hotsql.item_stored(item.pk, claim, made=len(pairs), calls=calls, reasons=dict(merged), close=close):
+        if not hotsql.item_stored(
+            item.pk, claim, made=len(pairs), calls=calls, reasons=dict(merged), close=close, samples=samples
+        ):
             return -1
         if start is None:
             start = Completion.objects.filter(job_id=item.job_id, chunk_id=item.chunk_id).count()
@@ -603,5 +617,7 @@ def store_completions(
             chunks_done=1 if close else 0,
         )
     item.reasons = dict(merged)
+    if samples is not None:
+        item.samples = list(samples)
     return len(rows)
 

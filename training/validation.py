@@ -5,7 +5,7 @@ import math
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -26,6 +26,7 @@ REASON_LABELS = {
     "model_error": "the model endpoint returned an error",
     "cancelled": "the job was cancelled",
     "source_exhausted": "the conversations hold fewer user questions than asked",
+    "model_returned_fewer": "the model returned fewer pairs than asked",
     "budget_exhausted": "the job reached its cost budget",
 }
 
@@ -134,30 +135,161 @@ class Candidate:
 
 
 def screen(
-    candidates: Iterable[Candidate], *, source: str, index: QuestionIndex, wanted: int
+    candidates: Iterable[Candidate],
+    *,
+    source: str,
+    index: QuestionIndex,
+    wanted: int,
+    rejected: list[tuple[str, Candidate]] | None = None,
 ) -> tuple[list[Candidate], Counter[str]]:
     """Accept at most `wanted` valid, new pairs; count why the others were rejected.
 
     Accepted questions are added to `index`, so duplicates inside one reply are caught.
+    With `rejected`, each rejected pair is appended to it with its reason (valid extras
+    beyond `wanted` are dropped, not rejected, and are not listed).
     """
     accepted: list[Candidate] = []
     reasons: Counter[str] = Counter()
     for candidate in candidates:
         cleaned = Candidate(candidate.question.strip(), candidate.answer.strip(), candidate.evidence.strip())
         if not (cleaned.question and cleaned.answer and cleaned.evidence):
-            reasons["empty_field"] += 1
+            reason = "empty_field"
         elif not evidence_in_source(cleaned.evidence, source):
-            reasons["evidence_not_found"] += 1
+            reason = "evidence_not_found"
         elif index.is_duplicate(cleaned.question):
-            reasons["duplicate"] += 1
+            reason = "duplicate"
         elif len(accepted) >= wanted:
             reasons["extra_dropped"] += 1
+            continue
         else:
             accepted.append(cleaned)
             index.add(cleaned.question)
+            continue
+        reasons[reason] += 1
+        if rejected is not None:
+            rejected.append((reason, cleaned))
     return accepted, reasons
 
 
 def describe_reasons(reasons: dict[str, int]) -> str:
     parts = [f"{REASON_LABELS.get(key, key)} ({n}×)" for key, n in sorted(reasons.items()) if n]
     return "; ".join(parts)
+
+
+# --- samples of rejected replies, and what to do about a shortfall ---------------------------
+
+# Rejected replies kept per work item, and shown per job; each shortened to about this many characters.
+SAMPLES_PER_ITEM = 3
+SAMPLE_CHARS = 300
+
+
+def shorten(text: str, limit: int = SAMPLE_CHARS, *, keep_end: bool = False) -> str:
+    """`text` on one line, cut to `limit` characters with an ellipsis (at the start with `keep_end`)."""
+    flat = _SPACE.sub(" ", text).strip()
+    if len(flat) <= limit:
+        return flat
+    return "…" + flat[-(limit - 1) :] if keep_end else flat[: limit - 1] + "…"
+
+
+def pair_text(pair: Candidate) -> str:
+    """A rejected pair as the job page shows it."""
+    return shorten(f"Q: {pair.question} A: {pair.answer} E: {pair.evidence}")
+
+
+def add_samples(
+    kept: Sequence[Mapping[str, str]], found: Iterable[tuple[str, str]], limit: int = SAMPLES_PER_ITEM
+) -> list[dict[str, str]] | None:
+    """`kept` with (reason, text) samples from `found` added up to `limit`, reasons not yet kept
+    first and no sample twice; None when nothing was added (so the caller writes nothing)."""
+    room = limit - len(kept)
+    candidates = list(found)
+    if room <= 0 or not candidates:
+        return None
+    have = {sample.get("reason") for sample in kept}
+    seen = {(sample.get("reason"), sample.get("text")) for sample in kept}
+    fresh: list[tuple[str, str]] = []
+    again: list[tuple[str, str]] = []
+    for reason, text in candidates:
+        if (reason, text) in seen:
+            continue  # a model that keeps sending the same reply shows it once
+        seen.add((reason, text))
+        (again if reason in have else fresh).append((reason, text))
+        have.add(reason)
+    chosen = (fresh + again)[:room]
+    if not chosen:
+        return None
+    return [dict(sample) for sample in kept] + [{"reason": reason, "text": text} for reason, text in chosen]
+
+
+def pick_samples(
+    per_item: Iterable[Sequence[Mapping[str, str]]], limit: int = SAMPLES_PER_ITEM
+) -> list[dict[str, str]]:
+    """Up to `limit` samples from several items' lists, one of each reason first."""
+    found = [
+        (str(sample.get("reason", "")), str(sample.get("text", "")))
+        for samples in per_item
+        for sample in samples
+        if isinstance(sample, Mapping)
+    ]
+    return add_samples([], found, limit) or []
+
+
+# Reasons that are the model's doing (a stronger model makes them rarer), most telling first;
+# `calls_exhausted` only says the model kept falling short, so it comes last.
+MODEL_REASONS = (
+    "evidence_not_found",
+    "invalid_output",
+    "truncated",
+    "empty_field",
+    "model_returned_fewer",
+    "calls_exhausted",
+)
+# Reasons that stop a job whatever the model does; their own message says what to do.
+_STOPPED_BY = ("budget_exhausted", "cancelled", "model_error")
+_STRONGER = (
+    "point MASSCER_LLM_BASE_URL and MASSCER_LLM_MODEL at a stronger model "
+    "(see the README: “Point it at another model”), then retry"
+)
+_WHAT_WENT_WRONG = {
+    "evidence_not_found": (
+        "The model returned no pair whose evidence is in the text",
+        "Most of the model's evidence quotes were not found in the text",
+    ),
+    "invalid_output": ("The model's replies could not be parsed", "Many of the model's replies could not be parsed"),
+    "truncated": (
+        "The model's replies were cut off at the token limit",
+        "Some of the model's replies were cut off at the token limit",
+    ),
+    "empty_field": (
+        "The model left questions, answers or evidence empty",
+        "The model often left a question, answer or evidence empty",
+    ),
+    "model_returned_fewer": (
+        "The model returned fewer pairs than asked, and none that could be used",
+        "The model returned fewer pairs than asked",
+    ),
+    "calls_exhausted": (
+        "The model did not deliver a valid pair within the allowed calls",
+        "The model did not deliver enough valid pairs within the allowed calls",
+    ),
+}
+
+
+def next_step(reasons: Mapping[str, object], *, created: int, requested: int) -> str | None:
+    """What to do about a job that made fewer than `requested` because of the model, or None.
+
+    `reasons` are the job's shortfall reasons (counts by key). None when nothing is missing,
+    when the job was stopped (budget, cancel, endpoint errors: their message says what to do),
+    or when no reason is the model's (e.g. the conversations hold fewer questions than asked).
+    """
+    counts = {key: n for key, n in reasons.items() if isinstance(n, int) and n > 0}
+    if created >= requested or any(key in counts for key in _STOPPED_BY):
+        return None
+    # The most frequent of the model's reasons; calls_exhausted only when it is the only one.
+    found = [key for key in MODEL_REASONS[:-1] if key in counts] or [k for k in MODEL_REASONS[-1:] if k in counts]
+    if not found:
+        return None
+    main = max(found, key=lambda key: (counts[key], -MODEL_REASONS.index(key)))
+    what = _WHAT_WENT_WRONG[main][0 if created == 0 else 1]
+    fix = "raise the job's max tokens or " + _STRONGER if main == "truncated" else _STRONGER
+    return f"{what} — {fix}."

@@ -33,7 +33,7 @@ from workspaces.models import Workspace
 from . import estimate as estimating
 from .forms import TrainForm
 from .models import Completion, TrainingJob, WorkItem
-from .selectors import chunks_for_conversation, chunks_for_document, jobs_for
+from .selectors import chunks_for_conversation, chunks_for_document, job_rejected_samples, jobs_for
 from .services import job_cancel, job_create, job_retry
 
 RECENT_COMPLETIONS = 50
@@ -244,6 +244,8 @@ def _job_context(job: TrainingJob) -> dict[str, Any]:
         "item_errors": item_errors,
         "recent": recent,
         "reasons": reasons,
+        "samples": job_rejected_samples(job=job),
+        "next_step": job.next_step,
         "can_retry": job.status == TrainingJob.Status.FAILED
         or (job.status == TrainingJob.Status.COMPLETED and job.shortfall > 0),
     }

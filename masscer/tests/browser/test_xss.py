@@ -8,7 +8,7 @@ import pytest
 
 from documents.models import Document, Page
 from masscer.tests.web import eager_celery, fast_passwords  # noqa: F401 - fixtures
-from training.models import Assignment, Chunk, Completion, TrainingJob
+from training.models import Assignment, Chunk, Completion, TrainingJob, WorkItem
 from workspaces.services import workspace_personal
 
 from .test_flows import app, browser, log_in, shot  # noqa: F401 - fixtures
@@ -45,6 +45,11 @@ def hostile(alice: Any, settings: Any, tmp_path: Path) -> dict[str, int]:
         job=job, chunk=chunk, ordinal=0, question=f"Q {SCRIPT}?", answer=f"A {IMAGE}", evidence=IMAGE
     )
     Assignment.objects.create(completion=completion, agent=agent)
+    # A rejected reply kept for the job page (shown there as text).
+    WorkItem.objects.create(
+        job=job, chunk=chunk, quota=1, made=1, status=WorkItem.Status.DONE,
+        samples=[{"reason": "invalid_output", "text": f"Sure! {SCRIPT} {IMAGE}"}],
+    )  # fmt: skip
     return {"document": document.pk, "job": job.pk, "agent": agent.pk, "completion": completion.pk}
 
 

@@ -90,7 +90,8 @@ class Command(BaseCommand):
             self.stderr.write(f"Job {job.pk} runs in batch mode: results can take up to 24 hours (--no-wait returns).")
         job = self._follow(job, options)
         self._print(job, options["json"])
-        if job.status == TrainingJob.Status.FAILED:
+        # A completed job that made nothing is as much a failure to the caller as a failed one.
+        if job.status == TrainingJob.Status.FAILED or job.outcome == TrainingJob.Outcome.NO_COMPLETIONS:
             sys.exit(1)
         if not job.is_finished:
             sys.exit(2)
@@ -167,7 +168,7 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps(summary))
             return
         lines = [
-            f"Job {summary['job_id']}: {summary['status']}",
+            f"Job {summary['job_id']}: {summary['outcome_label']}",
             f"  completions: {summary['completions_created']} of {summary['requested']}",
             f"  model calls: {summary['model_calls']}  tokens: {summary['prompt_tokens']} prompt"
             f" + {summary['completion_tokens']} completion",
@@ -177,4 +178,6 @@ class Command(BaseCommand):
             lines.append(f"  shortfall: {summary['shortfall']} ({summary['shortfall_reasons']})")
         if summary["error"]:
             lines.append(f"  error: {summary['error']}")
+        if summary["next_step"]:
+            lines.append(f"  next step: {summary['next_step']}")
         self.stdout.write("\n".join(lines))

@@ -2,7 +2,8 @@
 
 A turn is prepared (validated input, retrieval, messages) before any byte is streamed, so bad
 input is a plain 400 and database work never happens inside the stream; the stream itself is
-only the model call.
+only the model call. What the user sees of the reply is the reply without our prompt markup
+(``agents.reply_filter``): small models echo the ``<reference_examples>`` fence and the like.
 
 A turn takes its place in the endpoint's shared rate limit (the one the generation workers
 use, `training.generation.model_limiter`) before it calls the model. A short wait is waited;
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from django.conf import settings
@@ -27,6 +28,7 @@ from training.generation import call_slots, llm_config, model_limiter
 from training.models import Assignment, Completion
 
 from .models import Agent
+from .reply_filter import ReplyFilter, strip_markup
 from .retrieval import DEFAULT_K, DEFAULT_TOKEN_BUDGET, Retrieved, retrieve
 
 MAX_MESSAGE_CHARS = 8000
@@ -77,6 +79,10 @@ class ModelBusy(llm.LLMTransientError):
     """The shared rate limit (or call slots) has no room for this turn within MASSCER_PLAYGROUND_MAX_WAIT."""
 
 
+class NoAnswer(llm.LLMTransientError):
+    """Nothing of the reply is left to show (it was empty, or only markup of the prompt)."""
+
+
 def agent_params(agent: Agent) -> llm.GenParams:
     return llm.GenParams(
         model=agent.model or settings.MASSCER_LLM_MODEL,
@@ -99,6 +105,8 @@ def clean_history(history: Any) -> list[dict[str, str]]:
         content = item.get("content") if isinstance(item, dict) else None
         if role not in HISTORY_ROLES or not isinstance(content, str):
             raise ValueError("Each history message needs a role (user or assistant) and a text content.")
+        if role == "assistant":  # what the user was shown; a client may have kept the raw reply
+            content = strip_markup(content)
         if content.strip():
             cleaned.append({"role": role, "content": content[:MAX_MESSAGE_CHARS]})
     cleaned = cleaned[-history_messages() :] if history_messages() > 0 else []
@@ -155,7 +163,7 @@ def turn_stream(turn: Turn) -> Iterator[llm.ChatDelta]:
 
     Nothing happens until the first delta is asked for; failures are raised from iteration:
     ModelBusy (a transient error) when the slot is too far away, LLMTransientError /
-    LLMPermanentError from the call.
+    LLMPermanentError from the call, NoAnswer when no text of the reply is left to show.
     """
     config = llm_config()
     model = turn.params.model or config.model
@@ -168,7 +176,8 @@ def turn_stream(turn: Turn) -> Iterator[llm.ChatDelta]:
         if limiter is not None:
             _take_slot(limiter, turn)
         try:
-            yield from llm.chat_stream(config, messages=turn.messages, params=turn.params)
+            deltas = llm.chat_stream(config, messages=turn.messages, params=turn.params)
+            yield from shown_reply(deltas, transcript=config.mode == "completion", model=model)
         except llm.LLMTransientError as exc:
             if limiter is not None and exc.status_code == 429 and exc.retry_after:
                 limiter.block(exc.retry_after)  # the provider said wait: the workers wait too
@@ -176,6 +185,40 @@ def turn_stream(turn: Turn) -> Iterator[llm.ChatDelta]:
     finally:
         if slots is not None and token is not None:
             slots.give(token)
+
+
+def shown_reply(deltas: Iterator[llm.ChatDelta], *, transcript: bool, model: str) -> Iterator[llm.ChatDelta]:
+    """The deltas without our prompt markup, each passed on as soon as it cannot be markup.
+
+    Raises NoAnswer instead of the final delta when no text of the reply is left to show.
+    """
+    reply = ReplyFilter(transcript=transcript)
+    final: llm.ChatDelta | None = None
+    try:
+        for delta in deltas:
+            if text := reply.feed(delta.text):
+                yield llm.ChatDelta(text=text)
+            if delta.is_final:
+                final = replace(delta, text="")
+            elif reply.ended:  # the model began the next turn, where a stop sequence ends a reply
+                final = llm.ChatDelta(finish_reason="stop", model=model)
+                break
+    finally:
+        close = getattr(deltas, "close", None)
+        if callable(close):
+            close()
+    if text := reply.finish():
+        yield llm.ChatDelta(text=text)
+    if not reply.visible:
+        raise NoAnswer(_no_answer(reply))
+    if final is not None:
+        yield final
+
+
+def _no_answer(reply: ReplyFilter) -> str:
+    if reply.removed:
+        return "The model returned no answer: it only repeated markup of its prompt, which is not shown."
+    return "The model returned an empty reply."
 
 
 def _take_call_slot(slots: concurrency.CallSlots | None) -> str | None:

@@ -2,12 +2,14 @@
 
 Events of ``playground_stream`` (each ``event: NAME`` + ``data: JSON``):
 
-* ``delta`` ``{"text": "..."}`` — the next piece of the reply, as the model sends it;
+* ``delta`` ``{"text": "..."}`` — the next piece of the reply, as the model sends it, less our
+  prompt markup (``agents.reply_filter``);
 * ``used`` ``{"completions": [{"id", "question", "rule", "score"}]}`` — the approved
   completions that were in the agent's context;
 * ``done`` ``{"finish_reason", "model", "usage"}`` — the end of the reply;
 * ``error`` ``{"message", "retry", "retry_after"}`` — the model call failed, or the model is
-  busy (shared rate limit) and ``retry_after`` seconds is when to try again; the stream ends there.
+  busy (shared rate limit) and ``retry_after`` seconds is when to try again, or no text of the
+  reply was left to show (``playground.NoAnswer``); the stream ends there.
 """
 from __future__ import annotations
 

@@ -234,6 +234,63 @@ def test_model_output_is_data_in_the_event_stream(alice, agent, fake_llm) -> Non
     assert [n for n, _ in found][-2:] == ["used", "done"]
 
 
+# --- prompt markup is never shown ----------------------------------------------------------------
+
+
+def test_an_echoed_reference_fence_is_not_shown(alice, agent, fake_llm) -> None:
+    material(agent, "How do I get a refund?", "Open Billing and press Refund.")
+    echo = "Here is how.\n<reference_examples>\nOpen Billing and press Refund.\n</reference_examples>\n"
+    fake_llm.script([{"kind": "raw", "text": echo}])
+    found = events(post_turn(client_for(alice), agent, "refund please"))
+    assert "<reference_examples>" in fake_llm.calls[0]["prompt"]
+    assert reply_of(found) == "Here is how.\nOpen Billing and press Refund.\n"
+    assert [name for name, _ in found][-2:] == ["used", "done"]
+
+
+def test_a_tag_split_over_deltas_is_not_shown_and_the_rest_streams(alice, agent, fake_llm) -> None:
+    # The fake sends a word per chunk: "< ", "REFERENCE_EXAMPLES ", ">\n" arrive one by one.
+    fake_llm.script([{"kind": "raw", "text": "Sure.\n< REFERENCE_EXAMPLES >\nRefunds take 30 days, a < b."}])
+    found = events(post_turn(client_for(alice), agent, "Hi"))
+    deltas = [data["text"] for name, data in found if name == "delta"]
+    assert deltas[0] == "Sure.\n"
+    assert "".join(deltas) == "Sure.\nRefunds take 30 days, a < b."
+
+
+def test_a_reply_of_markup_only_says_the_model_gave_no_answer(alice, agent, fake_llm) -> None:
+    fake_llm.script([{"kind": "raw", "text": "<reference_examples>\n&lt;/reference_examples&gt;\n"}])
+    found = events(post_turn(client_for(alice), agent, "Hi"))
+    assert reply_of(found) == ""
+    name, data = found[-1]
+    assert name == "error" and "no answer" in data["message"] and data["retry"] is True
+    assert "done" not in [n for n, _ in found]
+
+
+def test_an_empty_reply_is_not_an_empty_bubble(alice, agent, fake_llm) -> None:
+    fake_llm.script([{"kind": "raw", "text": ""}])
+    name, data = events(post_turn(client_for(alice), agent, "Hi"))[-1]
+    assert name == "error" and "empty reply" in data["message"]
+
+
+def test_the_history_sent_to_the_model_has_no_markup(alice, agent, fake_llm) -> None:
+    history = [
+        {"role": "user", "content": "earlier"},
+        {"role": "assistant", "content": "<reference_examples>\nold answer\n</reference_examples>"},
+    ]
+    events(post_turn(client_for(alice), agent, "Hi", history=history))
+    messages = fake_llm.calls[0]["request"]["messages"]
+    assert [m["content"] for m in messages[1:]] == ["earlier", "old answer\n", "Hi"]
+
+
+def test_a_base_model_reply_ends_where_it_writes_the_next_turn(alice, agent, fake_llm, settings) -> None:
+    settings.MASSCER_LLM_MODE = "completion"
+    reply = "Assistant: Refunds take 30 days.\nUser: And in cash?\nAssistant: No."
+    fake_llm.script([{"kind": "raw", "text": reply, "endpoint": "completion"}])
+    found = events(post_turn(client_for(alice), agent, "refund please"))
+    assert fake_llm.calls[0]["endpoint"] == "completion"
+    assert reply_of(found) == "Refunds take 30 days.\n"
+    assert found[-1][0] == "done" and found[-1][1]["finish_reason"] == "stop"
+
+
 # --- input ---------------------------------------------------------------------------------------
 
 

@@ -25,7 +25,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_GET, require_POST
 
-from masscer.lib import llm
+from masscer.lib import jsonsafe, llm
 from workspaces.selectors import visible_to
 
 from .models import Agent
@@ -81,18 +81,12 @@ def playground_stream(request: HttpRequest, pk: int) -> HttpResponse:
 def _turn_input(request: HttpRequest) -> tuple[str, Any, list[str]]:
     """(message, history, tags) from a JSON body or a form (history as JSON, tags comma-separated)."""
     if request.content_type == "application/json":
-        try:
-            data = json.loads(request.body or b"{}")
-        except ValueError as exc:
-            raise ValueError("The request body is not valid JSON.") from exc
+        data = jsonsafe.loads(request.body or b"{}", what="The request body")
         if not isinstance(data, dict):
             raise ValueError("The request body must be a JSON object.")
         message, history, tags = data.get("message", ""), data.get("history", []), data.get("tags", [])
     else:
-        try:
-            history = json.loads(request.POST.get("history") or "[]")
-        except ValueError as exc:
-            raise ValueError("The history is not valid JSON.") from exc
+        history = jsonsafe.loads(request.POST.get("history") or "[]", what="The history")
         message, tags = request.POST.get("message", ""), request.POST.get("tags", "")
     if not isinstance(message, str):
         raise ValueError("The message must be text.")

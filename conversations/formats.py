@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from masscer.lib import jsonsafe
+
 ROLES = ("system", "user", "assistant", "tool")
 TITLE_CHARS = 300  # Conversation.title
 DERIVED_TITLE_CHARS = 80
@@ -257,8 +259,8 @@ def _sharegpt_message(
 def _sharegpt_call(text: str, *, call_id: str) -> tuple[ParsedMessage, tuple[str, str] | None]:
     """A function_call turn: the text stays the content; if it is JSON it is also a tool call."""
     try:
-        parsed = json.loads(text)
-    except json.JSONDecodeError:
+        parsed = jsonsafe.loads(text)
+    except jsonsafe.JSONInputError:
         return ParsedMessage(role="assistant", content=text), None
     if not isinstance(parsed, dict):
         return ParsedMessage(role="assistant", content=text), None

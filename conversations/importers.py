@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
+from masscer.lib import jsonsafe
+
 from .formats import (
     PARSERS,
     ConversationError,
@@ -183,11 +185,14 @@ def _records(text: str, filename: str) -> list[_Record]:
             return records
         # No line parses alone: perhaps a whole JSON document under a .jsonl name.
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        if _is_next_line(text, exc):
-            return _jsonl_records(text)
-        raise ImportFormatError(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
+        value = jsonsafe.loads(text, what="The file")
+    except jsonsafe.JSONInputError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, json.JSONDecodeError):
+            if _is_next_line(text, cause):
+                return _jsonl_records(text)
+            raise ImportFormatError(f"invalid JSON at line {cause.lineno} column {cause.colno}: {cause.msg}") from exc
+        raise ImportFormatError(str(exc)) from exc
     return _document_records(value)
 
 
@@ -209,9 +214,12 @@ def _jsonl_records(text: str) -> list[_Record]:
 
 def _jsonl_record(line: str, index: str) -> _Record:
     try:
-        value = json.loads(line)
-    except json.JSONDecodeError as exc:
-        return _Record(index, error=f"invalid JSON at column {exc.colno}: {exc.msg}")
+        value = jsonsafe.loads(line, what="The line")
+    except jsonsafe.JSONInputError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, json.JSONDecodeError):
+            return _Record(index, error=f"invalid JSON at column {cause.colno}: {cause.msg}")
+        return _Record(index, error=str(exc))
     return _Record(index, _wrap_bare_messages(value))
 
 

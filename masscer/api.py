@@ -16,8 +16,9 @@ from django.core.exceptions import ObjectDoesNotExist, PermissionDenied, Request
 from django.db.models import ProtectedError
 from django.http import Http404, HttpRequest, HttpResponse
 from ninja import NinjaAPI
-from ninja.errors import AuthenticationError
+from ninja.errors import AuthenticationError, HttpError
 from ninja.errors import ValidationError as NinjaValidationError
+from ninja.parser import Parser
 from ninja.security import HttpBearer
 from ninja.security.apikey import APIKeyCookie
 from ninja.utils import check_csrf
@@ -25,6 +26,7 @@ from ninja.utils import check_csrf
 from agents.api import router as agents_router
 from conversations.api import router as conversations_router
 from documents.api import router as documents_router
+from masscer.lib import jsonsafe
 from training.api import router as training_router
 from workspaces.api import router as workspaces_router
 from workspaces.services import api_token_authenticate
@@ -62,7 +64,16 @@ class SessionAuth(APIKeyCookie):
         return request.user if request.user.is_authenticated else None
 
 
+class SafeJSONParser(Parser):
+    """Bodies with what json.loads accepts but nothing after it can take (a lone surrogate,
+    nesting past the recursion limit, a 5,000-digit number) are refused with the reason."""
+
+    def parse_body(self, request: HttpRequest) -> Any:
+        return jsonsafe.loads(request.body, what="The request body")
+
+
 api = NinjaAPI(
+    parser=SafeJSONParser(),
     title="Masscer datasets API",
     version="1",
     description=__doc__ or "",
@@ -93,6 +104,14 @@ def _location(error: dict[str, Any]) -> str:
     # ninja prefixes the parameter source ("body", "query", "path", "form", "file").
     sources = ("body", "query", "path", "form", "file", "payload", "filters")
     return ".".join(str(part) for part in error.get("loc", ()) if part not in sources)
+
+
+@api.exception_handler(HttpError)
+def on_http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
+    # ninja reports any parser failure as "Cannot parse request body": give the reason instead.
+    cause = exc.__cause__
+    detail = str(cause) if isinstance(cause, jsonsafe.JSONInputError) else str(exc)
+    return _error(request, exc.status_code, detail)
 
 
 @api.exception_handler(NinjaValidationError)

@@ -186,9 +186,13 @@ STATIC_ROOT = VAR_DIR / "static"
 MEDIA_ROOT = Path(env_str("MASSCER_MEDIA_ROOT", str(VAR_DIR / "uploads")))
 
 LOGIN_URL = "/accounts/login/"
-# Failed logins allowed per account and per address within the window, then refused.
+# Failed logins allowed per (account, client address) within the window, then refused.
 # The failures are counted in the cache (see CACHES below).
 MASSCER_LOGIN_FAILURES = env_int("MASSCER_LOGIN_FAILURES", 5)
+# Behind a proxy: the header that carries the client's address (e.g. X-Forwarded-For), read
+# only on requests from the proxies listed (their addresses as the web process sees them).
+MASSCER_CLIENT_ADDRESS_HEADER = env_str("MASSCER_CLIENT_ADDRESS_HEADER", "")
+MASSCER_TRUSTED_PROXIES = env_list("MASSCER_TRUSTED_PROXIES", ["127.0.0.1", "::1"])
 MASSCER_LOGIN_WINDOW_SECONDS = env_int("MASSCER_LOGIN_WINDOW_SECONDS", 900)
 LOGIN_REDIRECT_URL = "/"
 

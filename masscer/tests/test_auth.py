@@ -133,3 +133,62 @@ def test_a_process_below_the_limit_lets_the_right_password_in(client, alice, set
     settings.MASSCER_LOGIN_FAILURES = 3
     assert client.post("/accounts/login/", {"username": "alice", "password": "wrong"}).status_code == 200
     assert login_in_another_process(tmp_path, **redis_cache) == 302
+
+
+def fail(client, username: str, address: str, times: int, **headers: str) -> None:
+    for _ in range(times):
+        client.post("/accounts/login/", {"username": username, "password": "wrong"}, REMOTE_ADDR=address, **headers)
+
+
+def test_a_guesser_at_one_address_does_not_lock_others_out(client, alice, bob, settings) -> None:
+    settings.MASSCER_LOGIN_FAILURES = 3
+    fail(client, "alice", "203.0.113.7", 3)
+    locked = client.post(
+        "/accounts/login/", {"username": "alice", "password": "alice-Secret-123"}, REMOTE_ADDR="203.0.113.7"
+    )
+    assert locked.status_code == 429
+    # bob at the same address, and alice at her own, still log in.
+    bob_there = client.post(
+        "/accounts/login/", {"username": "bob", "password": "bob-Secret-123"}, REMOTE_ADDR="203.0.113.7"
+    )
+    assert bob_there.status_code == 302
+    client.logout()
+    alice_home = client.post(
+        "/accounts/login/", {"username": "alice", "password": "alice-Secret-123"}, REMOTE_ADDR="198.51.100.1"
+    )
+    assert alice_home.status_code == 302
+
+
+def test_behind_a_trusted_proxy_the_forwarded_client_address_counts(client, alice, settings) -> None:
+    settings.MASSCER_LOGIN_FAILURES = 3
+    settings.MASSCER_CLIENT_ADDRESS_HEADER = "X-Forwarded-For"
+    settings.MASSCER_TRUSTED_PROXIES = ["10.0.0.2"]
+    # Everyone arrives from the proxy 10.0.0.2; the guesser is 203.0.113.7.
+    fail(client, "alice", "10.0.0.2", 3, HTTP_X_FORWARDED_FOR="203.0.113.7")
+    guesser = client.post(
+        "/accounts/login/", {"username": "alice", "password": "alice-Secret-123"},
+        REMOTE_ADDR="10.0.0.2", HTTP_X_FORWARDED_FOR="203.0.113.7",
+    )
+    assert guesser.status_code == 429
+    alice_at_home = client.post(
+        "/accounts/login/", {"username": "alice", "password": "alice-Secret-123"},
+        REMOTE_ADDR="10.0.0.2", HTTP_X_FORWARDED_FOR="198.51.100.1",
+    )
+    assert alice_at_home.status_code == 302
+
+
+def test_a_forwarded_header_from_an_untrusted_peer_is_ignored(client, alice, settings) -> None:
+    settings.MASSCER_LOGIN_FAILURES = 3
+    settings.MASSCER_CLIENT_ADDRESS_HEADER = "X-Forwarded-For"
+    settings.MASSCER_TRUSTED_PROXIES = ["10.0.0.2"]
+    # A guesser who writes a new X-Forwarded-For each time is still counted by its own address.
+    for n in range(3):
+        client.post(
+            "/accounts/login/", {"username": "alice", "password": "wrong"},
+            REMOTE_ADDR="203.0.113.7", HTTP_X_FORWARDED_FOR=f"192.0.2.{n}",
+        )
+    again = client.post(
+        "/accounts/login/", {"username": "alice", "password": "alice-Secret-123"},
+        REMOTE_ADDR="203.0.113.7", HTTP_X_FORWARDED_FOR="192.0.2.99",
+    )
+    assert again.status_code == 429

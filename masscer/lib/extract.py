@@ -445,6 +445,13 @@ def _xml_reason(exc: BaseException) -> str:
     return f"its XML is damaged or hostile ({what or type(exc).__name__})."
 
 
+def _out_of_memory(exc: BaseException) -> bool:
+    """libxml2 that runs out of memory under the child's limit says "Memory allocation failed",
+    or, when the failing allocation leaves no error code, "unknown error"."""
+    reason = str(exc).lower()
+    return "memory allocation failed" in reason or reason.startswith("unknown error")
+
+
 def _extract_docx(
     path: str, filename: str, max_bytes: int, max_pages: int
 ) -> Extracted:
@@ -454,6 +461,8 @@ def _extract_docx(
         raise
     except Exception as exc:  # noqa: BLE001 - zipfile/lxml/python-docx raise many types
         if type(exc).__name__ == "XMLSyntaxError":  # lxml, without importing it here
+            if _out_of_memory(exc):
+                raise ExtractionError(LIMITS_MESSAGE) from None
             raise _docx_error(_xml_reason(exc)) from None
         raise _docx_error(_short_reason(exc)) from None
 

@@ -346,3 +346,35 @@ def test_clean_text_removes_nul_and_lone_surrogates() -> None:
     assert clean_text("a\x00b\r\nc\rd") == "ab\nc\nd"
     assert clean_text("x\ud800y") == "x\ufffdy"
     assert clean_text("ok \U0001f600") == "ok \U0001f600"
+
+
+def test_a_docx_whose_xml_outgrows_the_memory_limit_is_reported_as_such(tmp_path: Path) -> None:
+    # 400 MB of XML (1.1 MB zipped, within the expansion allowed for a 50 MB upload limit): libxml2
+    # runs out of the 1 GiB allowed and says "unknown error", which is no damaged XML.
+    import zipfile
+
+    path = tmp_path / "big.docx"
+    paragraph = b"<w:p><w:r><w:t>" + b"word " * 2000 + b"</w:t></w:r></w:p>"
+    namespace = b'xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main"'
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as package:
+        package.writestr(
+            "[Content_Types].xml",
+            b'<?xml version="1.0"?><Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types">'
+            b'<Default Extension="rels" ContentType="application/vnd.openxmlformats-package.relationships+xml"/>'
+            b'<Override PartName="/word/document.xml" ContentType="application/'
+            b'vnd.openxmlformats-officedocument.wordprocessingml.document.main+xml"/></Types>',
+        )
+        package.writestr(
+            "_rels/.rels",
+            b'<?xml version="1.0"?><Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships">'
+            b'<Relationship Id="rId1" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/'
+            b'officeDocument" Target="word/document.xml"/></Relationships>',
+        )
+        with package.open("word/document.xml", "w", force_zip64=True) as xml:
+            xml.write(b'<?xml version="1.0"?><w:document ' + namespace + b"><w:body>")
+            block = paragraph * 100
+            for _ in range(400 * MB // len(block)):
+                xml.write(block)
+            xml.write(b"</w:body></w:document>")
+    with pytest.raises(ExtractionError, match="time/memory limits"):
+        extract_isolated(str(path), filename=path.name, memory_bytes=1024 * MB, **LIMITS)

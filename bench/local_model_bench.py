@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,65 +27,13 @@ sys.path.insert(0, str(ROOT))
 
 from benchlib import machine, markdown_block, print_table, update_benchmarks_md  # noqa: E402
 
-# A one-page Markdown handbook, as in the README's first flow (held in: the same text every run).
-HANDBOOK = """# Acme Support Handbook
+from masscer.testing.embedded import HANDBOOK, ModelStartError, start_embedded_model  # noqa: E402
 
-## Opening hours
-Our support desk is open Monday to Friday from 8:00 to 18:00 Central European Time.
-On public holidays the desk is closed and tickets are answered on the next working day.
-
-## Refunds
-Customers can ask for a full refund within 30 days of purchase. After 30 days we offer
-store credit instead of money back. Refunds are paid to the original payment method
-within 5 business days.
-
-## Passwords
-A user who forgot their password can reset it from the login page. The reset link in
-the email expires after 2 hours. Support staff must never ask a customer for their password.
-
-## Escalation
-Tickets that are not answered within 24 hours are escalated to the team lead. Security
-incidents are escalated at once to the on-call engineer by phone.
-
-## Shipping
-Orders placed before 14:00 ship the same working day. Standard delivery takes 2 to 4
-working days within the EU; express delivery takes one working day and costs 12 euros.
-"""
 SECTION = "## Embedded model (B7)"
 INTRO = (
     "A new user's first jobs on the embedded default model (`make run`): real jobs on a held-in\n"
     "one-page handbook, inline, against `python -m masscer.localmodel`."
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_model(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    log = (workdir / "model.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "masscer.localmodel", "--port", str(port)],
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(url + "/health", timeout=2).read()
-            return process, url
-        except OSError:
-            if process.poll() is not None:
-                raise SystemExit(f"the embedded model exited:\n{(workdir / 'model.log').read_text()[-2000:]}") from None
-            time.sleep(0.5)
-    process.kill()
-    raise SystemExit("the embedded model did not start within 180 s")
 
 
 def metrics(url: str) -> dict[str, float]:
@@ -157,7 +103,10 @@ def main() -> None:
         if args.file is None:
             source.write_text(HANDBOOK)
         started = time.monotonic()
-        process, url = start_model(workdir)
+        try:
+            process, url = start_embedded_model(workdir / "model.log")
+        except ModelStartError as exc:
+            raise SystemExit(str(exc)) from None
         start_seconds = time.monotonic() - started
         try:
             setup_django(workdir, url)

@@ -9,11 +9,7 @@ SQLite (`-m "not localmodel"` keeps it out of the PostgreSQL run).
 from __future__ import annotations
 
 import io
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +18,8 @@ import pytest
 
 from documents.services import document_create, document_extract
 from masscer import localmodel
-from masscer.testing.processes import ROOT, stop_process
+from masscer.testing.embedded import HANDBOOK, ModelStartError, start_embedded_model
+from masscer.testing.processes import stop_process
 from training.models import Completion, TrainingJob
 from training.validation import evidence_in_source
 
@@ -30,63 +27,14 @@ from .test_generation import new_job, run_job
 
 pytestmark = [pytest.mark.localmodel, pytest.mark.django_db]
 
-HANDBOOK = """# Acme Support Handbook
-
-## Opening hours
-Our support desk is open Monday to Friday from 8:00 to 18:00 Central European Time.
-On public holidays the desk is closed and tickets are answered on the next working day.
-
-## Refunds
-Customers can ask for a full refund within 30 days of purchase. After 30 days we offer
-store credit instead of money back. Refunds are paid to the original payment method
-within 5 business days.
-
-## Passwords
-A user who forgot their password can reset it from the login page. The reset link in
-the email expires after 2 hours. Support staff must never ask a customer for their password.
-
-## Escalation
-Tickets that are not answered within 24 hours are escalated to the team lead. Security
-incidents are escalated at once to the on-call engineer by phone.
-"""
-START_TIMEOUT = 180
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(url + "/health", timeout=2).read()
-            return
-        except OSError:
-            if process.poll() is not None:
-                pytest.fail(f"the embedded model exited during start-up:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
-    stop_process(process)
-    pytest.fail(f"the embedded model did not answer /health within {START_TIMEOUT} s")
-
 
 @pytest.fixture(scope="module")
 def embedded_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`python -m masscer.localmodel` as `make run` starts it, on a free port."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("model") / "model.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "masscer.localmodel", "--port", str(port)],
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    wait_healthy(url, process, log)
+    try:
+        process, url = start_embedded_model(tmp_path_factory.mktemp("model") / "model.log")
+    except ModelStartError as exc:
+        pytest.fail(str(exc))
     yield url + "/v1"
     stop_process(process)
 

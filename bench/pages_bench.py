@@ -182,6 +182,7 @@ def seed_workspace(*, name: str, admin: str, others: dict[str, str], count: int,
     from conversations.models import Conversation
     from documents.models import Document
     from training.models import Chunk, TrainingJob
+    from training.validation import question_key
     from workspaces.models import Membership, Workspace
 
     rng = random.Random(seed)
@@ -239,8 +240,9 @@ def seed_workspace(*, name: str, admin: str, others: dict[str, str], count: int,
         first_link = next_id(cursor, "training_assignment")
         links = 0
         raw = cursor.cursor  # psycopg's own cursor, for COPY
-        columns = ("id, job_id, chunk_id, ordinal, question, answer, evidence, status, model, redacted, edited, "
-                   "original_question, original_answer, reviewed_by_id, reviewed_at, duplicate_of_id, created_at")
+        columns = ("id, job_id, chunk_id, ordinal, question, question_key, answer, evidence, status, model, "
+                   "redacted, edited, original_question, original_answer, reviewed_by_id, reviewed_at, "
+                   "duplicate_of_id, created_at")
         assigned: list[tuple[int, int, int, str, dt.datetime]] = []
         with raw.copy(f"COPY training_completion ({columns}) FROM STDIN") as copy:
             previous_question = ""
@@ -259,7 +261,8 @@ def seed_workspace(*, name: str, admin: str, others: dict[str, str], count: int,
                 reviewed_by = rng.choice(reviewers) if status != "pending" else None
                 reviewed_at = created + dt.timedelta(hours=rng.randint(1, 72)) if reviewed_by else None
                 copy.write_row((
-                    pk, jobs[j].pk, chunk.pk, ordinal, question, answer, evidence_of(rng, chunk.text), status,
+                    pk, jobs[j].pk, chunk.pk, ordinal, question, question_key(question), answer,
+                    evidence_of(rng, chunk.text), status,
                     "gpt-4o-mini" if j % 4 else "gemma-3-270m", False, edited,
                     sentence(rng, 12) + "?" if edited else "", sentence(rng, 40) + "." if edited else "",
                     reviewed_by, reviewed_at, pk - 1 if duplicate else None, created,

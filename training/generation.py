@@ -240,6 +240,10 @@ class _Progress:
     closed: bool = False
     # Pairs asked for in the current call beyond what the chunk still needs (see `_spare`).
     spare: int = 0
+    # Calls that lost a pair to another worker storing the same question first (the insert
+    # skipped it). Not the model's doing: each gives the item one more call than its budget
+    # (over a job at most N, since each such pair is a question another item stored).
+    raced: int = 0
 
 
 def _model_source(item: WorkItem) -> str:
@@ -530,6 +534,9 @@ def _screen_and_store(
     # now met closes the item in that transaction too.
     shared = progress.shared
     close = shared is not None and progress.made + len(accepted) >= item.quota
+    # Questions another worker stored after the check above: the insert skips them (and
+    # counts them as duplicates in `reasons`), and the item asks again for as many.
+    skipped: list[str] = []
     stored = services.store_completions(
         item=item,
         claim=claim,
@@ -545,15 +552,21 @@ def _screen_and_store(
         agent_ids=shared.agents() if shared is not None else None,
         close=close,
         samples=samples,
+        duplicates=skipped,
     )
-    if close and stored >= 0:
+    if skipped:
+        taken = set(skipped)
+        accepted = [c for c in accepted if c.question not in taken]
+        progress.rejected_duplicates.extend(skipped)
+        progress.raced += 1
+    elif close and stored >= 0:
         progress.closed = True
     return stored, accepted, reasons
 
 
 def _wants_more(item: WorkItem, progress: _Progress, budget: int) -> bool:
     """Whether the item should ask the model again (short, within its calls budget)."""
-    return progress.made < item.quota and item.calls < budget and not progress.exhausted
+    return progress.made < item.quota and item.calls < budget + progress.raced and not progress.exhausted
 
 
 def _item_calls_budget(item: WorkItem) -> int:

@@ -207,24 +207,41 @@ def work_item(item_id: int) -> tuple[WorkItem, int, int] | None:
 
 
 @functools.cache
-def _insert_parts(model: type[Model], ignore_conflicts: bool) -> tuple[list[Any], str, str, str]:
-    """The fields an INSERT of `model` writes, and its head, one row's placeholders and tail."""
+def _insert_parts(
+    model: type[Model], ignore_conflicts: bool, skip_on: tuple[str, ...] = ()
+) -> tuple[list[Any], str, str, str, list[int]]:
+    """The fields an INSERT of `model` writes, its head, one row's placeholders and tail, and
+    where the `skip_on` fields are among the written ones."""
     pk = model._meta.pk
     fields = [f for f in model._meta.concrete_fields if f is not pk]
     quote = connection.ops.quote_name
     head = f"INSERT INTO {quote(model._meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) VALUES "
     row = "(" + ", ".join(["%s"] * len(fields)) + ")"
-    tail = " ON CONFLICT DO NOTHING" if ignore_conflicts else f" RETURNING {quote(pk.column)}"
-    return fields, head, row, tail
+    unique = [model._meta.get_field(name) for name in skip_on]
+    if unique:
+        columns = ", ".join(quote(f.column) for f in unique)
+        tail = f" ON CONFLICT ({columns}) DO NOTHING RETURNING {quote(pk.column)}, {columns}"
+    elif ignore_conflicts:
+        tail = " ON CONFLICT DO NOTHING"
+    else:
+        tail = f" RETURNING {quote(pk.column)}"
+    return fields, head, row, tail, [fields.index(f) for f in unique]
 
 
-def insert(objs: Sequence[Model], *, ignore_conflicts: bool = False) -> None:
+def insert(objs: Sequence[Model], *, ignore_conflicts: bool = False, skip_on: tuple[str, ...] = ()) -> None:
     """INSERT `objs` (all of one model, new, with an auto id) in one statement, as
     `bulk_create` does: defaults and `auto_now_add` applied, ids set on the objects (none
-    with `ignore_conflicts`, where rows that clash with a unique constraint are skipped)."""
+    with `ignore_conflicts`, where rows that clash with a unique constraint are skipped).
+
+    `skip_on` names the fields of one unique constraint: a row that would repeat a stored
+    one's values (committed, or being written by a transaction that then commits) is skipped
+    in the same statement, and keeps no id; every other constraint still raises. The check
+    and the write are one step, whatever other threads and processes do meanwhile. The
+    fields must come back from the database as written (ids, text).
+    """
     if not objs:
         return
-    fields, head, row, tail = _insert_parts(type(objs[0]), ignore_conflicts)
+    fields, head, row, tail, unique = _insert_parts(type(objs[0]), ignore_conflicts, skip_on)
     per_statement = max(1, _MAX_PARAMS // len(fields))
     for start in range(0, len(objs), per_statement):
         batch = objs[start : start + per_statement]
@@ -232,8 +249,18 @@ def insert(objs: Sequence[Model], *, ignore_conflicts: bool = False) -> None:
         for obj in batch:
             params.extend(f.get_db_prep_save(f.pre_save(obj, True), connection) for f in fields)
         _, rows = _execute(head + ", ".join([row] * len(batch)) + tail, params)
+        if unique:
+            # Only the inserted rows come back, in no promised order: match them by their values.
+            width = len(fields)
+            written: dict[tuple[Any, ...], Model] = {}
+            for n, obj in enumerate(batch):  # of two equal rows in one statement, the first is kept
+                written.setdefault(tuple(params[n * width + i] for i in unique), obj)
+            for returned in rows:
+                written[tuple(returned[1:])].pk = returned[0]
+            continue
         for obj, returned in zip(batch, rows, strict=False):
             obj.pk = returned[0]
     for obj in objs:
-        obj._state.adding = False
-        obj._state.db = connection.alias
+        if obj.pk is not None or not skip_on:
+            obj._state.adding = False
+            obj._state.db = connection.alias

@@ -4,7 +4,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
-from .validation import next_step
+from .validation import next_step, question_key, same_question
 
 
 class Chunk(models.Model):
@@ -270,6 +270,23 @@ class BatchRound(models.Model):
         return f"job {self.job_id} batch round {self.number} ({self.status})"
 
 
+class QuestionKeyField(models.CharField):
+    """A completion's `question_key`, derived from its question whenever the row is inserted or
+    saved (as `auto_now` derives a time), so no insert path can leave it out or stale: the llm
+    worker's SQL (`hotsql.insert` calls `pre_save`), `bulk_create`, `save`. `QuerySet.update()`
+    does not call it: an update of the question sets the key too (`services.completion_review`).
+    """
+
+    def pre_save(self, model_instance: models.Model, add: bool) -> str:
+        key = question_key(model_instance.question)  # type: ignore[attr-defined]
+        stored = getattr(model_instance, self.attname) or ""
+        # A repeat stored before keys were unique keeps its suffixed key while its question stays.
+        if not same_question(key, stored):
+            setattr(model_instance, self.attname, key)
+            return key
+        return stored
+
+
 class Completion(models.Model):
     class Status(models.TextChoices):
         PENDING = "pending", "Pending review"
@@ -280,6 +297,9 @@ class Completion(models.Model):
     chunk = models.ForeignKey(Chunk, on_delete=models.PROTECT, related_name="completions")
     ordinal = models.PositiveIntegerField()
     question = models.TextField()
+    # `validation.question_key(question)`: no two completions of a job ask the same question
+    # (compared as the duplicate check compares them), whichever worker stores it first.
+    question_key = QuestionKeyField(max_length=96, editable=False)
     answer = models.TextField()
     evidence = models.TextField()
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING, db_index=True)
@@ -302,7 +322,10 @@ class Completion(models.Model):
     class Meta:
         ordering = ["job_id", "chunk_id", "ordinal"]
         constraints = [
-            models.UniqueConstraint(fields=["job", "chunk", "ordinal"], name="completion_unique_job_chunk_ordinal")
+            models.UniqueConstraint(fields=["job", "chunk", "ordinal"], name="completion_unique_job_chunk_ordinal"),
+            # The duplicate check and the insert as one step: a worker whose check ran before
+            # another stored the same question has its row skipped (`hotsql.insert`'s `skip_on`).
+            models.UniqueConstraint(fields=["job", "question_key"], name="completion_unique_job_question_key"),
         ]
         # The lists' orders (oldest or newest first, by status or not) are index walks, not sorts of
         # every row; with the job in them a page's ids (masscer.views.rows_ids_first) and the

@@ -1,6 +1,7 @@
 """Model output is data: every pair is checked before it is stored (pure functions)."""
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 import unicodedata
@@ -34,6 +35,23 @@ REASON_LABELS = {
 def normalise(text: str) -> str:
     text = unicodedata.normalize("NFKC", text).casefold()
     return _SPACE.sub(" ", text).strip()
+
+
+# Joins a question key and the id of a row that already repeated it before keys were unique
+# (migration 0008): such a row keeps its place without clashing with the first one.
+KEY_SUFFIX = "~"
+
+
+def question_key(question: str) -> str:
+    """What makes two questions of a job the same: their normal form (case, Unicode compatibility
+    forms and whitespace ignored, as the exact-duplicate check compares them), hashed so the
+    unique index on it stays small whatever a question's length."""
+    return hashlib.sha256(normalise(question).encode("utf-8")).hexdigest()
+
+
+def same_question(key: str, stored_key: str) -> bool:
+    """Whether `stored_key` (a completion's key) stands for the question whose key is `key`."""
+    return stored_key == key or stored_key.startswith(key + KEY_SUFFIX)
 
 
 def _evidence_form(text: str) -> str:

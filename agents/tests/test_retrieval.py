@@ -176,7 +176,8 @@ def test_bm25_ranks_sensibly(agent) -> None:
 
 
 def test_ranking_is_deterministic_with_ties(agent) -> None:
-    same = [material(agent, "Where is the invoice?", "In Billing.") for _ in range(4)]
+    # Equal for retrieval, not for the job's duplicate check (which keeps punctuation).
+    same = [material(agent, f"Where is the invoice{mark}", "In Billing.") for mark in "?!.…"]
     first = ids(retrieve(agent, "invoice", k=4))
     assert first == [c.pk for c in same]
     forget_indexes()

@@ -1,20 +1,19 @@
 """API: agents (create, list, read, change, delete).
 
 Any member of a workspace creates agents and reads its agents; changing or deleting one is
-for its creator or an admin of the workspace.
+for its creator or an admin of the workspace (the services check; 403 otherwise).
 """
 # No `from __future__ import annotations`: django-ninja reads the annotations at run time.
 
 from datetime import datetime
 from typing import Any
 
-from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest
 from ninja import Field, Router, Schema
 from ninja.pagination import paginate
 from ninja.responses import Status
 
-from masscer.api_common import ERRORS, Id, Page, Text, can_manage, get_or_404, user_of, username
+from masscer.api_common import ERRORS, Id, Page, Text, get_or_404, user_of, username
 from workspaces.selectors import workspaces_for
 
 from .models import Agent
@@ -92,26 +91,21 @@ def agents_get(request: HttpRequest, agent_id: Id) -> Agent:
     return get_or_404(_visible(request), agent_id, "agent")
 
 
-def _manageable(request: HttpRequest, agent_id: int) -> Agent:
-    agent = get_or_404(_visible(request), agent_id, "agent")
-    if not can_manage(user_of(request), agent):
-        raise PermissionDenied("Only the agent's creator or an admin of the workspace may change or delete it.")
-    return agent
-
-
 @router.patch("/{int:agent_id}", response={200: AgentOut, **ERRORS})
 def agents_update(request: HttpRequest, agent_id: Id, payload: AgentPatch) -> Agent:
-    agent = _manageable(request, agent_id)
+    """Change an agent's settings (its creator or a workspace admin; others get 403)."""
+    agent = get_or_404(_visible(request), agent_id, "agent")
     fields = payload.model_dump(exclude_unset=True)
     for key in ("name", "slug", "system_prompt"):
         if key in fields and fields[key] is None:
             del fields[key]  # these cannot be cleared; null means "leave as it is"
     if "model" in fields and fields["model"] is None:
         fields["model"] = ""  # empty: the server's default model
-    return agent_update(agent=agent, **fields)
+    return agent_update(actor=user_of(request), agent=agent, **fields)
 
 
 @router.delete("/{int:agent_id}", response={204: None, **ERRORS})
 def agents_delete(request: HttpRequest, agent_id: Id) -> Status[None]:
-    agent_delete(agent=_manageable(request, agent_id))
+    """Delete an agent (its creator or a workspace admin; others get 403)."""
+    agent_delete(actor=user_of(request), agent=get_or_404(_visible(request), agent_id, "agent"))
     return Status(204, None)

@@ -10,6 +10,7 @@ from django.db import transaction
 from django.utils.text import slugify
 
 from workspaces.models import Workspace
+from workspaces.permissions import require_change
 from workspaces.services import workspace_for_write
 
 from .models import Agent
@@ -57,8 +58,10 @@ UPDATABLE = ("name", "slug", "system_prompt", "model", "temperature", "top_p", "
 
 
 @transaction.atomic
-def agent_update(*, agent: Agent, **fields: Any) -> Agent:
-    """Change some of an agent's settings; each given field is checked like at creation."""
+def agent_update(*, actor: AbstractBaseUser, agent: Agent, **fields: Any) -> Agent:
+    """Change some of an agent's settings (its creator or a workspace admin); each given field
+    is checked like at creation."""
+    require_change(user=actor, obj=agent)
     unknown = set(fields) - set(UPDATABLE)
     if unknown:
         raise ValidationError(f"Unknown agent setting(s): {', '.join(sorted(unknown))}.")
@@ -86,5 +89,6 @@ def agent_update(*, agent: Agent, **fields: Any) -> Agent:
 
 
 @transaction.atomic
-def agent_delete(*, agent: Agent) -> None:
+def agent_delete(*, actor: AbstractBaseUser, agent: Agent) -> None:
+    require_change(user=actor, obj=agent, action="delete it")
     agent.delete()

@@ -15,9 +15,11 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from masscer.views import get_visible_or_404, int_list, paginate, posted
 from training import export
 from training.models import Completion
+from training.review import completions_assign, completions_move, completions_unassign
 from training.selectors import completions_for, jobs_for
+from workspaces.permissions import require_change
 
-from .dashboard import agent_update, material_assign, material_move, material_unassign
+from .dashboard import agent_update
 from .forms import MATERIAL_ACTIONS, AgentCreateForm, AgentEditForm
 from .models import Agent
 from .selectors import agents_for, agents_with_counts
@@ -64,11 +66,14 @@ def _visible_agent(request: HttpRequest, pk: int) -> Agent:
 @require_http_methods(["GET", "POST"])
 def agent_edit(request: HttpRequest, pk: int) -> HttpResponse:
     agent = _visible_agent(request, pk)
+    # The form is shown only to those the service will let save it (it checks again).
+    require_change(user=request.user, obj=agent)
     initial = {field: getattr(agent, field) for field in AgentEditForm.base_fields}
     form = AgentEditForm(posted(request), initial=initial)
     if request.method == "POST" and form.is_valid():
         try:
             agent_update(
+                actor=request.user,
                 agent=agent,
                 name=form.cleaned_data["name"],
                 system_prompt=form.cleaned_data["system_prompt"],
@@ -180,24 +185,29 @@ def agent_material(request: HttpRequest, pk: int) -> HttpResponse:
         if target is None:
             messages.error(request, "Choose the agent to move or assign them to.")
             return redirect(back)
-    messages.success(request, _apply(action, ids, agent, target))
+    messages.success(request, _apply(request, action, ids, agent, target))
     return redirect(back)
 
 
-def _apply(action: str, ids: list[int], agent: Agent, target: Agent | None) -> str:
-    plural = f"{len(ids)} completion{'s' if len(ids) != 1 else ''}"
+def _plural(count: int) -> str:
+    return f"{count} completion{'s' if count != 1 else ''}"
+
+
+def _apply(request: HttpRequest, action: str, ids: list[int], agent: Agent, target: Agent | None) -> str:
+    """Run the chosen action through the assignment services (which refuse, with a 403, a user
+    who may not change the agents involved)."""
     if action == "assign":
-        material_assign(completion_ids=ids, agent=agent)
-        return f"Assigned {plural} to {agent.name}."
+        completions_assign(actor=request.user, completion_ids=ids, agent=agent)
+        return f"Assigned {_plural(len(ids))} to {agent.name}."
     if action == "unassign":
-        removed = material_unassign(completion_ids=ids, agent=agent)
-        return f"Removed {removed} completion{'s' if removed != 1 else ''} from {agent.name}."
+        removed = completions_unassign(actor=request.user, completion_ids=ids, agent=agent).done
+        return f"Removed {_plural(removed)} from {agent.name}."
     assert target is not None
     if action == "copy":
-        material_assign(completion_ids=ids, agent=target)
-        return f"Assigned {plural} to {target.name} as well."
-    moved = material_move(completion_ids=ids, source=agent, target=target)
-    return f"Moved {moved} completion{'s' if moved != 1 else ''} from {agent.name} to {target.name}."
+        completions_assign(actor=request.user, completion_ids=ids, agent=target)
+        return f"Assigned {_plural(len(ids))} to {target.name} as well."
+    moved = completions_move(actor=request.user, completion_ids=ids, source=agent, target=target).done
+    return f"Moved {_plural(moved)} from {agent.name} to {target.name}."
 
 
 @login_required

@@ -1,10 +1,16 @@
+"""Conversations in the back office: read only (edited in the app), deleted through `conversation_delete`."""
 from __future__ import annotations
+
+from typing import Any
 
 from django.contrib import admin
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 
+from masscer.admin_common import ServiceDeleteAdmin
+
 from .models import Conversation, Message
+from .services import conversation_delete
 
 
 class MessageInline(admin.TabularInline):
@@ -13,9 +19,19 @@ class MessageInline(admin.TabularInline):
     ordering = ("position",)
     fields = ("position", "role", "content", "name", "tool_calls", "tool_call_id")
 
+    # Messages are added in the app (`message_add`), which checks who may.
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
 
 @admin.register(Conversation)
-class ConversationAdmin(admin.ModelAdmin):
+class ConversationAdmin(ServiceDeleteAdmin):
     list_display = (
         "id", "title", "owner", "source_format", "message_count", "skipped_parts", "imported_at", "created_at"
     )
@@ -27,6 +43,9 @@ class ConversationAdmin(admin.ModelAdmin):
     readonly_fields = ("imported_at", "created_at", "updated_at")
     date_hierarchy = "created_at"
     inlines = (MessageInline,)
+
+    def delete_with_service(self, actor: Any, obj: Conversation) -> None:
+        conversation_delete(actor=actor, conversation=obj)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Conversation]:
         # One query for the counts instead of one per row.

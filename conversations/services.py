@@ -14,6 +14,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from workspaces.models import Workspace
+from workspaces.permissions import require_change
 from workspaces.services import workspace_for_write
 
 from .importers import (
@@ -174,6 +175,7 @@ def conversation_create(
 @transaction.atomic
 def message_add(
     *,
+    actor: AbstractBaseUser,
     conversation: Conversation,
     role: str,
     content: str,
@@ -181,7 +183,8 @@ def message_add(
     tool_calls: list[dict[str, Any]] | None = None,
     tool_call_id: str = "",
 ) -> Message:
-    """Append one message at the end of the conversation."""
+    """Append one message at the end of the conversation (its creator or a workspace admin)."""
+    require_change(user=actor, obj=conversation, action="add messages to it")
     message = ParsedMessage(role=role, content=content, name=name, tool_calls=tool_calls, tool_call_id=tool_call_id)
     _message_validate(message)
     # Locking the conversation row serialises appends, so two never take the same position.
@@ -195,9 +198,14 @@ def message_add(
 
 @transaction.atomic
 def conversation_update(
-    *, conversation: Conversation, title: str | None = None, tags: Sequence[str] | None = None
+    *,
+    actor: AbstractBaseUser,
+    conversation: Conversation,
+    title: str | None = None,
+    tags: Sequence[str] | None = None,
 ) -> Conversation:
-    """Change the title and/or tags; arguments left as None keep their value."""
+    """Change the title and/or tags (its creator or a workspace admin); None keeps a value."""
+    require_change(user=actor, obj=conversation)
     fields = ["updated_at"]
     if title is not None:
         conversation.title = _title_validate(title)
@@ -210,7 +218,8 @@ def conversation_update(
 
 
 @transaction.atomic
-def conversation_delete(*, conversation: Conversation) -> None:
+def conversation_delete(*, actor: AbstractBaseUser, conversation: Conversation) -> None:
+    require_change(user=actor, obj=conversation, action="delete it")
     conversation.delete()
 
 

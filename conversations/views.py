@@ -17,6 +17,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from masscer.views import get_visible_or_404, paginate, posted
+from workspaces.permissions import require_change
 
 from .forms import ConversationEditForm, ConversationForm, ImportForm, MessageForm, MessageFormSet, tags_from
 from .importers import human_size
@@ -90,6 +91,8 @@ def conversation_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def conversation_edit(request: HttpRequest, pk: int) -> HttpResponse:
     conversation = get_visible_or_404(Conversation.objects.all(), user=request.user, pk=pk)
+    # The page is shown only to those the services will let save it (they check again).
+    require_change(user=request.user, obj=conversation, action="edit it")
     initial = {"title": conversation.title, "tags": ", ".join(conversation.tags or [])}
     posted = request.POST if request.method == "POST" else None
     details = ConversationEditForm(posted if posted and "save_details" in posted else None, initial=initial)
@@ -97,6 +100,7 @@ def conversation_edit(request: HttpRequest, pk: int) -> HttpResponse:
     if posted and "save_details" in posted and details.is_valid():
         try:
             conversation_update(
+                actor=request.user,
                 conversation=conversation,
                 title=details.cleaned_data["title"],
                 tags=tags_from(details.cleaned_data["tags"]),
@@ -109,7 +113,10 @@ def conversation_edit(request: HttpRequest, pk: int) -> HttpResponse:
     if posted and "add_message" in posted and message.is_valid():
         try:
             added = message_add(
-                conversation=conversation, role=message.cleaned_data["role"], content=message.cleaned_data["content"]
+                actor=request.user,
+                conversation=conversation,
+                role=message.cleaned_data["role"],
+                content=message.cleaned_data["content"],
             )
         except ValidationError as exc:
             message.add_error("content", exc)
@@ -127,7 +134,7 @@ def conversation_remove(request: HttpRequest, pk: int) -> HttpResponse:
     conversation = get_visible_or_404(Conversation.objects.all(), user=request.user, pk=pk)
     title = str(conversation)
     try:
-        conversation_delete(conversation=conversation)
+        conversation_delete(actor=request.user, conversation=conversation)
     except ProtectedError:
         messages.error(
             request, f"“{title}” has completions made from it; they keep its text as evidence, so it stays."

@@ -5,7 +5,7 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 from django.http import HttpRequest
 from ninja import File, Form, Router, Schema, UploadedFile
 from ninja.errors import HttpError
@@ -17,7 +17,6 @@ from masscer.api_common import (
     ErrorOut,
     Id,
     Page,
-    can_manage,
     form_text,
     get_or_404,
     one_file_only,
@@ -101,7 +100,5 @@ def documents_get(request: HttpRequest, document_id: Id) -> Document:
 def documents_delete(request: HttpRequest, document_id: Id) -> Status[None]:
     """Delete a document (its uploader or a workspace admin); 409 while completions use it."""
     document = get_or_404(_visible(request), document_id, "document")
-    if not can_manage(user_of(request), document):
-        raise PermissionDenied("Only the uploader or an admin of the workspace may delete this document.")
-    document_delete(document=document)
+    document_delete(actor=user_of(request), document=document)
     return Status(204, None)

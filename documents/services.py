@@ -18,6 +18,7 @@ from django.utils import timezone
 from masscer.lib.extract import ExtractionError, extract_isolated
 from masscer.lib.tokens import count_tokens
 from workspaces.models import Workspace
+from workspaces.permissions import require_change
 from workspaces.services import workspace_for_write
 
 from .models import Document, Page
@@ -182,7 +183,9 @@ def document_requeue_stale(*, older_than: timedelta) -> int:
 
 
 @transaction.atomic
-def document_delete(*, document: Document) -> None:
+def document_delete(*, actor: AbstractBaseUser, document: Document) -> None:
+    """Delete a document and, after commit, its file (its uploader or a workspace admin)."""
+    require_change(user=actor, obj=document, action="delete it")
     stored = document.file.name
     storage = document.file.storage
     document.delete()

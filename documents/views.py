@@ -109,7 +109,7 @@ def document_remove(request: HttpRequest, pk: int) -> HttpResponse:
     document = get_visible_or_404(Document.objects.all(), user=request.user, pk=pk)
     title = document.title
     try:
-        document_delete(document=document)
+        document_delete(actor=request.user, document=document)
     except ProtectedError:
         messages.error(
             request, f"“{title}” has completions made from it; they keep its text as evidence, so it stays."

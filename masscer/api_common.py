@@ -17,8 +17,6 @@ from ninja.pagination import LimitOffsetPagination
 from pydantic import AfterValidator
 
 from masscer.views import rows_ids_first
-from workspaces.models import Membership
-from workspaces.selectors import role_in
 
 M = TypeVar("M", bound=Model)
 
@@ -101,11 +99,6 @@ def all_or_404(queryset: QuerySet[M], ids: list[int], label: str) -> list[M]:
     if missing:
         raise Http404(f"{label} {', '.join(map(str, missing))} not found")
     return [rows[pk] for pk in wanted]
-
-
-def can_manage(user: AbstractBaseUser, obj: Any) -> bool:
-    """Changing or deleting a shared object: its creator, or an admin of its workspace."""
-    return obj.owner_id == user.pk or role_in(user=user, workspace_id=obj.workspace_id) == Membership.Role.ADMIN
 
 
 def username(user: Any) -> str | None:

@@ -1,10 +1,11 @@
 """The review back office: the completion admin, plus jobs, work items and chunks.
 
 Every action is a call to a service, and services check workspace roles: only reviewers and
-admins of a completion's workspace approve, reject, edit, regenerate or resolve duplicates,
-whatever their Django permissions (a superuser who is not a reviewer of a workspace sees its
-completions but cannot approve them). Staff who are not superusers see only the completions
-of their workspaces.
+admins of a completion's workspace approve, reject, edit, regenerate, flag or resolve
+duplicates, and only an agent's creator or an admin of its workspace assigns material to it or
+cancels and retries a job, whatever their Django permissions (a superuser who is not a reviewer
+of a workspace sees its completions but cannot approve them). Staff who are not superusers see
+only the rows of their workspaces. Jobs, work items and chunks are read only here.
 
 Editing (on the change page, or in the list: question, answer and status are editable in
 place) goes through `services.completion_review`, which keeps the original text the first
@@ -21,14 +22,17 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
-from django.core.exceptions import PermissionDenied
-from django.db.models import Prefetch, QuerySet
+from django.core.exceptions import ValidationError
+from django.db.models import Prefetch, Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils.html import format_html_join
 
 from agents.models import Agent
 from agents.selectors import agents_for
+from masscer.admin_common import ReadOnlyAdmin
+from workspaces.models import Membership
+from workspaces.permissions import NotAllowed
 from workspaces.selectors import visible_to
 
 from . import review, services
@@ -36,7 +40,10 @@ from .models import Assignment, Chunk, Completion, TrainingJob, WorkItem
 
 
 @admin.register(TrainingJob)
-class TrainingJobAdmin(admin.ModelAdmin):
+class TrainingJobAdmin(ReadOnlyAdmin):
+    """Jobs are read only here (statuses move only along the documented transitions, in the
+    services); the actions cancel and retry through the services, as the job page does."""
+
     list_display = ["id", "workspace", "owner", "outcome", "requested_count", "created_count", "shortfall", "calls",
                     "created_at"]
     list_filter = ["status", "style", "model"]
@@ -49,34 +56,48 @@ class TrainingJobAdmin(admin.ModelAdmin):
     def outcome(self, job: TrainingJob) -> str:
         return job.outcome_label
 
-    def get_queryset(self, request: HttpRequest) -> QuerySet[TrainingJob]:
-        rows = super().get_queryset(request)
-        return rows if request.user.is_superuser else visible_to(rows, user=request.user)
+    def _each(self, request: HttpRequest, jobs: QuerySet[TrainingJob], change: Callable[..., bool]) -> review.Outcome:
+        outcome = review.Outcome()
+        for job in jobs:
+            try:
+                outcome.done += change(actor=request.user, job=job)
+            except NotAllowed:
+                outcome.skip("only a job's creator or an admin of its workspace may do this", [job.pk])
+        return outcome
+
+    def _report(self, request: HttpRequest, verb: str, outcome: review.Outcome) -> None:
+        self.message_user(request, f"{outcome.done} jobs {verb}.", messages.SUCCESS)
+        for reason, ids in outcome.skipped.items():
+            self.message_user(request, f"Skipped {len(ids)} ({reason}): {', '.join(map(str, ids))}", messages.ERROR)
 
     @admin.action(description="Cancel selected jobs")
     def cancel(self, request: HttpRequest, queryset: QuerySet[TrainingJob]) -> None:
-        done = sum(services.job_cancel(job=job) for job in queryset)
-        self.message_user(request, f"{done} jobs cancelled.", messages.SUCCESS)
+        self._report(request, "cancelled", self._each(request, queryset, services.job_cancel))
 
     @admin.action(description="Retry selected jobs (what failed or fell short)")
     def retry(self, request: HttpRequest, queryset: QuerySet[TrainingJob]) -> None:
-        done = sum(services.job_retry(job=job) for job in queryset)
-        self.message_user(request, f"{done} jobs sent back to the workers.", messages.SUCCESS)
+        self._report(request, "sent back to the workers", self._each(request, queryset, services.job_retry))
 
 
 @admin.register(WorkItem)
-class WorkItemAdmin(admin.ModelAdmin):
+class WorkItemAdmin(ReadOnlyAdmin):
     list_display = ["id", "job", "chunk", "quota", "made", "calls", "status", "lease_expires_at"]
     list_filter = ["status"]
     list_select_related = ["job", "chunk"]
     raw_id_fields = ["job", "chunk"]
+    workspace_path = "job__workspace"
 
 
 @admin.register(Chunk)
-class ChunkAdmin(admin.ModelAdmin):
+class ChunkAdmin(ReadOnlyAdmin):
     list_display = ["id", "document", "conversation", "index", "token_count"]
     list_select_related = ["document", "conversation"]
     raw_id_fields = ["document", "conversation"]
+
+    def scope(self, rows: QuerySet[Chunk], user: Any) -> QuerySet[Chunk]:
+        # A chunk's workspace is its document's or its conversation's.
+        mine = Membership.objects.filter(user=user).values("workspace_id")
+        return rows.filter(Q(document__workspace__in=mine) | Q(conversation__workspace__in=mine))
 
 
 # --- completion filters --------------------------------------------------------------------
@@ -165,6 +186,13 @@ class ReviewerCheck(forms.ModelForm):
         cleaned = super().clean()
         if self.instance.pk and self.instance.job.workspace_id not in self.review_workspaces:
             raise forms.ValidationError("Only reviewers and admins of this workspace may edit or review it.")
+        question = (cleaned.get("question") or "").strip()
+        if self.instance.pk and question and "question" in self.changed_data:
+            # The service refuses a question the job has already; say so on the field, not as a 500.
+            try:
+                services.completion_question_key(completion=self.instance, question=question)
+            except ValidationError as exc:
+                self.add_error("question", exc)
         return cleaned
 
 
@@ -254,9 +282,12 @@ class CompletionAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: Completion, form: forms.ModelForm, change: bool) -> None:
         stored = Completion.objects.select_related("job").get(pk=obj.pk)
-        services.completion_review(
-            completion=stored, status=obj.status, reviewer=request.user, question=obj.question, answer=obj.answer
-        )
+        try:
+            services.completion_review(
+                completion=stored, status=obj.status, reviewer=request.user, question=obj.question, answer=obj.answer
+            )
+        except ValidationError as exc:  # two rows of one list page edited into the same question
+            self.message_user(request, f"Completion {obj.pk} not saved: {' '.join(exc.messages)}", messages.ERROR)
 
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
         response = super().changelist_view(request, extra_context)
@@ -312,19 +343,19 @@ class CompletionAdmin(admin.ModelAdmin):
             return
         ids = list(queryset.values_list("pk", flat=True))
         try:
-            outcome = change(user=request.user, completion_ids=ids, agent=agent)
-        except PermissionDenied as exc:
+            outcome = change(actor=request.user, completion_ids=ids, agent=agent)
+        except NotAllowed as exc:
             self.message_user(request, str(exc), messages.ERROR)
             return
         self._report(request, f"{verb} {agent.name}", outcome)
 
     @admin.action(description="Assign selected to the chosen agent")
     def assign(self, request: HttpRequest, queryset: QuerySet[Completion]) -> None:
-        self._assignment(request, queryset, review.completions_assign_checked, "assigned to")
+        self._assignment(request, queryset, review.completions_assign, "assigned to")
 
     @admin.action(description="Unassign selected from the chosen agent")
     def unassign(self, request: HttpRequest, queryset: QuerySet[Completion]) -> None:
-        self._assignment(request, queryset, review.completions_unassign_checked, "unassigned from")
+        self._assignment(request, queryset, review.completions_unassign, "unassigned from")
 
     @admin.action(description="Regenerate selected (reject them and make as many new ones)")
     def regenerate(self, request: HttpRequest, queryset: QuerySet[Completion]) -> None:
@@ -340,7 +371,11 @@ class CompletionAdmin(admin.ModelAdmin):
         else:
             agents = agents.filter(assignments__completion__in=queryset.values("pk")).distinct()
         for agent in agents:
-            groups = review.duplicates_flag(agent=agent)
+            try:
+                groups = review.duplicates_flag(actor=request.user, agent=agent)
+            except NotAllowed as exc:
+                self.message_user(request, f"{agent.name}: {exc}", messages.ERROR)
+                continue
             flagged = sum(len(group) - 1 for group in groups)
             self.message_user(
                 request, f"{agent.name}: {len(groups)} near-duplicate groups, {flagged} completions flagged.",

@@ -171,17 +171,19 @@ def jobs_get(request: HttpRequest, job_id: Id) -> TrainingJob:
 
 @router.post("/jobs/{int:job_id}/cancel", response={200: JobOut, 409: ErrorOut, **ERRORS}, tags=["jobs"])
 def jobs_cancel(request: HttpRequest, job_id: Id) -> TrainingJob:
+    """Stop a job (its creator or a workspace admin); 409 once it has ended."""
     job = get_or_404(_jobs(request), job_id, "job")
-    if not job_cancel(job=job):
+    if not job_cancel(actor=user_of(request), job=job):
         raise HttpError(409, f"The job has already ended ({job.status}).")
     return _jobs(request).get(pk=job.pk)
 
 
 @router.post("/jobs/{int:job_id}/retry", response={200: JobOut, 409: ErrorOut, **ERRORS}, tags=["jobs"])
 def jobs_retry(request: HttpRequest, job_id: Id) -> TrainingJob:
-    """Run again what failed or fell short; completions already made are kept."""
+    """Run again what failed or fell short (its creator or a workspace admin); completions already
+    made are kept."""
     job = get_or_404(_jobs(request), job_id, "job")
-    if not job_retry(job=job):
+    if not job_retry(actor=user_of(request), job=job):
         raise HttpError(409, f"Only failed jobs and completed ones with a shortfall can be retried ({job.status}).")
     return _jobs(request).get(pk=job.pk)
 
@@ -334,18 +336,19 @@ def completions_edit(request: HttpRequest, completion_id: Id, payload: Completio
 
 @router.post("/completions/assign", response={200: OutcomeOut, **ERRORS}, tags=["completions"])
 def completions_assign(request: HttpRequest, payload: AssignIn) -> dict[str, Any]:
-    """Attach completions to an agent of the same workspace (any member)."""
+    """Attach completions to an agent of the same workspace (the agent's creator or a workspace admin)."""
     agent = get_or_404(agents_for(user=user_of(request)), payload.agent, "agent")
     ids = _visible_ids(request, payload.completion_ids)
-    outcome = review.completions_assign_checked(user=user_of(request), completion_ids=ids, agent=agent)
+    outcome = review.completions_assign(actor=user_of(request), completion_ids=ids, agent=agent)
     return _with_missing(outcome, payload.completion_ids, ids).as_dict()
 
 
 @router.post("/completions/unassign", response={200: OutcomeOut, **ERRORS}, tags=["completions"])
 def completions_unassign(request: HttpRequest, payload: AssignIn) -> dict[str, Any]:
+    """Detach completions from an agent (the agent's creator or a workspace admin)."""
     agent = get_or_404(agents_for(user=user_of(request)), payload.agent, "agent")
     ids = _visible_ids(request, payload.completion_ids)
-    outcome = review.completions_unassign_checked(user=user_of(request), completion_ids=ids, agent=agent)
+    outcome = review.completions_unassign(actor=user_of(request), completion_ids=ids, agent=agent)
     return _with_missing(outcome, payload.completion_ids, ids).as_dict()
 
 
@@ -386,9 +389,10 @@ class DuplicatesOut(Schema):
 
 @router.post("/agents/{int:agent_id}/duplicates", response={200: DuplicatesOut, **ERRORS}, tags=["agents"])
 def agents_flag_duplicates(request: HttpRequest, agent_id: Id) -> dict[str, Any]:
-    """Find near-duplicates in the agent's pending and approved material and flag them."""
+    """Find near-duplicates in the agent's pending and approved material and flag them (reviewers
+    and admins of its workspace)."""
     agent = get_or_404(agents_for(user=user_of(request)), agent_id, "agent")
-    groups = review.duplicates_flag(agent=agent)
+    groups = review.duplicates_flag(actor=user_of(request), agent=agent)
     return {"groups": groups, "flagged": sum(len(group) - 1 for group in groups)}
 
 

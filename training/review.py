@@ -1,9 +1,9 @@
 """Review services beyond approve/reject: regenerate, near-duplicate flags, keep-one and merge,
-and assignment with the workspace checks the admin and the API need.
+and assignment of completions to agents (the one way every door attaches material).
 
-Every write here checks roles the way `services.completion_review` does: only reviewers and
-admins of a completion's workspace approve, reject, regenerate or resolve duplicates; any
-member may attach material to an agent of the same workspace.
+Every write here checks roles with `workspaces.permissions`: only reviewers and admins of a
+completion's workspace regenerate, flag or resolve duplicates; attaching material to an agent,
+or taking it away, changes the agent, so it is for the agent's creator or a workspace admin.
 """
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import F, QuerySet
 from django.utils import timezone
 
 from workspaces.models import Membership
-from workspaces.selectors import can_review
+from workspaces.permissions import require_change, require_review
 
 from . import dedupe
 from .models import Assignment, Completion, TrainingJob, WorkItem
@@ -34,12 +34,6 @@ def review_workspace_ids(*, user: AbstractBaseUser) -> set[int]:
     return set(
         Membership.objects.filter(user=user, role__in=Membership.REVIEW_ROLES).values_list("workspace_id", flat=True)
     )
-
-
-def member_workspace_ids(*, user: AbstractBaseUser) -> set[int]:
-    if not user.is_authenticated:
-        return set()
-    return set(Membership.objects.filter(user=user).values_list("workspace_id", flat=True))
 
 
 @dataclass
@@ -64,39 +58,81 @@ class Outcome:
 
 # --- assignment --------------------------------------------------------------------------
 
+# Ids per query: "all matching the filters" can be tens of thousands, over SQLite's parameter limit.
+ASSIGN_BATCH = 500
 
-def _assignable(user: AbstractBaseUser, completion_ids: Sequence[int], agent: Any, outcome: Outcome) -> list[int]:
-    if agent.workspace_id not in member_workspace_ids(user=user):
-        raise PermissionDenied("You are not a member of this agent's workspace.")
-    rows = dict(Completion.objects.filter(pk__in=list(completion_ids)).values_list("pk", "job__workspace_id"))
+
+def _batches(ids: Sequence[int]) -> list[Sequence[int]]:
+    return [ids[start : start + ASSIGN_BATCH] for start in range(0, len(ids), ASSIGN_BATCH)]
+
+
+def require_material_change(*, actor: AbstractBaseUser, agent: Any) -> None:
+    """Attaching completions to an agent, or taking them away, changes the agent: every way of
+    doing it (the agent's page, the API, the admin, a job's target agents) asks this."""
+    require_change(user=actor, obj=agent, action="change its material")
+
+
+def _in_workspace(completion_ids: Sequence[int], agent: Any, outcome: Outcome) -> list[int]:
+    """The ids among `completion_ids` of completions in the agent's workspace; the rest are skipped."""
+    wanted = list(dict.fromkeys(completion_ids))
+    found: set[int] = set()
+    for batch in _batches(wanted):
+        rows = Completion.objects.filter(pk__in=batch, job__workspace_id=agent.workspace_id)
+        found.update(rows.values_list("pk", flat=True))
     # One reason for both: ids of other workspaces must not be told apart from unknown ones.
-    outcome.skip(
-        "not found in the agent's workspace",
-        [cid for cid in completion_ids if rows.get(cid) != agent.workspace_id],
-    )
-    return [cid for cid, ws in rows.items() if ws == agent.workspace_id]
+    outcome.skip("not found in the agent's workspace", [cid for cid in wanted if cid not in found])
+    return [cid for cid in wanted if cid in found]
+
+
+def _attach(ids: Sequence[int], agent: Any, outcome: Outcome) -> None:
+    for batch in _batches(ids):
+        existing = set(
+            Assignment.objects.filter(agent=agent, completion_id__in=batch).values_list("completion_id", flat=True)
+        )
+        new = [cid for cid in batch if cid not in existing]
+        Assignment.objects.bulk_create([Assignment(completion_id=cid, agent=agent) for cid in new],
+                                       ignore_conflicts=True)
+        outcome.done += len(new)
+        outcome.skip("already assigned", sorted(existing))
+
+
+def _detach(ids: Sequence[int], agent: Any) -> int:
+    return sum(Assignment.objects.filter(agent=agent, completion_id__in=batch).delete()[0] for batch in _batches(ids))
 
 
 @transaction.atomic
-def completions_assign_checked(*, user: AbstractBaseUser, completion_ids: Sequence[int], agent: Any) -> Outcome:
-    """Attach completions to an agent; only those in the agent's workspace, by one of its members."""
+def completions_assign(*, actor: AbstractBaseUser, completion_ids: Sequence[int], agent: Any) -> Outcome:
+    """Attach completions of the agent's workspace to it (its creator or a workspace admin)."""
+    require_material_change(actor=actor, agent=agent)
     outcome = Outcome()
-    ids = _assignable(user, completion_ids, agent, outcome)
-    already = Assignment.objects.filter(agent=agent, completion_id__in=ids).values_list("completion_id", flat=True)
-    existing = set(already)
-    Assignment.objects.bulk_create(
-        [Assignment(completion_id=cid, agent=agent) for cid in ids if cid not in existing], ignore_conflicts=True
-    )
-    outcome.done = len([cid for cid in ids if cid not in existing])
-    outcome.skip("already assigned", sorted(existing))
+    _attach(_in_workspace(completion_ids, agent, outcome), agent, outcome)
     return outcome
 
 
 @transaction.atomic
-def completions_unassign_checked(*, user: AbstractBaseUser, completion_ids: Sequence[int], agent: Any) -> Outcome:
+def completions_unassign(*, actor: AbstractBaseUser, completion_ids: Sequence[int], agent: Any) -> Outcome:
+    require_material_change(actor=actor, agent=agent)
     outcome = Outcome()
-    ids = _assignable(user, completion_ids, agent, outcome)
-    outcome.done, _ = Assignment.objects.filter(agent=agent, completion_id__in=ids).delete()
+    outcome.done = _detach(_in_workspace(completion_ids, agent, outcome), agent)
+    return outcome
+
+
+@transaction.atomic
+def completions_move(
+    *, actor: AbstractBaseUser, completion_ids: Sequence[int], source: Any, target: Any
+) -> Outcome:
+    """Attach completions to `target` and detach them from `source`; `done` counts those moved.
+
+    Both agents change, so the user must be allowed to change both.
+    """
+    require_material_change(actor=actor, agent=source)
+    require_material_change(actor=actor, agent=target)
+    if source.workspace_id != target.workspace_id:
+        raise ValidationError("Material moves only between agents of the same workspace.")
+    outcome = Outcome()
+    ids = _in_workspace(completion_ids, source, outcome)
+    _attach(ids, target, Outcome())
+    outcome.done = _detach(ids, source)
     return outcome
 
 
@@ -187,11 +223,15 @@ def _canonical(members: list[int], info: dict[int, tuple[str, bool]]) -> int:
 
 
 @transaction.atomic
-def duplicates_flag(*, agent: Any, threshold: float = dedupe.JACCARD_THRESHOLD) -> list[list[int]]:
-    """Find near-duplicates in the agent's material and set `duplicate_of` to each group's keeper.
+def duplicates_flag(
+    *, actor: AbstractBaseUser, agent: Any, threshold: float = dedupe.JACCARD_THRESHOLD
+) -> list[list[int]]:
+    """Find near-duplicates in the agent's material and set `duplicate_of` to each group's keeper
+    (reviewers and admins of the agent's workspace).
 
     Flags on the agent's material are recomputed from scratch. Returns the groups, keeper first.
     """
+    require_review(user=actor, workspace_id=agent.workspace_id, action="flag near-duplicates")
     material = agent_material(agent=agent)
     texts = material.values_list("pk", "question", "answer").order_by("pk").iterator(chunk_size=2000)
     groups = dedupe.near_duplicate_groups(texts, threshold=threshold)
@@ -224,8 +264,7 @@ def duplicates_keep_one(*, keep: Completion, reviewer: AbstractBaseUser, merge: 
     rule and tags, unless the kept one already has that agent), so no agent loses material.
     The rejected ones keep `duplicate_of` pointing at the kept one, for the record.
     """
-    if not can_review(user=reviewer, workspace_id=keep.job.workspace_id):
-        raise PermissionDenied("Only reviewers and admins of this workspace may resolve duplicates.")
+    require_review(user=reviewer, workspace_id=keep.job.workspace_id, action="resolve duplicates")
     keep.refresh_from_db(fields=["duplicate_of"])
     group = duplicate_group(keep)
     if len(group) < 2:

@@ -126,8 +126,9 @@ def completion_review_view(request: HttpRequest, pk: int) -> HttpResponse:
     except PermissionDenied as exc:
         if request.htmx:
             return HttpResponse(str(exc), status=403)
-        messages.error(request, str(exc))
-        return _back(request, completion)
+        return render(request, "403.html", {"reason": str(exc)}, status=403)
+    except ValidationError as exc:  # e.g. the edit repeats another question of the job
+        return _not_saved(request, completion, " ".join(exc.messages))
     if request.htmx:
         context = _card_context(completion, reviewer_workspace_ids(request.user))
         # The card's own forms go back to the page it sits on, not to this action's URL.
@@ -147,6 +148,10 @@ def _review(request: HttpRequest, completion: Completion, status: str, question:
 
 def _edit_error(request: HttpRequest, completion: Completion, edit: CompletionEditForm) -> HttpResponse:
     problems = "; ".join(f"{field}: {' '.join(errors)}" for field, errors in edit.errors.items())
+    return _not_saved(request, completion, problems)
+
+
+def _not_saved(request: HttpRequest, completion: Completion, problems: str) -> HttpResponse:
     if request.htmx:
         return HttpResponse(f"Not saved: {problems}", status=400)
     messages.error(request, f"Not saved: {problems}")

@@ -21,13 +21,15 @@ from documents.models import Document
 from documents.services import document_extract
 from masscer.lib.tokens import chunk_pages
 from workspaces.models import Membership, Workspace
+from workspaces.permissions import require_change
 from workspaces.selectors import can_review
 from workspaces.services import workspace_for_write
 
 from . import hotsql
 from .models import Assignment, Chunk, Completion, TrainingJob, WorkItem
 from .planning import allocate, allocate_capped
-from .validation import describe_reasons
+from .review import require_material_change
+from .validation import KEY_SUFFIX, Candidate, add_samples, describe_reasons, pair_text, question_key, same_question
 
 logger = logging.getLogger(__name__)
 
@@ -177,6 +179,8 @@ def job_create(
     _check_same_workspace(workspace.pk, documents, "document")
     _check_same_workspace(workspace.pk, conversations, "conversation")
     _check_same_workspace(workspace.pk, agents, "agent")
+    for agent in agents:  # the job attaches its completions to them: assignment, checked as such
+        require_material_change(actor=owner, agent=agent)
     if style not in TrainingJob.Style.values:
         raise ValidationError(f"Unknown style {style!r}; use synthesize or mine.", code="style")
     if style == TrainingJob.Style.MINE and documents:
@@ -228,7 +232,9 @@ def job_fail(*, job_id: int, error: str) -> bool:
     return failed
 
 
-def job_cancel(*, job: TrainingJob) -> bool:
+def job_cancel(*, actor: AbstractBaseUser, job: TrainingJob) -> bool:
+    """Stop a job that has not ended (its creator or a workspace admin); False if it had."""
+    require_change(user=actor, obj=job, action="cancel it")
     cancelled = _transition(
         job.pk,
         [Status.QUEUED, Status.CHUNKING, Status.GENERATING],
@@ -241,12 +247,14 @@ def job_cancel(*, job: TrainingJob) -> bool:
     return cancelled
 
 
-def job_retry(*, job: TrainingJob) -> bool:
-    """Run again what failed or fell short; completions already made are kept.
+def job_retry(*, actor: AbstractBaseUser, job: TrainingJob) -> bool:
+    """Run again what failed or fell short (its creator or a workspace admin); completions
+    already made are kept.
 
     A job that failed before planning (e.g. a source could not be read) starts over from
     its sources; otherwise failed and short work items get a fresh call budget.
     """
+    require_change(user=actor, obj=job, action="retry it")
     retryable = WorkItem.objects.filter(job=job).filter(
         Q(status__in=[WorkItem.Status.FAILED, WorkItem.Status.CANCELLED]) | Q(made__lt=F("quota"))
     )
@@ -508,9 +516,41 @@ def completion_review(
             fields["original_question"] = completion.question
             fields["original_answer"] = completion.answer
         fields.update(question=question.strip(), answer=answer.strip(), edited=True)
-    Completion.objects.filter(pk=completion.pk).update(**fields)
+        key = completion_question_key(completion=completion, question=question.strip())
+        if key is not None:
+            fields["question_key"] = key
+    try:
+        with transaction.atomic():
+            Completion.objects.filter(pk=completion.pk).update(**fields)
+    except IntegrityError as exc:  # another edit gave a completion of the job this question meanwhile
+        raise _question_taken(None) from exc
     completion.refresh_from_db()
     return completion
+
+
+def completion_question_key(*, completion: Completion, question: str) -> str | None:
+    """The question key an edit of `completion` to `question` stores; None when it is the same
+    question (up to case and spacing: the key stays). A ValidationError when another completion
+    of its job asks that question already (every door shows it; the admin's form checks first).
+    """
+    key = question_key(question)
+    if same_question(key, completion.question_key):
+        return None
+    # Repeats stored before keys were unique carry a suffix (migration 0008): they count too.
+    taken = Completion.objects.filter(Q(question_key=key) | Q(question_key__startswith=key + KEY_SUFFIX))
+    other = taken.filter(job_id=completion.job_id).exclude(pk=completion.pk).values_list("pk", flat=True).first()
+    if other is not None:
+        raise _question_taken(other)
+    return key
+
+
+def _question_taken(other: int | None) -> ValidationError:
+    which = f"completion #{other}" if other is not None else "another completion"
+    return ValidationError(
+        f"This job already has this question ({which}; compared ignoring case and spacing). "
+        "Word it differently, or reject this completion instead.",
+        code="duplicate_question",
+    )
 
 
 def completions_review_bulk(*, completions: QuerySet[Completion], status: str, reviewer: AbstractBaseUser) -> int:
@@ -521,19 +561,6 @@ def completions_review_bulk(*, completions: QuerySet[Completion], status: str, r
     return Completion.objects.filter(pk__in=completions.values("pk"), job__workspace__in=allowed).update(
         status=status, reviewed_by=reviewer, reviewed_at=timezone.now()
     )
-
-
-@transaction.atomic
-def completions_assign(*, completion_ids: Sequence[int], agent: Any) -> int:
-    rows = [Assignment(completion_id=cid, agent=agent) for cid in completion_ids]
-    created = Assignment.objects.bulk_create(rows, ignore_conflicts=True)
-    return len(created)
-
-
-@transaction.atomic
-def completions_unassign(*, completion_ids: Sequence[int], agent: Any) -> int:
-    deleted, _ = Assignment.objects.filter(completion_id__in=completion_ids, agent=agent).delete()
-    return deleted
 
 
 def store_completions(
@@ -552,11 +579,19 @@ def store_completions(
     agent_ids: Sequence[int] | None = None,
     close: bool = False,
     samples: Sequence[dict[str, str]] | None = None,
+    duplicates: list[str] | None = None,
 ) -> int:
-    """Store accepted pairs for a claimed work item in one short transaction.
+    """Store accepted pairs for a claimed work item in one short transaction; the number stored.
 
     `claim` is the attempt number that claimed the item; if another worker has taken it
     over since (our lease expired), nothing is written and -1 is returned.
+
+    A pair whose question the job already has (compared as `validation.question_key` does:
+    another worker may have stored it since the caller's duplicate check) is skipped by the
+    insert itself, so the check and the write are one step. It is counted as a `duplicate`
+    rejection in `reasons` (the caller's counter too) and in the item's samples, is not in
+    the returned number, and its question is appended to `duplicates` when that is given;
+    an item it leaves short is not closed and tops up like after any rejected pair.
 
     `calls`, the token counts and `cost` are the model call(s) these pairs came from; they
     are added to the work item's and the job's counters in the same transaction (when -1
@@ -571,12 +606,6 @@ def store_completions(
     merged = Counter(item.reasons or {})
     merged.update(reasons)
     with transaction.atomic():
-        # The item's update comes first: its row lock, and the claim number in the
-        # condition, keep a worker whose lease was taken over from writing anything.
-        if not hotsql.item_stored(
-            item.pk, claim, made=len(pairs), calls=calls, reasons=dict(merged), close=close, samples=samples
-        ):
-            return -1
         if start is None:
             start = Completion.objects.filter(job_id=item.job_id, chunk_id=item.chunk_id).count()
         rows = [
@@ -597,19 +626,30 @@ def store_completions(
             # outer transaction for rollback, which happens when this block is left.
             with transaction.atomic(savepoint=False):
                 # Plain SQL, as bulk_create would write it, at a fraction of its CPU.
-                hotsql.insert(rows)
+                hotsql.insert(rows, skip_on=("job", "question_key"))
         except IntegrityError:
             return -1
-        if rows:
+        stored = [row for row in rows if row.pk is not None]
+        if len(stored) < len(rows):
+            samples = _skipped_as_duplicates(rows, start, merged, reasons, samples, item, duplicates)
+            close = False
+        # The item's update comes after the rows it counts, and its condition (the claim
+        # number) rolls all of them back for a worker whose lease was taken over meanwhile.
+        if not hotsql.item_stored(
+            item.pk, claim, made=len(stored), calls=calls, reasons=dict(merged), close=close, samples=samples
+        ):
+            transaction.set_rollback(True)
+            return -1
+        if stored:
             if agent_ids is None:
                 agent_ids = hotsql.job_agent_ids(item.job_id)
             hotsql.insert(
-                [Assignment(completion=row, agent_id=agent_id) for row in rows for agent_id in agent_ids],
+                [Assignment(completion=row, agent_id=agent_id) for row in stored for agent_id in agent_ids],
                 ignore_conflicts=True,
             )
         hotsql.job_counted(
             item.job_id,
-            created=len(rows),
+            created=len(stored),
             calls=calls,
             prompt_tokens=prompt_tokens if calls else 0,
             completion_tokens=completion_tokens if calls else 0,
@@ -619,5 +659,39 @@ def store_completions(
     item.reasons = dict(merged)
     if samples is not None:
         item.samples = list(samples)
-    return len(rows)
+    return len(stored)
+
+
+def _skipped_as_duplicates(
+    rows: list[Completion],
+    start: int,
+    merged: Counter[str],
+    reasons: Counter[str],
+    samples: Sequence[dict[str, str]] | None,
+    item: WorkItem,
+    duplicates: list[str] | None,
+) -> Sequence[dict[str, str]] | None:
+    """Account for the rows the insert skipped (the job has their questions); the samples to write.
+
+    The stored rows move down to the ordinals `start`, `start + 1`, ... (the skipped ones left
+    gaps, and the next call numbers on from the chunk's count). Only this item's claim writes
+    its chunk's ordinals, and each row moves to a lower one that is free by then.
+    """
+    ordinal = start
+    skipped: list[Completion] = []
+    for row in rows:
+        if row.pk is None:
+            skipped.append(row)
+            continue
+        if row.ordinal != ordinal:
+            Completion.objects.filter(pk=row.pk).update(ordinal=ordinal)
+            row.ordinal = ordinal
+        ordinal += 1
+    merged["duplicate"] += len(skipped)
+    reasons["duplicate"] += len(skipped)
+    if duplicates is not None:
+        duplicates.extend(row.question for row in skipped)
+    found = [("duplicate", pair_text(Candidate(row.question, row.answer, row.evidence))) for row in skipped]
+    added = add_samples(samples if samples is not None else item.samples or [], found)
+    return added if added is not None else samples
 

@@ -29,6 +29,7 @@ from documents.models import Document
 from documents.selectors import documents_for
 from masscer.views import get_visible_or_404, int_list, paginate, posted
 from workspaces.models import Workspace
+from workspaces.permissions import NotAllowed, changeable
 
 from . import estimate as estimating
 from .forms import TrainForm
@@ -178,6 +179,9 @@ def _start_job(request: HttpRequest, form: TrainForm, sources: Sources, workspac
         code = getattr(exc, "code", None)
         form.add_error(code if code in ("count", "style") else None, exc)
         return None
+    except NotAllowed as exc:  # the typed name is a teammate's agent
+        form.add_error("new_agent", str(exc))
+        return None
 
 
 @login_required
@@ -189,7 +193,8 @@ def job_new(request: HttpRequest) -> HttpResponse:
         url = reverse("training:jobs")
         return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
     workspace_id = next(iter(sources.workspace_ids))
-    agents = agents_for(user=request.user).filter(workspace_id=workspace_id)
+    # Offered: the agents the user may attach material to (job_create checks them again).
+    agents = changeable(agents_for(user=request.user).filter(workspace_id=workspace_id), user=request.user)
     form = TrainForm(posted(request), agents=agents, conversations=bool(sources.conversations))
     if request.method == "POST" and form.is_valid() and not sources.failed:
         job = _start_job(request, form, sources, workspace_id)
@@ -280,7 +285,7 @@ def job_progress(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def job_cancel_view(request: HttpRequest, pk: int) -> HttpResponse:
     job = _visible_job(request, pk)
-    if job_cancel(job=job):
+    if job_cancel(actor=request.user, job=job):
         messages.success(request, f"Cancelled job {job.pk}. Completions already made are kept.")
     else:
         messages.info(request, f"Job {job.pk} had already finished.")
@@ -291,7 +296,7 @@ def job_cancel_view(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def job_retry_view(request: HttpRequest, pk: int) -> HttpResponse:
     job = _visible_job(request, pk)
-    if job_retry(job=job):
+    if job_retry(actor=request.user, job=job):
         messages.success(request, f"Retrying job {job.pk}: running again what failed or fell short.")
     else:
         messages.info(request, f"Job {job.pk} has nothing to retry.")

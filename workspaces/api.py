@@ -67,5 +67,5 @@ def tokens_create(request: HttpRequest, payload: TokenIn) -> Status[dict[str, ob
 @router.delete("/tokens/{int:token_id}", response={204: None, **ERRORS}, tags=["tokens"])
 def tokens_revoke(request: HttpRequest, token_id: Id) -> Status[None]:
     token = get_or_404(api_tokens_of(user=user_of(request)), token_id, "token")
-    api_token_revoke(token=token)
+    api_token_revoke(actor=user_of(request), token=token)
     return Status(204, None)

@@ -12,6 +12,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from .models import ApiToken, Membership, Workspace
+from .permissions import NotAllowed, require_admin
 
 
 @transaction.atomic
@@ -36,14 +37,36 @@ def workspace_personal(*, user: AbstractBaseUser) -> Workspace:
         return Workspace.objects.get(personal_for=user)
 
 
-def membership_add(*, workspace: Workspace, user: AbstractBaseUser, role: str = Membership.Role.MEMBER) -> Membership:
+def membership_add(
+    *, actor: AbstractBaseUser, workspace: Workspace, user: AbstractBaseUser, role: str = Membership.Role.MEMBER
+) -> Membership:
+    """Add `user` to the workspace with `role`, or change their role (admins of the workspace only).
+
+    A workspace keeps at least one admin: the last one cannot step down.
+    """
+    require_admin(user=actor, workspace_id=workspace.pk, action="add members")
     if role not in Membership.Role.values:
         raise ValidationError(f"Unknown role {role!r}; use admin, reviewer or member.")
-    membership, _ = Membership.objects.update_or_create(workspace=workspace, user=user, defaults={"role": role})
+    with transaction.atomic():
+        # Locked, so two admins demoting each other at the same moment cannot both succeed.
+        admins = list(
+            Membership.objects.select_for_update()
+            .filter(workspace=workspace, role=Membership.Role.ADMIN)
+            .values_list("user_id", flat=True)
+        )
+        if role != Membership.Role.ADMIN and admins == [user.pk]:
+            raise ValidationError(
+                "A workspace keeps at least one admin: make someone else admin first.", code="last_admin"
+            )
+        membership, _ = Membership.objects.update_or_create(workspace=workspace, user=user, defaults={"role": role})
     return membership
 
 
-def membership_remove(*, workspace: Workspace, user: AbstractBaseUser) -> None:
+def membership_remove(*, actor: AbstractBaseUser, workspace: Workspace, user: AbstractBaseUser) -> None:
+    """Remove `user` from the workspace (admins only; not themselves, so it keeps an admin)."""
+    require_admin(user=actor, workspace_id=workspace.pk, action="remove members")
+    if user.pk == actor.pk:
+        raise ValidationError("Admins cannot remove themselves; ask another admin.", code="self")
     Membership.objects.filter(workspace=workspace, user=user).delete()
 
 
@@ -81,8 +104,10 @@ def api_token_create(*, user: AbstractBaseUser, name: str) -> tuple[ApiToken, st
     return token, raw
 
 
-def api_token_revoke(*, token: ApiToken) -> ApiToken:
-    """Revoke a token at once; revoking twice keeps the first time."""
+def api_token_revoke(*, actor: AbstractBaseUser, token: ApiToken) -> ApiToken:
+    """Revoke a token at once; revoking twice keeps the first time. Only its user revokes it."""
+    if token.user_id != actor.pk:
+        raise NotAllowed("Only the user a token belongs to may revoke it.")
     ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
     token.refresh_from_db()
     return token

@@ -12,6 +12,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from .forms import ApiTokenForm, MemberForm, WorkspaceForm
 from .models import Membership, Workspace
+from .permissions import require_admin
 from .selectors import role_in, workspaces_for
 from .services import (
     api_token_create,
@@ -63,9 +64,8 @@ def workspace_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def member_add(request: HttpRequest, pk: int) -> HttpResponse:
     workspace, role = _membership_or_404(request, pk)
-    if role != Membership.Role.ADMIN:
-        messages.error(request, "Only admins of this workspace can add members.")
-        return redirect("workspaces:detail", pk=pk)
+    # Refused before the form is read, so a member cannot probe which login names exist.
+    require_admin(user=request.user, workspace_id=workspace.pk, action="add members")
     form = MemberForm(request.POST)
     if form.is_valid():
         user = get_user_model().objects.filter(username=form.cleaned_data["username"]).first()
@@ -73,7 +73,7 @@ def member_add(request: HttpRequest, pk: int) -> HttpResponse:
             form.add_error("username", "No user has this login name.")
         else:
             try:
-                membership_add(workspace=workspace, user=user, role=form.cleaned_data["role"])
+                membership_add(actor=request.user, workspace=workspace, user=user, role=form.cleaned_data["role"])
             except ValidationError as exc:
                 form.add_error("role", exc)
             else:
@@ -87,13 +87,12 @@ def member_add(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_POST
 def member_remove(request: HttpRequest, pk: int, user_id: int) -> HttpResponse:
-    workspace, role = _membership_or_404(request, pk)
-    if role != Membership.Role.ADMIN:
-        messages.error(request, "Only admins of this workspace can remove members.")
-    elif user_id == request.user.pk:
-        messages.error(request, "Admins cannot remove themselves; ask another admin.")
+    workspace, _ = _membership_or_404(request, pk)
+    try:
+        membership_remove(actor=request.user, workspace=workspace, user=get_user_model()(pk=user_id))
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
     else:
-        membership_remove(workspace=workspace, user=get_user_model()(pk=user_id))
         messages.success(request, "Removed the member.")
     return redirect("workspaces:detail", pk=pk)
 
@@ -122,6 +121,6 @@ def token_revoke(request: HttpRequest, pk: int) -> HttpResponse:
     token = api_tokens_of(user=request.user).filter(pk=pk).first()
     if token is None:
         raise Http404("No such token.")
-    api_token_revoke(token=token)
+    api_token_revoke(actor=request.user, token=token)
     messages.success(request, f"Revoked the token “{token.name}”; scripts using it are refused from now on.")
     return redirect("workspaces:tokens")

@@ -45,7 +45,7 @@ def fresh_indexes() -> Iterator[None]:
 
 @pytest.fixture
 def bob_in_alices_workspace(alice: Any, bob: Any) -> Any:
-    membership_add(workspace=workspace_personal(user=alice), user=bob)
+    membership_add(actor=alice, workspace=workspace_personal(user=alice), user=bob)
     return bob
 
 

@@ -208,8 +208,9 @@ def test_an_unknown_role_is_a_clear_error_and_creates_nothing(alice: AbstractBas
 def test_message_add_appends_at_the_end(alice: AbstractBaseUser) -> None:
     conversation = conversation_create(owner=alice, messages=[{"role": "user", "content": "Hi"}])
 
-    added = message_add(conversation=conversation, role="assistant", content="Hello, how can I help?")
+    added = message_add(actor=alice, conversation=conversation, role="assistant", content="Hello, how can I help?")
     call = message_add(
+        actor=alice,
         conversation=conversation,
         role="assistant",
         content="",
@@ -224,20 +225,20 @@ def test_message_add_refuses_an_unknown_role_and_an_empty_message(alice: Abstrac
     conversation = conversation_create(owner=alice)
 
     with pytest.raises(ValidationError, match="unknown role 'robot'"):
-        message_add(conversation=conversation, role="robot", content="beep")
+        message_add(actor=alice, conversation=conversation, role="robot", content="beep")
     with pytest.raises(ValidationError, match="a message needs text"):
-        message_add(conversation=conversation, role="user", content="  ")
+        message_add(actor=alice, conversation=conversation, role="user", content="  ")
     assert not Message.objects.exists()
 
 
 def test_conversation_update_changes_only_what_is_given(alice: AbstractBaseUser) -> None:
     conversation = conversation_create(owner=alice, title="Old", tags=["brakes"])
 
-    conversation_update(conversation=conversation, title="  New  ")
+    conversation_update(actor=alice, conversation=conversation, title="  New  ")
     conversation.refresh_from_db()
     assert (conversation.title, conversation.tags) == ("New", ["brakes"])
 
-    conversation_update(conversation=conversation, tags=["gears", " gears ", "wheels"])
+    conversation_update(actor=alice, conversation=conversation, tags=["gears", " gears ", "wheels"])
     conversation.refresh_from_db()
     assert (conversation.title, conversation.tags) == ("New", ["gears", "wheels"])
 
@@ -245,7 +246,7 @@ def test_conversation_update_changes_only_what_is_given(alice: AbstractBaseUser)
 def test_conversation_delete_removes_its_messages(alice: AbstractBaseUser) -> None:
     conversation = conversation_create(owner=alice, messages=[{"role": "user", "content": "Hi"}])
 
-    conversation_delete(conversation=conversation)
+    conversation_delete(actor=alice, conversation=conversation)
 
     assert not Conversation.objects.exists()
     assert not Message.objects.exists()
@@ -260,7 +261,7 @@ def test_it_shows_alices_conversations_to_her_teammate_bob_but_not_to_charlie(
     messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]
     mine = conversation_create(owner=alice, messages=messages)
     conversation_create(owner=charlie, messages=[{"role": "user", "content": "Hey"}])
-    membership_add(workspace=mine.workspace, user=bob)
+    membership_add(actor=alice, workspace=mine.workspace, user=bob)
 
     assert [(c.pk, c.message_count) for c in conversations_for(user=alice)] == [(mine.pk, 2)]
     assert [c.pk for c in conversations_for(user=bob)] == [mine.pk]

@@ -141,7 +141,7 @@ def test_charlie_cannot_delete_alices_document(client, alice, charlie) -> None:
 
 def test_bob_sees_alices_document_as_a_member_of_her_workspace(client, alice, bob) -> None:
     doc = web.document(alice, title="Shared handbook")
-    membership_add(workspace=workspace_personal(user=alice), user=bob, role=Membership.Role.MEMBER)
+    membership_add(actor=alice, workspace=workspace_personal(user=alice), user=bob, role=Membership.Role.MEMBER)
     assert "Shared handbook" in logged_in(client, bob).get("/documents/").content.decode()
     assert client.get(f"/documents/{doc.pk}/").status_code == 200
 

@@ -32,7 +32,7 @@ def fast_passwords(settings: Any) -> None:
 @pytest.fixture
 def world(alice, bob, charlie) -> dict[str, Any]:
     workspace = workspace_personal(user=alice)
-    membership_add(workspace=workspace, user=bob, role="member")
+    membership_add(actor=alice, workspace=workspace, user=bob, role="member")
     document = make_document(alice)
     spare_document = make_document(alice, title="Spare")
     messages = [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]
@@ -99,23 +99,23 @@ ROUTES = [
     Route("patch", "/api/agents/{spare_agent.pk}", lambda w: {"system_prompt": "Be brief."}, 200, 403, 404),
     Route("delete", "/api/agents/{spare_agent.pk}", None, 204, 403, 404),
     Route("post", "/api/jobs",
-          lambda w: {"count": 2, "documents": [w["document"].pk], "agents": [w["agent"].pk]}, 201, 201, 404),
+          lambda w: {"count": 2, "documents": [w["document"].pk], "agents": [w["agent"].pk]}, 201, 403, 404),
     Route("get", "/api/jobs", None, 200, 200, 200),
     Route("get", "/api/jobs/{job.pk}", None, 200, 200, 404),
-    Route("post", "/api/jobs/{running.pk}/cancel", None, 200, 200, 404),
-    Route("post", "/api/jobs/{job.pk}/retry", None, 200, 200, 404),
+    Route("post", "/api/jobs/{running.pk}/cancel", None, 200, 403, 404),
+    Route("post", "/api/jobs/{job.pk}/retry", None, 200, 403, 404),
     Route("get", "/api/completions", None, 200, 200, 200),
     Route("get", "/api/completions/{completion.pk}", None, 200, 200, 404),
     Route("post", "/api/completions/{completion.pk}/approve", None, 200, 403, 404),
     Route("post", "/api/completions/{completion.pk}/reject", None, 200, 403, 404),
     Route("patch", "/api/completions/{completion.pk}", lambda w: {"answer": "Better."}, 200, 403, 404),
     Route("post", "/api/completions/assign",
-          lambda w: {"agent": w["spare_agent"].pk, "completion_ids": [w["completion"].pk]}, 200, 200, 404),
+          lambda w: {"agent": w["spare_agent"].pk, "completion_ids": [w["completion"].pk]}, 200, 403, 404),
     Route("post", "/api/completions/unassign",
-          lambda w: {"agent": w["agent"].pk, "completion_ids": [w["completion"].pk]}, 200, 200, 404),
+          lambda w: {"agent": w["agent"].pk, "completion_ids": [w["completion"].pk]}, 200, 403, 404),
     Route("post", "/api/completions/regenerate", lambda w: {"completion_ids": [w["completion"].pk]}, 200, 200, 200),
     Route("post", "/api/completions/{original.pk}/keep", lambda w: {"merge": True}, 200, 403, 404),
-    Route("post", "/api/agents/{agent.pk}/duplicates", None, 200, 200, 404),
+    Route("post", "/api/agents/{agent.pk}/duplicates", None, 200, 403, 404),
     Route("get", "/api/agents/{agent.pk}/export", None, 200, 200, 404),
     Route("get", "/api/agents/{agent.pk}/export/report", None, 200, 200, 404),
     Route("get", "/api/workspaces", None, 200, 200, 200),
@@ -257,7 +257,7 @@ def test_assigning_reports_what_was_skipped(world, django_user_model) -> None:
     foreign = make_completions(make_job(django_user_model.objects.create_user("eve")),
                                make_chunk(make_document(django_user_model.objects.get(username="eve"))),
                                numbered(1, start=80))[0]
-    body = call("post", "/api/completions/assign", world["tokens"]["bob"],
+    body = call("post", "/api/completions/assign", world["tokens"]["alice"],
                 {"agent": world["spare_agent"].pk, "completion_ids": [world["completion"].pk, foreign.pk]}).json()
     assert body == {"done": 1, "skipped": {"not found": [foreign.pk]}}
 
@@ -275,7 +275,7 @@ def test_no_credentials_is_401_with_a_json_message(world) -> None:
 def test_unknown_and_revoked_tokens_are_refused(alice, world) -> None:
     assert call("get", "/api/documents", "msk_not-a-real-token").status_code == 401
     token = ApiToken.objects.get(user=alice, name="tests")
-    api_token_revoke(token=token)
+    api_token_revoke(actor=alice, token=token)
     assert call("get", "/api/documents", world["tokens"]["alice"]).status_code == 401
 
 

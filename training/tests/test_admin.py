@@ -39,8 +39,8 @@ def team(alice, bob, charlie, django_user_model) -> dict[str, Any]:
     alice.is_staff = alice.is_superuser = True
     alice.save()
     workspace = workspace_personal(user=alice)
-    membership_add(workspace=workspace, user=staff(bob), role="reviewer")
-    membership_add(workspace=workspace, user=staff(charlie), role="member")
+    membership_add(actor=alice, workspace=workspace, user=staff(bob), role="reviewer")
+    membership_add(actor=alice, workspace=workspace, user=staff(charlie), role="member")
     dave = staff(django_user_model.objects.create_user("dave", password="dave-Secret-123"))
     agent = make_agent(alice)
     job = make_job(alice)
@@ -169,14 +169,23 @@ def test_the_approve_action_costs_the_same_queries_for_2_and_20_rows(bob, team) 
     assert len(few) == len(many)
 
 
-def test_assign_and_unassign_to_the_chosen_agent(charlie, alice, team) -> None:
+def test_assign_and_unassign_to_the_chosen_agent(alice, team) -> None:
     sales = make_agent(alice, slug="sales")
-    client = client_for(charlie)  # any member may attach material
+    client = client_for(alice)  # the agent's creator
     response = act(client, "assign", team["rows"][:3], agent=sales.pk)
     assert "3 completions assigned to Sales." in messages_of(response)
     assert Assignment.objects.filter(agent=sales).count() == 3
     act(client, "unassign", team["rows"][:1], agent=sales.pk)
     assert Assignment.objects.filter(agent=sales).count() == 2
+
+
+def test_a_plain_member_cannot_assign_to_alices_agent(charlie, alice, team) -> None:
+    sales = make_agent(alice, slug="sales")
+    response = act(client_for(charlie), "assign", team["rows"][:3], agent=sales.pk)
+    assert "Only the creator of this agent or an admin of its workspace may change its material." in messages_of(
+        response
+    )
+    assert not Assignment.objects.filter(agent=sales).exists()
 
 
 def test_assigning_needs_an_agent_of_the_users_workspaces(charlie, team, django_user_model) -> None:
@@ -247,10 +256,14 @@ def test_near_duplicates_are_flagged_then_kept_or_merged(alice, bob, team) -> No
     }
 
 
-def test_keep_one_by_a_member_changes_nothing(charlie, team) -> None:
+def test_keep_one_by_a_member_changes_nothing(bob, charlie, team) -> None:
     original = make_completions(team["job"], team["chunk"], [ORIGINAL], agents=[team["agent"]])[0]
     paraphrase = make_completions(team["job"], team["chunk"], [PARAPHRASE], agents=[team["agent"]])[0]
-    act(client_for(charlie), "flag_duplicates", [original], agent=team["agent"].pk)
+    refused = act(client_for(charlie), "flag_duplicates", [original], agent=team["agent"].pk)
+    assert any("Only reviewers and admins of this workspace may flag near-duplicates." in m
+               for m in messages_of(refused))
+    assert not Completion.objects.filter(duplicate_of__isnull=False).exists()
+    act(client_for(bob), "flag_duplicates", [original], agent=team["agent"].pk)
     response = act(client_for(charlie), "keep_one", [paraphrase])
     assert any("you are not a reviewer" in m for m in messages_of(response))
     assert not Completion.objects.filter(status="rejected").exists()

@@ -328,7 +328,7 @@ def test_cancelling_a_batch_job_cancels_the_batch(alice, agent, ready_document, 
     job = new_batch_job(alice, document, agent, 3)
     job_prepare(job_id=job.pk)
     assert tick(job) == "submitted"
-    assert job_cancel(job=job)
+    assert job_cancel(actor=alice, job=job)
     assert tick(job) == "job-not-running"
     assert BatchRound.objects.get(job=job).status == BatchRound.Status.CANCELLED
     assert [b["status"] for b in fake_llm.batches()] == ["cancelled"]

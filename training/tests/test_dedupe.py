@@ -78,7 +78,7 @@ def test_a_bucket_of_many_identical_items_stays_linear() -> None:
 def material(alice, bob):
     """Alice's agent with an approved original, a pending paraphrase, an unrelated pair and filler."""
     workspace = workspace_personal(user=alice)
-    membership_add(workspace=workspace, user=bob, role="member")
+    membership_add(actor=alice, workspace=workspace, user=bob, role="member")
     agent = make_agent(alice)
     other_agent = make_agent(alice, slug="sales")
     job = make_job(alice)
@@ -93,7 +93,7 @@ def material(alice, bob):
 
 @pytest.mark.django_db
 def test_flagging_points_duplicates_at_the_approved_one(material) -> None:
-    groups = duplicates_flag(agent=material["agent"])
+    groups = duplicates_flag(actor=material["agent"].owner, agent=material["agent"])
     assert groups == [[material["original"].pk, material["paraphrase"].pk]]
     paraphrase = Completion.objects.get(pk=material["paraphrase"].pk)
     assert paraphrase.duplicate_of_id == material["original"].pk
@@ -103,20 +103,20 @@ def test_flagging_points_duplicates_at_the_approved_one(material) -> None:
 @pytest.mark.django_db
 def test_rejected_completions_are_not_material(material) -> None:
     Completion.objects.filter(pk=material["original"].pk).update(status="rejected")
-    assert duplicates_flag(agent=material["agent"]) == []
+    assert duplicates_flag(actor=material["agent"].owner, agent=material["agent"]) == []
 
 
 @pytest.mark.django_db
 def test_flagging_again_recomputes(material) -> None:
-    duplicates_flag(agent=material["agent"])
+    duplicates_flag(actor=material["agent"].owner, agent=material["agent"])
     Completion.objects.filter(pk=material["paraphrase"].pk).update(question=UNRELATED[0] + " Really?")
-    assert duplicates_flag(agent=material["agent"]) == []
+    assert duplicates_flag(actor=material["agent"].owner, agent=material["agent"]) == []
     assert not Completion.objects.filter(duplicate_of__isnull=False).exists()
 
 
 @pytest.mark.django_db
 def test_keep_one_rejects_the_rest_of_the_group(alice, material) -> None:
-    duplicates_flag(agent=material["agent"])
+    duplicates_flag(actor=material["agent"].owner, agent=material["agent"])
     outcome = duplicates_keep_one(keep=material["paraphrase"], reviewer=alice)
     assert outcome.done == 1
     original = Completion.objects.get(pk=material["original"].pk)
@@ -131,7 +131,7 @@ def test_keep_one_rejects_the_rest_of_the_group(alice, material) -> None:
 
 @pytest.mark.django_db
 def test_merge_moves_the_agents_to_the_kept_one(alice, material) -> None:
-    duplicates_flag(agent=material["agent"])
+    duplicates_flag(actor=material["agent"].owner, agent=material["agent"])
     duplicates_keep_one(keep=material["original"], reviewer=alice, merge=True)
     kept_agents = set(Assignment.objects.filter(completion=material["original"]).values_list("agent_id", flat=True))
     assert kept_agents == {material["agent"].pk, material["other"].pk}
@@ -141,7 +141,7 @@ def test_merge_moves_the_agents_to_the_kept_one(alice, material) -> None:
 
 @pytest.mark.django_db
 def test_only_reviewers_resolve_duplicates(bob, material) -> None:
-    duplicates_flag(agent=material["agent"])
+    duplicates_flag(actor=material["agent"].owner, agent=material["agent"])
     with pytest.raises(PermissionDenied):
         duplicates_keep_one(keep=material["original"], reviewer=bob)
     assert Completion.objects.get(pk=material["paraphrase"].pk).status == "pending"

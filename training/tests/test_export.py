@@ -21,7 +21,7 @@ pytestmark = pytest.mark.django_db
 def reviewed(alice, bob, agent, ready_document, fake_llm) -> list[Completion]:
     job = job_create(owner=alice, count=4, agents=[agent], documents=[ready_document(alice, pages=1)])
     run_job(job)
-    membership_add(workspace=job.workspace, user=bob, role="reviewer")
+    membership_add(actor=alice, workspace=job.workspace, user=bob, role="reviewer")
     completions = list(Completion.objects.filter(job=job).order_by("pk"))
     completion_review(completion=completions[0], status="approved", reviewer=bob)
     completion_review(

@@ -35,7 +35,7 @@ def fast_passwords(settings: Any) -> None:
 
 @pytest.fixture
 def bob_on_alices_team(alice: Any, bob: Any) -> Any:
-    membership_add(workspace=workspace_personal(user=alice), user=bob, role="member")
+    membership_add(actor=alice, workspace=workspace_personal(user=alice), user=bob, role="member")
     return bob
 
 
@@ -214,7 +214,7 @@ def test_a_retry_starts_the_samples_afresh(alice, agent, ready_document, fake_ll
     run_job(job)
     assert WorkItem.objects.get(job=job).samples
     fake_llm.set_default(None)
-    assert job_retry(job=job)
+    assert job_retry(actor=alice, job=job)
     run_job(job)
     assert job.outcome == "completed"
     assert WorkItem.objects.get(job=job).samples == []

@@ -22,12 +22,12 @@ def made(alice, agent, ready_document, fake_llm) -> TrainingJob:
 
 def test_only_reviewers_and_admins_approve(made, bob, charlie) -> None:
     completion = Completion.objects.filter(job=made).first()
-    membership_add(workspace=made.workspace, user=bob, role="member")
+    membership_add(actor=made.owner, workspace=made.workspace, user=bob, role="member")
     with pytest.raises(PermissionDenied):
         completion_review(completion=completion, status="approved", reviewer=bob)
     with pytest.raises(PermissionDenied):
         completion_review(completion=completion, status="approved", reviewer=charlie)
-    membership_add(workspace=made.workspace, user=bob, role="reviewer")
+    membership_add(actor=made.owner, workspace=made.workspace, user=bob, role="reviewer")
     assert completion_review(completion=completion, status="approved", reviewer=bob).status == "approved"
 
 
@@ -42,7 +42,7 @@ def test_cancel_stops_a_job_between_model_calls(alice, agent, ready_document, fa
     from training.services import job_prepare
 
     job_prepare(job_id=job.pk)
-    assert job_cancel(job=job)
+    assert job_cancel(actor=alice, job=job)
     run_job(job)
     job.refresh_from_db()
     assert job.status == TrainingJob.Status.CANCELLED
@@ -56,7 +56,7 @@ def test_retry_tops_up_a_shortfall_with_a_fresh_budget(alice, agent, ready_docum
     run_job(job)
     assert job.status == TrainingJob.Status.COMPLETED and job.shortfall == 4
     fake_llm.set_default(None)
-    assert job_retry(job=job)
+    assert job_retry(actor=alice, job=job)
     for item_id in WorkItem.objects.filter(job=job).values_list("pk", flat=True):
         from training.generation import work_item_run
 
@@ -73,7 +73,7 @@ def test_retry_of_a_job_whose_source_failed_starts_over(alice, agent, ready_docu
     job = new_job(alice, document, agent, 2)
     run_job(job)
     assert job.status == TrainingJob.Status.FAILED
-    assert job_retry(job=job)
+    assert job_retry(actor=alice, job=job)
     job.refresh_from_db()
     assert job.status == TrainingJob.Status.QUEUED
 

@@ -174,7 +174,7 @@ def test_an_empty_edit_is_refused(client, alice) -> None:
 
 
 def test_a_member_sees_the_queue_but_cannot_approve(client, alice, bob) -> None:
-    membership_add(workspace=workspace_personal(user=alice), user=bob, role=Membership.Role.MEMBER)
+    membership_add(actor=alice, workspace=workspace_personal(user=alice), user=bob, role=Membership.Role.MEMBER)
     job = web.job(alice)
     (completion,) = web.completions(job, 1)
     body = logged_in(client, bob).get("/jobs/review/").content.decode()
@@ -191,7 +191,7 @@ def test_a_member_sees_the_queue_but_cannot_approve(client, alice, bob) -> None:
 
 
 def test_a_reviewer_member_can_approve(client, alice, bob) -> None:
-    membership_add(workspace=workspace_personal(user=alice), user=bob, role=Membership.Role.REVIEWER)
+    membership_add(actor=alice, workspace=workspace_personal(user=alice), user=bob, role=Membership.Role.REVIEWER)
     job = web.job(alice)
     (completion,) = web.completions(job, 1)
     logged_in(client, bob).post(f"/jobs/completions/{completion.pk}/review/", {"action": "approve"})
@@ -200,7 +200,7 @@ def test_a_reviewer_member_can_approve(client, alice, bob) -> None:
 
 
 def test_a_member_cannot_bulk_approve(client, alice, bob) -> None:
-    membership_add(workspace=workspace_personal(user=alice), user=bob, role=Membership.Role.MEMBER)
+    membership_add(actor=alice, workspace=workspace_personal(user=alice), user=bob, role=Membership.Role.MEMBER)
     web.completions(web.job(alice), 3)
     response = logged_in(client, bob).post("/jobs/review/bulk/", {"action": "approve", "scope": "all"})
     assert response.status_code == 403

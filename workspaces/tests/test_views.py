@@ -82,7 +82,7 @@ def test_an_unknown_login_name_is_refused_next_to_the_field(client, alice) -> No
 
 def test_a_member_cannot_add_members(client, alice, bob, charlie) -> None:
     team = workspace_personal(user=alice)
-    membership_add(workspace=team, user=bob, role=Membership.Role.MEMBER)
+    membership_add(actor=alice, workspace=team, user=bob, role=Membership.Role.MEMBER)
     response = logged_in(client, bob).post(
         f"/workspaces/{team.pk}/members/", {"username": "charlie", "role": "admin"}, follow=True
     )
@@ -97,7 +97,7 @@ def test_charlie_cannot_see_alices_workspace(client, alice, charlie) -> None:
 
 def test_an_admin_removes_a_member(client, alice, bob) -> None:
     team = workspace_personal(user=alice)
-    membership_add(workspace=team, user=bob)
+    membership_add(actor=alice, workspace=team, user=bob)
     logged_in(client, alice).post(f"/workspaces/{team.pk}/members/{bob.pk}/remove/")
     assert not Membership.objects.filter(user=bob, workspace=team).exists()
 
@@ -119,3 +119,22 @@ def test_a_user_creates_sees_once_and_revokes_an_api_token(client, alice, charli
     client.force_login(alice)
     client.post(f"/workspaces/tokens/{token.pk}/revoke/")
     assert api_token_authenticate(raw=secret) is None
+
+
+def test_the_last_admin_cannot_step_down(client, alice, bob) -> None:
+    team = workspace_create(name="Team", admin=alice)
+    membership_add(actor=alice, workspace=team, user=bob, role=Membership.Role.MEMBER)
+    response = logged_in(client, alice).post(f"/workspaces/{team.pk}/members/", {"username": "alice", "role": "member"})
+    assert response.status_code == 400
+    assert "keeps at least one admin" in response.content.decode()
+    assert Membership.objects.get(workspace=team, user=alice).role == "admin"
+
+
+def test_an_admin_steps_down_once_another_admin_is_there(client, alice, bob) -> None:
+    team = workspace_create(name="Team", admin=alice)
+    membership_add(actor=alice, workspace=team, user=bob, role=Membership.Role.ADMIN)
+    logged_in(client, alice).post(f"/workspaces/{team.pk}/members/", {"username": "alice", "role": "reviewer"})
+    assert Membership.objects.get(workspace=team, user=alice).role == "reviewer"
+    assert list(Membership.objects.filter(workspace=team, role="admin").values_list("user__username", flat=True)) == [
+        "bob"
+    ]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO
 
@@ -15,7 +15,8 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from masscer.lib.extract import ExtractionError, extract_isolated
+from masscer.leases import heartbeat
+from masscer.lib.extract import Extracted, ExtractionError, extract_isolated
 from masscer.lib.tokens import count_tokens
 from workspaces.models import Workspace
 from workspaces.permissions import require_change
@@ -98,7 +99,8 @@ def document_create_from_path(
         return document_create(owner=owner, workspace=workspace, fileobj=handle, filename=path.name, title=title)
 
 
-def _claim_for_extraction(document_id: int) -> bool:
+def _claim_for_extraction(document_id: int) -> datetime | None:
+    """Take the document for extraction: the lease's end (the claim's token), or None."""
     now = timezone.now()
     lease = now + timedelta(seconds=settings.MASSCER_LEASE_SECONDS)
     claimable = Q(status=Document.Status.UPLOADED) | Q(
@@ -108,7 +110,24 @@ def _claim_for_extraction(document_id: int) -> bool:
         Document.objects.filter(claimable, pk=document_id)
         .update(status=Document.Status.EXTRACTING, lease_expires_at=lease, error="")
     )
-    return updated == 1
+    return lease if updated == 1 else None
+
+
+class _ExtractionLease:
+    """Renews a claimed extraction's lease while it runs (masscer.leases): compare-and-set on
+    the lease's end, so a claim someone else took over is not renewed."""
+
+    def __init__(self, document_id: int, until: datetime) -> None:
+        self.document_id, self.until = document_id, until
+
+    def renew(self) -> bool:
+        until = timezone.now() + timedelta(seconds=settings.MASSCER_LEASE_SECONDS)
+        renewed = Document.objects.filter(
+            pk=self.document_id, status=Document.Status.EXTRACTING, lease_expires_at=self.until
+        ).update(lease_expires_at=until)
+        if renewed:
+            self.until = until
+        return renewed == 1
 
 
 def document_fail(*, document_id: int, error: str) -> None:
@@ -123,20 +142,13 @@ def document_extract(*, document_id: int) -> Document:
     The extraction runs in a child process with CPU and memory limits, so a hostile
     file fails the document, not the worker.
     """
-    if not _claim_for_extraction(document_id):
+    lease = _claim_for_extraction(document_id)
+    if lease is None:
         return Document.objects.get(pk=document_id)
     document = Document.objects.get(pk=document_id)
     try:
-        extracted = extract_isolated(
-            document.file.path,
-            filename=document.filename,
-            max_bytes=settings.MASSCER_MAX_UPLOAD_BYTES,
-            max_pages=settings.MASSCER_MAX_PAGES,
-            cpu_seconds=settings.MASSCER_EXTRACT_CPU_SECONDS,
-            memory_bytes=settings.MASSCER_EXTRACT_MEMORY_BYTES,
-            # Counted inside the limited child, which stops at the limit.
-            max_tokens=settings.MASSCER_MAX_DOCUMENT_TOKENS,
-        )
+        with heartbeat().hold(("document", document_id), _ExtractionLease(document_id, lease).renew):
+            extracted = _extract(document)
     except ExtractionError as exc:
         document_fail(document_id=document_id, error=str(exc))
         return Document.objects.get(pk=document_id)
@@ -146,6 +158,19 @@ def document_extract(*, document_id: int) -> Document:
     tokens = extracted.tokens if extracted.tokens is not None else sum(count_tokens(t) for t in extracted.pages)
     _store_pages(document, extracted.kind, extracted.title, extracted.pages, tokens)
     return Document.objects.get(pk=document_id)
+
+
+def _extract(document: Document) -> Extracted:
+    return extract_isolated(
+            document.file.path,
+            filename=document.filename,
+            max_bytes=settings.MASSCER_MAX_UPLOAD_BYTES,
+            max_pages=settings.MASSCER_MAX_PAGES,
+            cpu_seconds=settings.MASSCER_EXTRACT_CPU_SECONDS,
+            memory_bytes=settings.MASSCER_EXTRACT_MEMORY_BYTES,
+            # Counted inside the limited child, which stops at the limit.
+            max_tokens=settings.MASSCER_MAX_DOCUMENT_TOKENS,
+        )
 
 
 @transaction.atomic

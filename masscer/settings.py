@@ -267,7 +267,7 @@ CELERY_TASK_ROUTES = {
 CELERY_BEAT_SCHEDULE = {
     "sweep-expired-leases": {
         "task": "training.tasks.sweep_task",
-        "schedule": env_float("MASSCER_SWEEP_SECONDS", 30.0),
+        "schedule": env_float("MASSCER_SWEEP_SECONDS", 10.0),
     },
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
@@ -344,9 +344,16 @@ MASSCER_SPARE_PAIR_AT_END = env_bool("MASSCER_SPARE_PAIR_AT_END", True)
 # Calls allowed per batch of pairs before a chunk gives up with a recorded shortfall.
 MASSCER_CALLS_PER_BATCH = env_int("MASSCER_CALLS_PER_BATCH", 3)
 MASSCER_NEAR_DUPLICATE_JACCARD = env_float("MASSCER_NEAR_DUPLICATE_JACCARD", 0.8)
-MASSCER_LEASE_SECONDS = env_int("MASSCER_LEASE_SECONDS", 300)
+# A claimed work item or extraction is its worker's for this long, renewed every third of it
+# while the worker lives (masscer.leases): a dead worker's work is taken over by the sweeper
+# (every MASSCER_SWEEP_SECONDS) within about this plus one sweep.
+MASSCER_LEASE_SECONDS = env_int("MASSCER_LEASE_SECONDS", 30)
+# Batch rounds: a tick uploads and downloads batch files, which can take longer.
+MASSCER_BATCH_LEASE_SECONDS = env_int("MASSCER_BATCH_LEASE_SECONDS", 300)
+# How long a worker holding a model reply keeps trying to store it while the database is away.
+MASSCER_DB_OUTAGE_SECONDS = env_float("MASSCER_DB_OUTAGE_SECONDS", 120.0)
 # A pending work item nobody claimed for this long is re-sent (the broker may have lost it).
-MASSCER_REQUEUE_AFTER_SECONDS = env_int("MASSCER_REQUEUE_AFTER_SECONDS", 120)
+MASSCER_REQUEUE_AFTER_SECONDS = env_int("MASSCER_REQUEUE_AFTER_SECONDS", 45)
 # How long a chunk keeps waiting for an unreachable or overloaded model before failing.
 MASSCER_MODEL_UNREACHABLE_SECONDS = env_int("MASSCER_MODEL_UNREACHABLE_SECONDS", 600)
 MASSCER_RETRY_BACKOFF_MAX = env_float("MASSCER_RETRY_BACKOFF_MAX", 60.0)

@@ -86,7 +86,7 @@ def _schedule(job_id: int, countdown: float) -> None:
 def _claim_round(round_: BatchRound) -> bool:
     """Take the round for this tick; False if it is not due or another worker has it."""
     now = timezone.now()
-    lease = now + timedelta(seconds=settings.MASSCER_LEASE_SECONDS)
+    lease = now + timedelta(seconds=settings.MASSCER_BATCH_LEASE_SECONDS)
     free = Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now)
     return (
         BatchRound.objects.filter(free, pk=round_.pk, status__in=BatchRound.OPEN, next_check_at__lte=now).update(
@@ -367,7 +367,7 @@ def _claim_item(item_id: int, *, round_number: int | None = None) -> int | None:
         pending = pending.filter(batch_round__lt=round_number)
         fields["batch_round"] = round_number
     claim = item.attempts + 1
-    lease = timezone.now() + timedelta(seconds=settings.MASSCER_LEASE_SECONDS)
+    lease = timezone.now() + timedelta(seconds=settings.MASSCER_BATCH_LEASE_SECONDS)
     updated = pending.update(status=WorkItem.Status.RUNNING, attempts=claim, lease_expires_at=lease, **fields)
     return claim if updated == 1 else None
 

@@ -11,17 +11,21 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import TypeVar
 
 from django.conf import settings
+from django.db import InterfaceError, OperationalError, connection
 from django.db.models import F
 from django.utils import timezone
 
+from masscer.leases import heartbeat
 from masscer.lib import concurrency, llm, ratelimit
 from masscer.lib.pricing import call_cost, parse_prices
 from masscer.lib.redact import redact
@@ -33,6 +37,7 @@ from .planning import calls_budget
 from .validation import Candidate, QuestionIndex, add_samples, pair_text, screen, shorten
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 # How many of a chunk's own questions the model is shown to avoid repeats.
 MAX_EXISTING_IN_PROMPT = 60
@@ -371,6 +376,13 @@ def work_item_run(*, item_id: int, attempt: int = 0) -> str:
     if claimed is None:
         return "not-claimed"
     item, claim, counts = claimed
+    # The lease is short (a dead worker's item is taken over within seconds); the heartbeat
+    # keeps it while this run lives, model calls included.
+    with heartbeat().hold(("work-item", item.pk), lambda: _renew(item.pk, claim)):
+        return _run_claimed(item, claim, counts, attempt)
+
+
+def _run_claimed(item: WorkItem, claim: int, counts: tuple[int, int], attempt: int) -> str:
     open_items: tuple[int, int] | None = counts
     job = item.job
     if job.status != TrainingJob.Status.GENERATING:
@@ -492,6 +504,24 @@ def _absorb(
     return stored
 
 
+def _through_outage(store: Callable[[], _T]) -> _T:
+    """`store()`, tried again while the database is away (up to MASSCER_DB_OUTAGE_SECONDS):
+    a reply that arrived was paid for, and the claim number keeps a late write from
+    counting twice if someone took the item over meanwhile."""
+    deadline = time.monotonic() + settings.MASSCER_DB_OUTAGE_SECONDS
+    delay = 0.5
+    while True:
+        try:
+            return store()
+        except (OperationalError, InterfaceError):
+            if time.monotonic() + delay > deadline:
+                raise
+            logger.warning("database unavailable while storing a reply; trying again in %.1f s", delay)
+            connection.close()  # a broken connection is not reused
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
 def _screen_and_store(
     item: WorkItem,
     claim: int,
@@ -501,7 +531,8 @@ def _screen_and_store(
     source: str,
     counters: _CallCounters,
 ) -> tuple[int, list[Candidate], Counter[str]]:
-    _refresh_index(item, progress)
+    # The reply is in hand (and paid for): a database away for a moment must not lose it.
+    _through_outage(lambda: _refresh_index(item, progress))
     candidates = [Candidate(p.question, p.answer, p.evidence) for p in reply.pairs]
     rejected: list[tuple[str, Candidate]] = []
     accepted, reasons = screen(
@@ -537,23 +568,27 @@ def _screen_and_store(
     # Questions another worker stored after the check above: the insert skips them (and
     # counts them as duplicates in `reasons`), and the item asks again for as many.
     skipped: list[str] = []
-    stored = services.store_completions(
-        item=item,
-        claim=claim,
-        pairs=[(c.question, c.answer, c.evidence) for c in accepted],
-        model=reply.model,
-        redacted=item.job.redact,
-        reasons=reasons,
-        calls=1,
-        prompt_tokens=counters.prompt_tokens,
-        completion_tokens=counters.completion_tokens,
-        cost=counters.cost,
-        start=progress.made if shared is not None else None,
-        agent_ids=shared.agents() if shared is not None else None,
-        close=close,
-        samples=samples,
-        duplicates=skipped,
-    )
+    def store() -> int:
+        skipped.clear()  # an attempt the database cut short may have listed some
+        return services.store_completions(
+            item=item,
+            claim=claim,
+            pairs=[(c.question, c.answer, c.evidence) for c in accepted],
+            model=reply.model,
+            redacted=item.job.redact,
+            reasons=reasons,
+            calls=1,
+            prompt_tokens=counters.prompt_tokens,
+            completion_tokens=counters.completion_tokens,
+            cost=counters.cost,
+            start=progress.made if shared is not None else None,
+            agent_ids=shared.agents() if shared is not None else None,
+            close=close,
+            samples=samples,
+            duplicates=skipped,
+        )
+
+    stored = _through_outage(store)
     if skipped:
         taken = set(skipped)
         accepted = [c for c in accepted if c.question not in taken]

@@ -6,8 +6,13 @@ them off as a negative control.
 """
 from __future__ import annotations
 
+import random
+
+import redis
 from celery import shared_task
 from celery.app.task import Task
+from django.conf import settings
+from django.db import InterfaceError, OperationalError
 
 from . import batch, generation, services
 
@@ -20,6 +25,21 @@ def job_prepare_task(self: Task, job_id: int) -> None:
         raise self.retry(countdown=2, exc=exc) from exc
 
 
+# The database or the broker (the rate limiter's Redis) away for a moment.
+INFRASTRUCTURE_ERRORS = (
+    OperationalError,
+    InterfaceError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+)
+INFRASTRUCTURE_RETRIES = 20
+
+
+def _after_lease() -> float:
+    # A claim this run held lapses within one lease (its heartbeat stopped with the run).
+    return settings.MASSCER_LEASE_SECONDS * random.uniform(1.0, 1.5)
+
+
 @shared_task(bind=True, max_retries=None)
 def generate_task(self: Task, item_id: int) -> str:
     try:
@@ -27,6 +47,9 @@ def generate_task(self: Task, item_id: int) -> str:
     except generation.RetryLater as exc:
         # The service bounds the total wait (MASSCER_MODEL_UNREACHABLE_SECONDS).
         raise self.retry(countdown=exc.countdown, exc=exc) from exc
+    except INFRASTRUCTURE_ERRORS as exc:
+        # The sweeper would find the item too, once its lease lapsed; retrying says so sooner.
+        raise self.retry(countdown=_after_lease(), exc=exc, max_retries=INFRASTRUCTURE_RETRIES) from exc
 
 
 @shared_task

@@ -12,7 +12,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from masscer.views import get_visible_or_404, int_list, paginate, posted
+from masscer.views import get_visible_or_404, id_or_none, int_list, paginate, posted
 from training import export
 from training.models import Completion
 from training.review import completions_assign, completions_move, completions_unassign
@@ -92,7 +92,7 @@ def material_filters(data: QueryDict) -> dict[str, str]:
     filters["scope"] = data.get("scope") if data.get("scope") in SCOPES else "assigned"
     if filters["status"] not in Completion.Status.values:
         filters["status"] = ""
-    if not filters["job"].isdigit():
+    if id_or_none(filters["job"]) is None:
         filters["job"] = ""
     return filters
 
@@ -180,7 +180,7 @@ def agent_material(request: HttpRequest, pk: int) -> HttpResponse:
     target = None
     if action in ("copy", "move"):
         target = agents_for(user=request.user).filter(
-            workspace_id=agent.workspace_id, pk=request.POST.get("target") or 0
+            workspace_id=agent.workspace_id, pk=id_or_none(request.POST.get("target")) or 0
         ).exclude(pk=agent.pk).first()
         if target is None:
             messages.error(request, "Choose the agent to move or assign them to.")

@@ -1,6 +1,7 @@
 """Helpers shared by the apps' views: scoped lookups, pagination, workspace choices."""
 from __future__ import annotations
 
+import re
 from typing import Any, TypeVar
 
 from django.contrib.auth.models import AbstractBaseUser
@@ -62,9 +63,22 @@ def paginate(
     return paginator.get_page(request.GET.get(param))
 
 
+_ID = re.compile(r"[0-9]{1,18}")
+
+
+def id_or_none(value: str | None) -> int | None:
+    """A row id from a form or query string, or None for anything else.
+
+    ASCII digits only: str.isdigit() also takes "²" (int() refuses it) and any length
+    (int() refuses past 4,300 digits, and a database column past 19).
+    """
+    value = (value or "").strip()
+    return int(value) if _ID.fullmatch(value) else None
+
+
 def int_list(values: list[str]) -> list[int]:
     """The integers among form values (ids from checkboxes or query strings); junk is ignored."""
-    return [int(value) for value in values if value.strip().isdigit()]
+    return [number for number in map(id_or_none, values) if number is not None]
 
 
 def reviewer_workspace_ids(user: AbstractBaseUser) -> set[int]:

@@ -31,6 +31,7 @@ from django.utils.html import format_html_join
 from agents.models import Agent
 from agents.selectors import agents_for
 from masscer.admin_common import ReadOnlyAdmin
+from masscer.views import id_or_none
 from workspaces.models import Membership
 from workspaces.permissions import NotAllowed
 from workspaces.selectors import visible_to
@@ -103,10 +104,6 @@ class ChunkAdmin(ReadOnlyAdmin):
 # --- completion filters --------------------------------------------------------------------
 
 
-def _int_or_none(value: str | None) -> int | None:
-    return int(value) if value and value.isdigit() else None
-
-
 class AgentFilter(admin.SimpleListFilter):
     title = "agent"
     parameter_name = "agent"
@@ -116,7 +113,7 @@ class AgentFilter(admin.SimpleListFilter):
         return [(agent.pk, agent.name) for agent in rows.only("pk", "name").order_by("name", "id")[:200]]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Completion]) -> QuerySet[Completion]:
-        agent_id = _int_or_none(self.value())
+        agent_id = id_or_none(self.value())
         return queryset.filter(assignments__agent_id=agent_id) if agent_id else queryset
 
 
@@ -133,7 +130,7 @@ class JobFilter(admin.SimpleListFilter):
         return [(pk, f"job {pk}") for pk in rows.order_by("-created_at", "-id").values_list("pk", flat=True)[:30]]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Completion]) -> QuerySet[Completion]:
-        job_id = _int_or_none(self.value())
+        job_id = id_or_none(self.value())
         return queryset.filter(job_id=job_id) if job_id else queryset
 
 
@@ -330,7 +327,7 @@ class CompletionAdmin(admin.ModelAdmin):
         self._review(request, queryset, Completion.Status.REJECTED)
 
     def _chosen_agent(self, request: HttpRequest) -> Agent | None:
-        agent_id = _int_or_none(request.POST.get("agent"))
+        agent_id = id_or_none(request.POST.get("agent"))
         agent = agents_for(user=request.user).filter(pk=agent_id).first() if agent_id else None
         if agent is None:
             self.message_user(request, "Choose one of your agents in the action bar first.", messages.ERROR)
@@ -364,7 +361,7 @@ class CompletionAdmin(admin.ModelAdmin):
 
     @admin.action(description="Find near-duplicates in the material of the chosen agent (or the selected ones' agents)")
     def flag_duplicates(self, request: HttpRequest, queryset: QuerySet[Completion]) -> None:
-        agent_id = _int_or_none(request.POST.get("agent"))
+        agent_id = id_or_none(request.POST.get("agent"))
         agents = agents_for(user=request.user)
         if agent_id:
             agents = agents.filter(pk=agent_id)

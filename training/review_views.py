@@ -16,7 +16,7 @@ from django.views.decorators.http import require_GET, require_POST
 from agents.selectors import agents_for
 from conversations.selectors import conversations_for
 from documents.selectors import documents_for
-from masscer.views import get_visible_or_404, int_list, paginate, reviewer_workspace_ids
+from masscer.views import get_visible_or_404, id_or_none, int_list, paginate, reviewer_workspace_ids
 
 from .forms import REVIEW_ACTIONS, CompletionEditForm
 from .models import Completion
@@ -34,7 +34,7 @@ def review_filters(data: QueryDict) -> dict[str, Any]:
     status = filters["status"] or Completion.Status.PENDING
     filters["status"] = "" if status == "all" else status
     for key in ("job", "agent", "document", "conversation"):
-        if not filters[key].isdigit():
+        if id_or_none(filters[key]) is None:
             filters[key] = ""
     if filters["status"] and filters["status"] not in Completion.Status.values:
         filters["status"] = Completion.Status.PENDING

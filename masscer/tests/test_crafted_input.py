@@ -212,3 +212,46 @@ def test_no_json_body_makes_a_500(world: dict[str, Any], url: str, field: int, v
         raw = "[" * (10 ** (deep + 2)) + raw + "]" * (10 ** (deep + 2))
     response = send(method, url.format(**ids), world["token"], raw)
     assert response.status_code < 500, (raw[:200], response.content[:300])
+
+
+# --- a fuzz test over the pages' forms and query strings -----------------------------------
+
+FORM_VALUES = st.one_of(
+    st.sampled_from(["abc", "²", "٣", "1" * 5000, "-1", "0", "1e309", "nan", "inf", "", " ", "\x00", "😀", "9" * 19]),
+    st.text(max_size=12),
+    st.integers(min_value=-(10**20), max_value=10**20).map(str),
+)
+TRAIN_FIELDS = ["documents", "conversations", "count", "agents", "new_agent", "model", "temperature", "top_p",
+                "max_tokens", "frequency_penalty", "stop", "instructions", "budget", "style", "redact"]  # fmt: skip
+FILTERS = ["job", "agent", "document", "conversation", "status", "q", "page", "scope"]
+FORMS = {
+    ("post", "/agents/{agent}/material/"): ["action", "target", "ids", "selection", "query", *FILTERS],
+    ("post", "/jobs/review/bulk/"): ["action", "ids", "selection", *FILTERS],
+    ("post", "/jobs/new/"): TRAIN_FIELDS,
+    ("post", "/jobs/estimate/"): TRAIN_FIELDS,
+    ("get", "/jobs/review/"): FILTERS,
+    ("get", "/agents/{agent}/"): FILTERS,
+    ("get", "/jobs/"): ["page", "status"],
+    ("get", "/documents/"): ["page", "q", "status"],
+    ("get", "/admin/training/completion/"): ["agent", "job", "status", "q", "p"],
+}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    route=st.sampled_from(sorted(FORMS)),
+    values=st.lists(st.tuples(st.integers(0, 20), FORM_VALUES), min_size=1, max_size=5),
+)
+def test_no_form_or_query_string_makes_a_500(alice: Any, world: dict[str, Any], route: Any, values: Any) -> None:
+    from django.db import connection
+
+    method, url = route
+    names = FORMS[route]
+    data: dict[str, list[str]] = {}
+    for index, value in values:
+        data.setdefault(names[index % len(names)], []).append(value.replace("\x00", ""))  # no NUL in a URL
+    browser = Client(raise_request_exception=False)
+    browser.force_login(alice)
+    with connection.cursor():  # the test database stays usable whatever the request did
+        response = getattr(browser, method)(url.format(agent=world["agent"].pk), data)
+    assert response.status_code < 500, (method, url, data)

@@ -7,27 +7,19 @@ from django.contrib import admin
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 
-from masscer.admin_common import ServiceDeleteAdmin
+from masscer.admin_common import ReadOnly, ServiceDeleteAdmin
 
 from .models import Conversation, Message
 from .services import conversation_delete
 
 
-class MessageInline(admin.TabularInline):
+class MessageInline(ReadOnly, admin.TabularInline):
+    """Messages are added in the app (`message_add`), which checks who may."""
+
     model = Message
     extra = 0
     ordering = ("position",)
     fields = ("position", "role", "content", "name", "tool_calls", "tool_call_id")
-
-    # Messages are added in the app (`message_add`), which checks who may.
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 @admin.register(Conversation)

@@ -34,8 +34,8 @@ class WorkspaceScopedAdmin(admin.ModelAdmin):
         return rows if request.user.is_superuser else self.scope(rows, request.user)
 
 
-class ReadOnlyAdmin(WorkspaceScopedAdmin):
-    """Rows made and changed by the app's workers and services only (pages, chunks, work items)."""
+class ReadOnly:
+    """For admins and inlines of rows that only the app's workers and services write."""
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -45,6 +45,10 @@ class ReadOnlyAdmin(WorkspaceScopedAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+class ReadOnlyAdmin(ReadOnly, WorkspaceScopedAdmin):
+    """Rows made and changed by the app's workers and services only (pages, chunks, work items)."""
 
 
 class ServiceDeleteAdmin(WorkspaceScopedAdmin):

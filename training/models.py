@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from datetime import datetime
+
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
@@ -219,6 +221,20 @@ class WorkItem(models.Model):
 
     def __str__(self) -> str:
         return f"job {self.job_id} chunk {self.chunk_id} ({self.status})"
+
+    @classmethod
+    def fresh_start(cls, now: datetime) -> dict[str, object]:
+        """The fields that send an item back to work afresh (retry, regenerate): a new calls
+        budget, no reasons, samples or error from the last run."""
+        return {
+            "status": cls.Status.PENDING,
+            "calls": 0,
+            "error": "",
+            "reasons": {},
+            "samples": [],
+            "unavailable_since": None,
+            "enqueued_at": now,
+        }
 
 
 class BatchRound(models.Model):

@@ -194,16 +194,7 @@ def _requeue(by_item: dict[tuple[int, int], int], now: Any) -> None:
         item = WorkItem.objects.filter(job_id=job_id, chunk_id=chunk_id).only("pk").first()
         if item is None:
             continue
-        WorkItem.objects.filter(pk=item.pk).update(
-            quota=F("quota") + count,
-            status=WorkItem.Status.PENDING,
-            calls=0,
-            error="",
-            reasons={},
-            samples=[],
-            unavailable_since=None,
-            enqueued_at=now,
-        )
+        WorkItem.objects.filter(pk=item.pk).update(quota=F("quota") + count, **WorkItem.fresh_start(now))
         item_ids.append(item.pk)
     for item_id in item_ids:
         generate_task.delay_on_commit(item_id)

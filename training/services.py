@@ -272,15 +272,7 @@ def job_retry(*, actor: AbstractBaseUser, job: TrainingJob) -> bool:
         ):
             return False
         item_ids = list(retryable.values_list("pk", flat=True))
-        WorkItem.objects.filter(pk__in=item_ids).update(
-            status=WorkItem.Status.PENDING,
-            calls=0,
-            error="",
-            reasons={},
-            samples=[],
-            unavailable_since=None,
-            enqueued_at=now,
-        )
+        WorkItem.objects.filter(pk__in=item_ids).update(**WorkItem.fresh_start(now))
         _dispatch_items(job, item_ids)
     if not item_ids:
         job_finish_if_done(job_id=job.pk)

@@ -2,29 +2,19 @@
 services (`membership_add`, `membership_remove`) let only the workspace's admins do it."""
 from __future__ import annotations
 
-from typing import Any
-
 from django.contrib import admin
-from django.http import HttpRequest
 
-from masscer.admin_common import ReadOnlyAdmin
+from masscer.admin_common import ReadOnly, ReadOnlyAdmin
 
 from .models import Membership, Workspace
 
 
-class MembershipInline(admin.TabularInline):
+class MembershipInline(ReadOnly, admin.TabularInline):
+    """Members are managed on the workspace page, through `membership_add`/`membership_remove`."""
+
     model = Membership
     raw_id_fields = ["user"]
     extra = 0
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 @admin.register(Workspace)

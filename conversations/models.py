@@ -50,3 +50,39 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.conversation_id}#{self.position} {self.role}"
+
+
+class ConversationImport(models.Model):
+    """A big import file worked through in the background (`conversation_import_run`), with its progress."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    workspace = models.ForeignKey("workspaces.Workspace", on_delete=models.CASCADE, related_name="imports")
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="imports")
+    filename = models.CharField(max_length=300)
+    format = models.CharField(max_length=30, blank=True)  # the format asked for; blank: recognised
+    file = models.FileField(upload_to="imports/%Y/%m/", blank=True)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
+    total = models.PositiveIntegerField(default=0)  # conversations in the file
+    done = models.PositiveIntegerField(default=0)  # of them worked through (imported or refused)
+    imported = models.PositiveIntegerField(default=0)
+    skipped_parts = models.PositiveIntegerField(default=0)
+    problems = models.JSONField(default=list, blank=True)
+    error = models.TextField(blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"Import {self.pk} of {self.filename}"
+
+    @property
+    def percent(self) -> int:
+        return 100 if not self.total else self.done * 100 // self.total

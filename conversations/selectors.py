@@ -6,7 +6,7 @@ from django.db.models import Count, QuerySet
 
 from workspaces.selectors import visible_to
 
-from .models import Conversation, Message
+from .models import Conversation, ConversationImport, Message
 
 
 def conversations_for(*, user: AbstractBaseUser) -> QuerySet[Conversation]:
@@ -20,3 +20,8 @@ def conversations_for(*, user: AbstractBaseUser) -> QuerySet[Conversation]:
 
 def conversation_messages(*, conversation: Conversation) -> QuerySet[Message]:
     return Message.objects.filter(conversation=conversation).order_by("position")
+
+
+def imports_for(*, user: AbstractBaseUser) -> QuerySet[ConversationImport]:
+    """Background imports of the user's workspaces, newest first."""
+    return visible_to(ConversationImport.objects.select_related("owner", "workspace"), user=user)

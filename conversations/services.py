@@ -3,14 +3,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
+from django.core.files.base import ContentFile
 from django.db import DatabaseError, transaction
-from django.db.models import Max
+from django.db.models import Max, Q
 from django.utils import timezone
 
 from workspaces.models import Workspace
@@ -21,10 +22,11 @@ from .importers import (
     ImportFormatError,
     ParsedConversation,
     ParsedMessage,
+    ParseResult,
     Problem,
     parse,
 )
-from .models import Conversation, Message
+from .models import Conversation, ConversationImport, Message
 
 TITLE_CHARS = Conversation._meta.get_field("title").max_length or 300
 ID_CHARS = Message._meta.get_field("name").max_length or 200
@@ -241,17 +243,149 @@ def conversations_import(
     conversation is saved whole or not at all, and the report lists what was imported and,
     by index or id, what was not and why.
     """
-    limit = settings.MASSCER_MAX_UPLOAD_BYTES if max_bytes is None else max_bytes
-    try:
-        parsed = parse(data, filename, fmt, max_bytes=limit)
-    except ImportFormatError as exc:
-        raise ValidationError(str(exc), code="import_format") from exc
+    parsed = _parsed(data, filename, fmt, max_bytes)
     report = ImportReport(format=parsed.format, filename=filename, problems=list(parsed.problems))
     imported_at = timezone.now()
     workspace = workspace_for_write(user=owner, workspace=workspace)
     for item in parsed.conversations:
         _import_one(owner=owner, workspace=workspace, item=item, imported_at=imported_at, report=report)
     return report
+
+
+def _parsed(data: bytes, filename: str, fmt: str | None, max_bytes: int | None) -> ParseResult:
+    limit = settings.MASSCER_MAX_UPLOAD_BYTES if max_bytes is None else max_bytes
+    try:
+        return parse(data, filename, fmt, max_bytes=limit)
+    except ImportFormatError as exc:
+        raise ValidationError(str(exc), code="import_format") from exc
+
+
+def conversations_import_start(
+    *,
+    owner: AbstractBaseUser,
+    data: bytes,
+    filename: str,
+    workspace: Workspace | None = None,
+    fmt: str | None = None,
+    max_bytes: int | None = None,
+) -> ImportReport | ConversationImport:
+    """Import a file now (its report), or, past `MASSCER_IMPORT_BACKGROUND_OVER` conversations,
+    store it and queue it for a worker (the import row, whose progress the pages show).
+
+    The file is read here either way, so a file that cannot be read is refused at once and
+    leaves no row (a big import would otherwise hold a web thread for a minute).
+    """
+    parsed = _parsed(data, filename, fmt, max_bytes)
+    if len(parsed.conversations) <= settings.MASSCER_IMPORT_BACKGROUND_OVER:
+        return conversations_import(
+            owner=owner, data=data, filename=filename, workspace=workspace, fmt=fmt, max_bytes=max_bytes
+        )
+    return _import_queue(owner=owner, data=data, filename=filename, workspace=workspace, parsed=parsed)
+
+
+@transaction.atomic
+def _import_queue(
+    *, owner: AbstractBaseUser, data: bytes, filename: str, workspace: Workspace | None, parsed: ParseResult
+) -> ConversationImport:
+    from .tasks import import_conversations_task
+
+    row = ConversationImport(
+        owner=owner,
+        workspace=workspace_for_write(user=owner, workspace=workspace),
+        filename=filename[:300],
+        format=parsed.format,
+        total=len(parsed.conversations),
+        problems=[{"index_or_id": p.index_or_id, "reason": p.reason} for p in parsed.problems],
+    )
+    row.file.save(filename, ContentFile(data), save=False)
+    stored = row.file.name
+    try:
+        row.save()
+    except Exception:
+        row.file.storage.delete(stored)
+        raise
+    import_conversations_task.delay_on_commit(row.pk)
+    return row
+
+
+IMPORT_BATCH = 100
+
+
+def _import_claim(import_id: int) -> datetime | None:
+    """Take the import (a queued one, or one whose worker's lease lapsed): the lease's end, or None."""
+    now = timezone.now()
+    lease = now + timedelta(seconds=settings.MASSCER_LEASE_SECONDS)
+    Status = ConversationImport.Status
+    claimable = Q(status=Status.QUEUED) | Q(status=Status.RUNNING, lease_expires_at__lt=now)
+    updated = ConversationImport.objects.filter(claimable, pk=import_id).update(
+        status=Status.RUNNING, lease_expires_at=lease
+    )
+    return lease if updated == 1 else None
+
+
+class _LeaseLost(Exception):
+    """Another worker took the import over; this one stops (its batch rolled back)."""
+
+
+def conversation_import_run(*, import_id: int) -> ConversationImport:
+    """Work through a queued import a batch at a time, resuming after the last committed batch.
+
+    Each batch's conversations and the progress counters commit together, so a worker that dies
+    leaves no conversation imported twice when another one takes the import over.
+    """
+    lease = _import_claim(import_id)
+    row = ConversationImport.objects.get(pk=import_id)
+    if lease is None:
+        return row
+    try:
+        with row.file.open("rb") as handle:
+            data = handle.read()
+        parsed = parse(data, row.filename, row.format, max_bytes=len(data))
+    except (ImportFormatError, OSError) as exc:
+        return _import_finish(row, status=ConversationImport.Status.FAILED, error=f"The file could not be read: {exc}")
+    try:
+        while row.done < len(parsed.conversations):
+            lease = _import_batch(row, parsed.conversations[row.done : row.done + IMPORT_BATCH], lease)
+    except _LeaseLost:
+        return ConversationImport.objects.get(pk=import_id)
+    return _import_finish(row, status=ConversationImport.Status.DONE)
+
+
+@transaction.atomic
+def _import_batch(row: ConversationImport, items: Sequence[ParsedConversation], lease: datetime) -> datetime:
+    report = ImportReport(format="", filename=row.filename)
+    imported_at = row.created_at
+    for item in items:
+        _import_one(owner=row.owner, workspace=row.workspace, item=item, imported_at=imported_at, report=report)
+    renewed = timezone.now() + timedelta(seconds=settings.MASSCER_LEASE_SECONDS)
+    problems = row.problems + [{"index_or_id": p.index_or_id, "reason": p.reason} for p in report.problems]
+    updated = ConversationImport.objects.filter(pk=row.pk, lease_expires_at=lease).update(
+        done=row.done + len(items),
+        imported=row.imported + len(report.imported),
+        skipped_parts=row.skipped_parts + report.skipped_parts,
+        problems=problems,
+        lease_expires_at=renewed,
+    )
+    if updated != 1:
+        raise _LeaseLost
+    row.done, row.imported, row.problems = row.done + len(items), row.imported + len(report.imported), problems
+    row.skipped_parts += report.skipped_parts
+    return renewed
+
+
+def _import_finish(row: ConversationImport, *, status: str, error: str = "") -> ConversationImport:
+    ConversationImport.objects.filter(pk=row.pk).update(
+        status=status, error=error, finished_at=timezone.now(), lease_expires_at=None, file=""
+    )
+    if row.file:
+        row.file.storage.delete(row.file.name)  # the conversations are the record now
+    return ConversationImport.objects.get(pk=row.pk)
+
+
+def conversation_import_fail(*, import_id: int, error: str) -> None:
+    row = ConversationImport.objects.filter(pk=import_id).exclude(status=ConversationImport.Status.DONE).first()
+    if row is not None:
+        _import_finish(row, status=ConversationImport.Status.FAILED, error=error)
 
 
 def _import_one(

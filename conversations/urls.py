@@ -9,6 +9,7 @@ urlpatterns = [
     path("", views.conversation_list, name="list"),
     path("new/", views.conversation_new, name="new"),
     path("import/", views.conversation_import, name="import"),
+    path("imports/<int:pk>/", views.import_progress, name="import_progress"),
     path("<int:pk>/", views.conversation_detail, name="detail"),
     path("<int:pk>/edit/", views.conversation_edit, name="edit"),
     path("<int:pk>/delete/", views.conversation_remove, name="delete"),

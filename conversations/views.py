@@ -21,14 +21,14 @@ from workspaces.permissions import require_change
 
 from .forms import ConversationEditForm, ConversationForm, ImportForm, MessageForm, MessageFormSet, tags_from
 from .importers import human_size
-from .models import Conversation
-from .selectors import conversation_messages, conversations_for
+from .models import Conversation, ConversationImport
+from .selectors import conversation_messages, conversations_for, imports_for
 from .services import (
     ImportReport,
     conversation_create,
     conversation_delete,
     conversation_update,
-    conversations_import,
+    conversations_import_start,
     message_add,
 )
 
@@ -144,13 +144,13 @@ def conversation_remove(request: HttpRequest, pk: int) -> HttpResponse:
     return redirect("conversations:list")
 
 
-def _import_file(request: HttpRequest, form: ImportForm, upload: Any) -> ImportReport | str:
+def _import_file(request: HttpRequest, form: ImportForm, upload: Any) -> ImportReport | ConversationImport | str:
     limit = settings.MASSCER_MAX_UPLOAD_BYTES
     if upload.size > limit:
         # Refused before reading it into memory.
         return f"{upload.name}: the file is {human_size(upload.size)}; the limit is {human_size(limit)}."
     try:
-        return conversations_import(
+        return conversations_import_start(
             owner=request.user,
             data=upload.read(),
             filename=upload.name,
@@ -166,6 +166,7 @@ def _import_file(request: HttpRequest, form: ImportForm, upload: Any) -> ImportR
 def conversation_import(request: HttpRequest) -> HttpResponse:
     form = ImportForm(posted(request), user=request.user)
     reports: list[ImportReport] = []
+    queued: list[ConversationImport] = []
     errors: list[str] = []
     if request.method == "POST" and form.is_valid():
         uploads = request.FILES.getlist("files")
@@ -175,9 +176,22 @@ def conversation_import(request: HttpRequest) -> HttpResponse:
             outcome = _import_file(request, form, upload)
             if isinstance(outcome, str):
                 errors.append(outcome)
+            elif isinstance(outcome, ConversationImport):
+                queued.append(outcome)
             else:
                 reports.append(outcome)
     imported_ids = [item.id for report in reports for item in report.imported]
-    context = {"form": form, "reports": reports, "file_errors": errors, "imported_ids": imported_ids}
-    status = 400 if errors and not reports else 200
+    context = {
+        "form": form, "reports": reports, "queued": queued, "file_errors": errors, "imported_ids": imported_ids
+    }
+    status = 400 if errors and not reports and not queued else 200
     return render(request, "conversations/import.html", context, status=status)
+
+
+@login_required
+@require_GET
+def import_progress(request: HttpRequest, pk: int) -> HttpResponse:
+    """A background import's progress; the page polls it until the import ends."""
+    row = get_visible_or_404(imports_for(user=request.user), user=request.user, pk=pk)
+    template = "conversations/_import_progress.html" if request.htmx else "conversations/import_progress.html"
+    return render(request, template, {"item": row})

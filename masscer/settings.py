@@ -260,6 +260,7 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_TASK_ROUTES = {
     "documents.tasks.*": {"queue": "ingest"},
+    "conversations.tasks.*": {"queue": "ingest"},
     "training.tasks.job_prepare_task": {"queue": "ingest"},
     "training.tasks.sweep_task": {"queue": "ingest"},
     "training.tasks.*": {"queue": "llm"},
@@ -329,6 +330,9 @@ MASSCER_MAX_UPLOAD_BYTES = env_int("MASSCER_MAX_UPLOAD_BYTES", 50 * 1024 * 1024)
 # Django stops reading a request at the same number, so the extra files never reach the disk;
 # masscer.middleware answers both cases with the reason (a page or JSON, status 400).
 MASSCER_MAX_UPLOAD_FILES = env_int("MASSCER_MAX_UPLOAD_FILES", 20)
+# A conversation file with more conversations than this is imported by a worker, with progress
+# on the import page, instead of holding a web thread (10,000 conversations took a minute).
+MASSCER_IMPORT_BACKGROUND_OVER = env_int("MASSCER_IMPORT_BACKGROUND_OVER", 500)
 DATA_UPLOAD_MAX_NUMBER_FILES = MASSCER_MAX_UPLOAD_FILES
 MASSCER_MAX_PAGES = env_int("MASSCER_MAX_PAGES", 2000)
 MASSCER_MAX_DOCUMENT_TOKENS = env_int("MASSCER_MAX_DOCUMENT_TOKENS", 2_000_000)

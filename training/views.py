@@ -22,7 +22,6 @@ from django_htmx.http import HttpResponseClientRedirect
 from agents.models import Agent
 from agents.selectors import agent_by_slug, agents_for
 from agents.services import agent_create
-from conversations.chunking import conversation_chunk_specs
 from conversations.models import Conversation
 from conversations.selectors import conversations_for
 from documents.models import Document
@@ -34,6 +33,7 @@ from workspaces.permissions import NotAllowed, changeable
 from . import estimate as estimating
 from .forms import TrainForm
 from .models import Completion, TrainingJob, WorkItem
+from .previews import conversation_preview, conversation_shape
 from .selectors import chunks_for_conversation, chunks_for_document, job_rejected_samples, jobs_for
 from .services import job_cancel, job_create, job_retry
 
@@ -99,14 +99,14 @@ def _chunk_shapes(sources: Sources) -> tuple[list[int], list[int], bool, list[st
         caps += [0] * (len(tokens) - len(caps))
     for conversation in sources.conversations:
         stored = list(chunks_for_conversation(conversation=conversation).values_list("token_count", "text"))
-        if not stored:
-            # Cheap and exact: the same splitter the job will run, without storing anything.
-            specs = conversation_chunk_specs(
-                conversation, budget=settings.MASSCER_CHUNK_TOKENS, overlap=settings.MASSCER_CHUNK_OVERLAP
-            )
-            stored = [(spec.token_count, spec.text) for spec in specs]
-        tokens += [count for count, _ in stored]
-        caps += [estimating.user_turns(text) for _, text in stored]
+        if stored:
+            tokens += [count for count, _ in stored]
+            caps += [estimating.user_turns(text) for _, text in stored]
+        else:
+            # Exact: the same splitter the job will run, split once per version of the conversation.
+            shapes = conversation_shape(conversation)
+            tokens += [shape.tokens for shape in shapes]
+            caps += [shape.users for shape in shapes]
     return tokens, caps, projected, waiting
 
 
@@ -327,12 +327,10 @@ def conversation_chunks(request: HttpRequest, pk: int) -> HttpResponse:
         Conversation.objects.select_related("owner", "workspace"), user=request.user, pk=pk
     )
     chunks = paginate(request, chunks_for_conversation(conversation=conversation), per_page=CHUNKS_PER_PAGE)
-    preview: list[Any] = []
+    preview = None
     if not chunks.paginator.count:
-        # Not trained yet: show what the splitter will make, without storing it.
-        preview = conversation_chunk_specs(
-            conversation, budget=settings.MASSCER_CHUNK_TOKENS, overlap=settings.MASSCER_CHUNK_OVERLAP
-        )[:CHUNKS_PER_PAGE]
+        # Not trained yet: show what the splitter will make, a page at a time, without storing it.
+        preview = conversation_preview(conversation, request.GET.get("page"))
     context = {"conversation": conversation, "chunks": chunks, "tab": "chunks", "preview": preview}
     return render(request, "conversations/chunks.html", context)
 

@@ -13,6 +13,7 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 
+from conversations.models import ConversationImport
 from conversations.services import conversation_create
 from documents.models import Document
 from training.models import Completion, TrainingJob
@@ -37,6 +38,7 @@ def world(alice, bob, charlie) -> dict[str, Any]:
     spare_document = make_document(alice, title="Spare")
     messages = [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]
     conversation = conversation_create(owner=alice, title="Chat", messages=messages)
+    background = ConversationImport.objects.create(owner=alice, workspace=workspace, filename="big.jsonl", total=9)
     agent = make_agent(alice)
     spare_agent = make_agent(alice, slug="spare")
     job = make_job(alice, count=3)
@@ -49,7 +51,8 @@ def world(alice, bob, charlie) -> dict[str, Any]:
     spare_token, _ = api_token_create(user=alice, name="spare")
     return {
         "workspace": workspace, "document": document, "spare_document": spare_document,
-        "conversation": conversation, "agent": agent, "spare_agent": spare_agent, "job": job, "running": running,
+        "conversation": conversation, "import": background, "agent": agent, "spare_agent": spare_agent, "job": job,
+        "running": running,
         "completion": rows[0], "rows": rows, "original": original, "tokens": tokens, "spare_token": spare_token,
     }
 
@@ -93,6 +96,8 @@ ROUTES = [
           201, 201, 404),
     Route("get", "/api/conversations", None, 200, 200, 200),
     Route("get", "/api/conversations/{conversation.pk}", None, 200, 200, 404),
+    Route("get", "/api/conversations/{conversation.pk}/messages", None, 200, 200, 404),
+    Route("get", "/api/conversations/imports/{import.pk}", None, 200, 200, 404),
     Route("post", "/api/agents", lambda w: {"name": "Sales bot", "workspace": w["workspace"].pk}, 201, 201, 404),
     Route("get", "/api/agents", None, 200, 200, 200),
     Route("get", "/api/agents/{agent.pk}", None, 200, 200, 404),
@@ -420,7 +425,7 @@ def test_the_api_never_answers_with_a_server_error(world, keep_test_connection) 
     real_ids = {
         "document_id": world["document"].pk, "conversation_id": world["conversation"].pk,
         "agent_id": world["agent"].pk, "job_id": world["job"].pk, "completion_id": world["completion"].pk,
-        "token_id": world["spare_token"].pk,
+        "token_id": world["spare_token"].pk, "import_id": world["import"].pk,
     }
     failures: list[str] = []
     operations = [result.ok() for result in schema.get_all_operations()]

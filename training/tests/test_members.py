@@ -28,7 +28,7 @@ from django.test import Client, RequestFactory
 from django.urls import URLPattern, URLResolver, get_resolver
 
 from agents.services import agent_delete, agent_update
-from conversations.models import Conversation
+from conversations.models import Conversation, ConversationImport
 from conversations.services import conversation_create, conversation_delete, conversation_update, message_add
 from documents.models import Document, Page
 from documents.services import document_delete
@@ -112,6 +112,7 @@ def team(alice, bob, charlie, django_user_model) -> dict[str, Any]:
         "original": make_completions(done, chunk, [ORIGINAL], agents=[support], status="approved")[0],
         "paraphrase": make_completions(done, chunk, [PARAPHRASE], agents=[support])[0],
         "token": api_token_create(user=alice, name="nightly export")[0],
+        "background": ConversationImport.objects.create(owner=alice, workspace=workspace, filename="big.jsonl"),
     }  # fmt: skip
 
 
@@ -178,6 +179,7 @@ PAGES_THAT_CHANGE_NOTHING_OF_ALICES = {
     "conversations:new": "writes a conversation, the writer's own",
     "conversations:import": "imports conversations, the importer's own",
     "conversations:detail": READS,
+    "conversations:import_progress": READS,
     "training:jobs": READS,
     "training:estimate": READS,
     "training:job": READS,
@@ -282,7 +284,7 @@ def test_pages_let_through_those_the_rule_allows(team, door: Door, who: str) -> 
 
 # The row a read-only page is tried on, by the kind of object its pk names.
 ROW_OF = {"document": "handbook", "conversation": "conversation", "job": "done", "completion": "rows[0]",
-          "agent": "support", "workspace": "workspace", "token": "token"}
+          "agent": "support", "workspace": "workspace", "token": "token", "import": "background"}
 
 
 @pytest.mark.parametrize("name", [name for name, why in PAGES_THAT_CHANGE_NOTHING_OF_ALICES.items() if why == READS])

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from django.urls import URLPattern, URLResolver, get_resolver
 
+from conversations.models import ConversationImport
 from conversations.services import conversation_create
 from masscer.tests.web import fast_passwords  # noqa: F401 - autouse fixture
 from training.models import Completion
@@ -36,6 +37,8 @@ def target_model(name: str, route: str) -> str:
         return "document"
     if "chunks/conversation" in route:
         return "conversation"
+    if "imports/" in route:
+        return "import"
     if "completions/" in route:
         return "completion"
     if "tokens/" in route:
@@ -55,9 +58,13 @@ def alices(alice, agent, ready_document, fake_llm, settings, tmp_path) -> dict[s
     conversation = conversation_create(
         owner=alice, messages=[{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]
     )
+    background = ConversationImport.objects.create(
+        owner=alice, workspace=conversation.workspace, filename="big.jsonl", total=9
+    )
     return {
         "document": document.pk,
         "conversation": conversation.pk,
+        "import": background.pk,
         "job": job.pk,
         "completion": Completion.objects.filter(job=job).first().pk,
         "agent": agent.pk,
@@ -68,7 +75,7 @@ def alices(alice, agent, ready_document, fake_llm, settings, tmp_path) -> dict[s
 
 def test_the_walk_covers_every_kind_of_object() -> None:
     kinds = {target_model(name, route) for name, route in object_routes()}
-    assert kinds == {"document", "conversation", "job", "completion", "agent", "workspace", "token"}
+    assert kinds == {"document", "conversation", "import", "job", "completion", "agent", "workspace", "token"}
 
 
 @pytest.mark.parametrize(("name", "route"), object_routes(), ids=[n for n, _ in object_routes()])

@@ -7,6 +7,9 @@ STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 LLM_CONCURRENCY ?= 16
 PG_TEST_URL ?= postgres://postgres@127.0.0.1:5432/masscer
+# Development is the opt-in: the settings default to production (DEBUG off, a secret key
+# required), and every target here runs the development setup unless told otherwise.
+export DJANGO_DEBUG ?= 1
 
 .PHONY: run setup migrate demo worker worker-ingest worker-llm beat model web test test-sqlite test-pg \
         lint migrations-check bench bench-pages clean
@@ -17,6 +20,8 @@ PG_TEST_URL ?= postgres://postgres@127.0.0.1:5432/masscer
 # The embedded model serves one call at a time, so the llm worker then runs one thread
 # (more would only queue at the model and run into its timeout).
 run: setup
+	@# The last run's model-call counters (masscer.metrics): the whole stack starts afresh.
+	@rm -rf var/metrics
 	@if [ -z "$$MASSCER_LLM_BASE_URL" ]; then \
 		MASSCER_LLM_WORKER_THREADS=$${MASSCER_LLM_WORKER_THREADS:-1} $(VENV)/bin/honcho start -f Procfile; \
 	else \
@@ -100,4 +105,4 @@ bench-pages: $(DEV_STAMP)
 	$(PY) bench/pages_bench.py
 
 clean:
-	rm -rf var/broker var/test*.sqlite3
+	rm -rf var/broker var/test*.sqlite3 var/metrics

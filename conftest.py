@@ -1,7 +1,10 @@
 """Project-wide test fixtures: named users, the fake model server, settings for tests."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,6 +16,10 @@ import pytest
 # loaded when this runs, so settings-level switches belong in fixtures, not here.
 # The integration tests start real workers in subprocesses with their own broker URL.
 os.environ.setdefault("CELERY_BROKER_URL", "memory://")
+# The model-call counters (masscer.metrics) of this run and of the workers it starts (they
+# inherit the environment) go to a folder of their own, not to the development stack's.
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="masscer-metrics-")
+atexit.register(shutil.rmtree, os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
 
 
 @pytest.fixture
@@ -48,7 +55,7 @@ def agent(alice: Any) -> Any:
 @pytest.fixture
 def fake_llm(settings: Any) -> Iterator[Any]:
     """A fake OpenAI-compatible server on loopback, wired into the settings."""
-    from masscer.testing.fakellm import FakeLLMServer
+    from testing.fakellm import FakeLLMServer
 
     with FakeLLMServer() as server:
         settings.MASSCER_LLM_BASE_URL = server.base_url

@@ -6,7 +6,7 @@ only the model call. What the user sees of the reply is the reply without our pr
 (``agents.reply_filter``): small models echo the ``<reference_examples>`` fence and the like.
 
 A turn takes its place in the endpoint's shared rate limit (the one the generation workers
-use, `training.generation.model_limiter`) before it calls the model. A short wait is waited;
+use, `masscer.endpoint.model_limiter`) before it calls the model. A short wait is waited;
 a longer one (MASSCER_PLAYGROUND_MAX_WAIT) reserves nothing and ends the stream with "the
 model is busy, try again in N s" instead of holding the request. With a limit on calls in
 flight (MASSCER_LLM_MAX_CONCURRENCY) a turn also holds one of those call slots for its call,
@@ -22,9 +22,9 @@ from typing import Any
 from django.conf import settings
 from django.db.models import Count, Q
 
+from masscer.endpoint import call_slots, llm_config, model_limiter
 from masscer.lib import concurrency, llm, ratelimit
 from masscer.lib.tokens import count_tokens
-from training.generation import call_slots, llm_config, model_limiter
 from training.models import Assignment, Completion
 
 from .models import Agent

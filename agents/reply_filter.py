@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import re
 
+from masscer.lib.llm.prompts import ASSISTANT_LABEL, EXISTING_TAG, REFERENCE_TAG, SOURCE_TAG, USER_LABEL
+
 # The fence tags of masscer.lib.llm's prompts, in any case, with spaces inside the brackets.
-FENCE_NAMES = ("reference_examples", "source", "existing_questions")
+FENCE_NAMES = (REFERENCE_TAG, SOURCE_TAG, EXISTING_TAG)
 _BRACKETS = (("<", ">"), ("&lt;", "&gt;"))
 _S = r"[^\S\n]*"  # horizontal whitespace only
 _TAG = re.compile(
@@ -35,8 +37,8 @@ _TAG = re.compile(
 _SPACE = re.compile(_S)
 _SPECIAL = re.compile(r"[<&\n]")
 # The labels of masscer.lib.llm's transcript; case-sensitive like the stop sequences it sends.
-ROLE_LABELS = ("User:", "Assistant:")
-REPLY_LABEL = "Assistant:"
+ROLE_LABELS = (USER_LABEL, ASSISTANT_LABEL)
+REPLY_LABEL = ASSISTANT_LABEL
 
 
 def strip_markup(text: str, *, transcript: bool = False) -> str:

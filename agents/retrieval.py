@@ -43,9 +43,9 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db.models.functions import Length
 
+from masscer.endpoint import llm_config
 from masscer.lib import llm
 from masscer.lib.tokens import count_tokens
-from training.generation import llm_config
 from training.models import Assignment, Completion
 
 from .models import Agent

@@ -218,10 +218,9 @@ def agent_export(request: HttpRequest, pk: int) -> StreamingHttpResponse:
     status = request.GET.get("status", "approved")
     if fmt not in export.FORMATS or status not in export.STATUSES:
         raise Http404("Unknown export format or status.")
-    extension = "csv" if fmt.endswith("csv") else "jsonl"
-    content_type = "text/csv" if extension == "csv" else "application/jsonl"
+    download = export.export_file(fmt=fmt, stem=f"{agent.slug}-{fmt}-{status}")
     response = StreamingHttpResponse(
-        export.export_lines(agent=agent, fmt=fmt, status=status), content_type=f"{content_type}; charset=utf-8"
+        export.export_lines(agent=agent, fmt=fmt, status=status), content_type=download.content_type
     )
-    response["Content-Disposition"] = f'attachment; filename="{agent.slug}-{fmt}-{status}.{extension}"'
+    response["Content-Disposition"] = f'attachment; filename="{download.name}"'
     return response

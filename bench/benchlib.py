@@ -28,6 +28,10 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 if str(PROJECT_ROOT) not in sys.path:
     sys.path.insert(0, str(PROJECT_ROOT))
 
+# Benchmarks are development runs (the settings default to production); a script that
+# measures the production setup says DJANGO_DEBUG=0 for the processes it starts.
+os.environ.setdefault("DJANGO_DEBUG", "1")
+
 BENCHMARKS_MD = PROJECT_ROOT / "BENCHMARKS.md"
 PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
 
@@ -57,7 +61,7 @@ class Stack:
         From here on SIGINT, SIGTERM and SIGHUP are ignored: a second Ctrl-C or kill must not cut
         the clean-up short (and orphan the fake or a worker).
         """
-        from masscer.testing.processes import stop_process
+        from testing.processes import stop_process
 
         for number in _SIGNALS:
             signal.signal(number, signal.SIG_IGN)
@@ -82,7 +86,7 @@ def interrupt_on_signals() -> None:
 def start_fake(stack: Stack, log: Path, options: list[str]) -> str:
     """Start the fake model server (``--port 0 <options> --model fake-model``); its base URL."""
     command = [
-        sys.executable, "-m", "masscer.testing.fakellm", "--port", "0", *options, "--model", "fake-model",
+        sys.executable, "-m", "testing.fakellm", "--port", "0", *options, "--model", "fake-model",
     ]  # fmt: skip
     process = stack.add(
         "fake",
@@ -102,7 +106,7 @@ def start_fake(stack: Stack, log: Path, options: list[str]) -> str:
 
 
 def wait_for_ready(log: Path, process: subprocess.Popen[bytes], name: str, timeout: float = 60) -> None:
-    from masscer.testing.processes import wait_worker_ready
+    from testing.processes import wait_worker_ready
 
     if wait_worker_ready(process, log, timeout=timeout):
         return
@@ -139,7 +143,7 @@ def bench_env(database_url: str, fake_url: str, workdir: Path) -> dict[str, str]
 
 
 def migrate(env: dict[str, str]) -> None:
-    from masscer.testing.processes import manage
+    from testing.processes import manage
 
     migrated = manage("migrate", "--noinput", env=env, timeout=300)
     if migrated.returncode != 0:
@@ -147,7 +151,7 @@ def migrate(env: dict[str, str]) -> None:
 
 
 def train(source: Path, count: int, timeout: float, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    from masscer.testing.processes import manage
+    from testing.processes import manage
 
     return manage(
         "train", str(source), "--count", str(count), "--agent", "bench", "--json",
@@ -187,7 +191,7 @@ print(json.dumps({
 
 def job_stats(job_id: int, item_fields: tuple[str, ...], env: dict[str, str]) -> dict[str, Any]:
     """The job read back from the bench database, with `item_fields` of each of its work items."""
-    from masscer.testing.processes import manage
+    from testing.processes import manage
 
     script = _STATS_SCRIPT.replace("JOB_ID", str(int(job_id))).replace("ITEM_FIELDS", repr(tuple(item_fields)))
     shell = manage("shell", "-c", script, env=env, timeout=120)
@@ -203,7 +207,7 @@ def postgres_database(name: str) -> str:
     """Drop and recreate the PostgreSQL database `name`; its URL."""
     import psycopg
 
-    from masscer.testing.processes import port_open
+    from testing.processes import port_open
 
     if not port_open(PG_HOST, PG_PORT):
         raise BenchError(f"PostgreSQL is not reachable at {PG_HOST}:{PG_PORT}")

@@ -28,6 +28,7 @@ def main() -> None:
     folder = tempfile.mkdtemp(prefix="masscer-bigconv-")
     os.environ["DATABASE_URL"] = f"sqlite:///{folder}/db.sqlite3"
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "masscer.settings")
+    os.environ.setdefault("DJANGO_DEBUG", "1")  # a development run
     import django
 
     django.setup()

@@ -118,8 +118,9 @@ def run(args: argparse.Namespace) -> int:
 
     from agents.models import Agent
     from documents.services import document_create_from_path, document_extract
+    from masscer.endpoint import llm_config
     from masscer.lib.llm import warm_up
-    from training.generation import llm_config, work_item_run
+    from training.generation import work_item_run
     from training.models import WorkItem
     from training.services import job_create, job_prepare
     from workspaces.services import workspace_personal

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchlib import machine, markdown_block, print_table, update_benchmarks_md  # noqa: E402
 
-from masscer.testing.embedded import HANDBOOK, ModelStartError, start_embedded_model  # noqa: E402
+from testing.embedded import HANDBOOK, ModelStartError, start_embedded_model  # noqa: E402
 
 SECTION = "## Embedded model (B7)"
 INTRO = (

@@ -16,7 +16,7 @@ What it does, all isolated from the development data (var/db.sqlite3 is never op
 * the shared Redis as the broker, under a key prefix of its own (``broker_env()``); the
   product's limiter lives in the same Redis (``MASSCER_RATELIMIT_REDIS_URL`` defaults to the
   broker) under the endpoint's key, which includes the fake's port, so it is fresh too;
-* the fake OpenAI-compatible server (``python -m masscer.testing.fakellm --rpm RPM``): a
+* the fake OpenAI-compatible server (``python -m testing.fakellm --rpm RPM``): a
   sliding 60 s window, a 429 with Retry-After once RPM calls were admitted in the last 60 s;
 * the product's limiter set to the provider's limit: ``MASSCER_LLM_RPM=RPM`` (and
   ``MASSCER_LLM_TPM`` with ``--tpm``; 0 = none, the fake does not count tokens);
@@ -96,8 +96,8 @@ from benchlib import (
 )
 
 from masscer.lib import ratelimit
-from masscer.testing.fakellm import FakeLLMClient
-from masscer.testing.processes import REDIS_HOST, REDIS_PORT, broker_env, child_env, port_open, start_worker
+from testing.fakellm import FakeLLMClient
+from testing.processes import REDIS_HOST, REDIS_PORT, broker_env, child_env, port_open, start_worker
 
 DEFAULT_SOURCE = PROJECT_ROOT / ".." / "shared" / "samples" / "pdf" / "GeoTopo-komprimiert.pdf"
 PG_DATABASE = "masscer_bench_b2"

@@ -50,7 +50,7 @@ from benchlib import (  # noqa: E402
     wait_for_ready,
 )
 
-from masscer.testing.processes import (  # noqa: E402
+from testing.processes import (  # noqa: E402
     child_env,
     free_port,
     kill_process,

@@ -13,7 +13,7 @@ What it does, all isolated from the development data (var/db.sqlite3 is never op
 * a database of its own: PostgreSQL ``masscer_bench`` (dropped, recreated) or a SQLite file in
   a temporary directory, migrated with ``manage.py migrate`` in a subprocess;
 * a Redis database number of its own (``--redis-db``, flushed first) as the broker;
-* the fake OpenAI-compatible server (``python -m masscer.testing.fakellm``) with ``--latency``
+* the fake OpenAI-compatible server (``python -m testing.fakellm``) with ``--latency``
   seconds per call and a capacity of at least the worker concurrency;
 * one ``ingest`` worker (prefork, concurrency 1) and one ``llm`` worker (threads, concurrency C);
 * ``manage.py train GeoTopo-komprimiert.pdf --count N --agent bench --json``.
@@ -76,8 +76,8 @@ from benchlib import (
     wait_for_ready,
 )
 
-from masscer.testing.fakellm import FakeLLMClient
-from masscer.testing.processes import REDIS_HOST, REDIS_PORT, child_env, port_open, start_worker
+from testing.fakellm import FakeLLMClient
+from testing.processes import REDIS_HOST, REDIS_PORT, child_env, port_open, start_worker
 
 DEFAULT_SOURCE = PROJECT_ROOT / ".." / "shared" / "samples" / "pdf" / "GeoTopo-komprimiert.pdf"
 PG_DATABASE = "masscer_bench"

@@ -22,6 +22,7 @@ SAMPLE = ROOT.parent / "shared" / "samples" / "pdf" / "pdflatex-4-pages.pdf"
 
 
 def setup_django(workdir: Path) -> None:
+    os.environ.setdefault("DJANGO_DEBUG", "1")  # a development run
     os.environ.update(
         DJANGO_SETTINGS_MODULE="masscer.settings",
         DATABASE_URL=f"sqlite:///{workdir / 'bench.sqlite3'}",
@@ -59,7 +60,7 @@ def main() -> None:
         from agents.services import agent_get_or_create
         from documents.services import document_create_from_path
         from masscer.lib.tokens import count_tokens
-        from masscer.testing.fakellm import FakeLLMServer, read_prompt
+        from testing.fakellm import FakeLLMServer, read_prompt
         from training.models import Completion, TrainingJob
         from training.services import job_create
 

@@ -15,7 +15,7 @@ from django.conf import settings
 from django.core.exceptions import ObjectDoesNotExist, PermissionDenied, RequestDataTooBig, ValidationError
 from django.db.models import ProtectedError
 from django.http import Http404, HttpRequest, HttpResponse
-from ninja import NinjaAPI
+from ninja import NinjaAPI, Swagger
 from ninja.errors import AuthenticationError, HttpError
 from ninja.errors import ValidationError as NinjaValidationError
 from ninja.parser import Parser
@@ -79,6 +79,9 @@ api = NinjaAPI(
     description=__doc__ or "",
     auth=[TokenAuth(), SessionAuth()],
     urls_namespace="api",
+    # Swagger UI from ninja's own static files ("ninja" is an installed app), not a CDN; and no
+    # badge that sends the schema to the public validator: the docs work offline.
+    docs=Swagger(settings={"validatorUrl": None}),
 )
 
 

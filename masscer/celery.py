@@ -6,13 +6,47 @@ import os
 from typing import Any
 
 from celery import Celery
-from celery.signals import task_postrun, task_prerun, worker_init
+from celery.signals import setup_logging, task_postrun, task_prerun, worker_init
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "masscer.settings")
 
 app = Celery("masscer")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+# The log context each running task bound (masscer.logs), by task id, undone when it ends.
+_log_tokens: dict[str, Any] = {}
+
+
+@setup_logging.connect
+def _use_django_logging(**kwargs: Any) -> None:
+    """Workers log as the web does (settings.LOGGING: JSON in production), not in Celery's format."""
+    import logging.config
+
+    from django.conf import settings
+
+    logging.config.dictConfig(settings.LOGGING)
+
+
+@task_prerun.connect
+def _bind_task_ids(
+    sender: Any = None, task_id: str | None = None, args: Any = None, kwargs: Any = None, **_: Any
+) -> None:
+    """Every record a task writes carries its name, its id and the ids it was given (job, work item ...)."""
+    from masscer import logs
+
+    if task_id is not None and sender is not None:
+        fields = logs.task_fields(sender, args, kwargs)
+        _log_tokens[task_id] = logs.bind(task=sender.name, task_id=task_id, **fields)
+
+
+@task_postrun.connect
+def _unbind_task_ids(task_id: str | None = None, **_: Any) -> None:
+    from masscer import logs
+
+    token = _log_tokens.pop(task_id, None) if task_id is not None else None
+    if token is not None:
+        logs.unbind(token)
 
 
 @task_prerun.connect
@@ -42,8 +76,8 @@ def _warm_up_model_client(**kwargs: Any) -> None:
 
     if not settings.MASSCER_LLM_BASE_URL:
         return
+    from masscer.endpoint import llm_config
     from masscer.lib import llm
-    from training.generation import llm_config
 
     try:
         llm.warm_up(llm_config())

@@ -4,11 +4,16 @@ Django stops parsing a request at DATA_UPLOAD_MAX_NUMBER_FILES and raises TooMan
 which it would answer with a bare "Bad Request (400)" page (a traceback page with DEBUG on).
 This middleware reads the files first and answers in words instead: JSON under /api/, and on
 a page the same page again (as a GET, so nothing is stored) with the reason as an error message.
+
+Also: health probes answered before anything else (`ProbeMiddleware`), and a request id on
+every request's log records and response (`RequestIdMiddleware`).
 """
 
 from __future__ import annotations
 
 import logging
+import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +22,8 @@ from django.contrib import messages
 from django.core.exceptions import TooManyFilesSent
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
+
+from masscer import health, logs
 
 logger = logging.getLogger(__name__)
 
@@ -73,3 +80,54 @@ def _page_with_error(
         response = render(request, "400.html", status=400)
     response.status_code = 400
     return response
+
+
+class ProbeMiddleware:
+    """Answers /healthz and /readyz first: before host validation and the HTTPS redirect.
+
+    Probes come from the orchestrator over plain http to the container's own address (a Host
+    that is not in ALLOWED_HOSTS); they need no session, user or request id either.
+    """
+
+    PROBES: dict[str, Callable[[HttpRequest], HttpResponse]] = {"/healthz": health.healthz, "/readyz": health.readyz}
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        probe = self.PROBES.get(request.path_info)
+        return probe(request) if probe is not None else self.get_response(request)
+
+
+access_logger = logging.getLogger("masscer.request")
+
+
+class RequestIdMiddleware:
+    """Gives each request an id (a sane incoming X-Request-ID, else a new one) that every log
+    record written while it runs carries, and sends it back in the X-Request-ID header.
+
+    With MASSCER_ACCESS_LOG on (the default without DEBUG) each request also writes one log
+    line: method, path, status and duration.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        request_id = logs.sane_request_id(request.headers.get("X-Request-ID")) or uuid.uuid4().hex
+        request.request_id = request_id  # type: ignore[attr-defined]
+        started = time.perf_counter()
+        with logs.bound(request_id=request_id):
+            response = self.get_response(request)
+            if settings.MASSCER_ACCESS_LOG:
+                _log_access(request, response, time.perf_counter() - started)
+        response["X-Request-ID"] = request_id
+        return response
+
+
+def _log_access(request: HttpRequest, response: HttpResponse, seconds: float) -> None:
+    ms = round(seconds * 1000, 1)
+    access_logger.info(
+        "%s %s %s %.1f ms", request.method, request.path, response.status_code, ms,
+        extra={"method": request.method, "path": request.path, "status": response.status_code, "ms": ms},
+    )  # fmt: skip

@@ -6,6 +6,7 @@ loopback). Helpers fail loudly on malformed values instead of guessing.
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -76,10 +77,17 @@ def env_list(name: str, default: list[str]) -> list[str]:
 
 VAR_DIR = Path(env_str("MASSCER_VAR_DIR", str(BASE_DIR / "var")))
 
-DEBUG = env_bool("DJANGO_DEBUG", True)
-SECRET_KEY = env_str("DJANGO_SECRET_KEY", "dev-only-insecure-key-change-me-in-production-0123456789")
-if not DEBUG and SECRET_KEY.startswith("dev-only"):
-    raise ImproperlyConfigured("Set DJANGO_SECRET_KEY when DJANGO_DEBUG is off.")
+# Production is the default; development is the opt-in (`make` targets and the test run set
+# DJANGO_DEBUG=1). Without DEBUG a real secret key is required: nothing falls back to a known one.
+DEBUG = env_bool("DJANGO_DEBUG", False)
+DEV_SECRET_KEY = "dev-only-insecure-key-change-me-in-production-0123456789"
+SECRET_KEY = env_str("DJANGO_SECRET_KEY", DEV_SECRET_KEY if DEBUG else "")
+if not DEBUG and (not SECRET_KEY or SECRET_KEY.startswith("dev-only")):
+    raise ImproperlyConfigured(
+        "DJANGO_SECRET_KEY is not set. In production set it to a long random value "
+        "(python -c 'import secrets; print(secrets.token_urlsafe(50))'); for development "
+        "set DJANGO_DEBUG=1 (make run, make test and the other make targets do)."
+    )
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
 X_FRAME_OPTIONS = "DENY"
@@ -89,8 +97,11 @@ if not DEBUG:
     # Production sits behind a TLS-terminating proxy that sets X-Forwarded-Proto.
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", True)
-    SESSION_COOKIE_SECURE = True
-    CSRF_COOKIE_SECURE = True
+    # Prometheus scrapes over plain http from inside the deployment (the probes are answered
+    # before this redirect anyway: masscer.middleware.ProbeMiddleware).
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+    # Off only to try the production setup over plain http (no TLS proxy): never on the internet.
+    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", True)
     SECURE_HSTS_SECONDS = env_int("DJANGO_SECURE_HSTS_SECONDS", 31_536_000)
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = env_bool("DJANGO_SECURE_HSTS_PRELOAD", True)
@@ -103,6 +114,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_htmx",
+    # Serves the API docs' Swagger UI from its own static files instead of a CDN (works offline).
+    "ninja",
     "workspaces",
     "documents",
     "conversations",
@@ -111,7 +124,12 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # /healthz and /readyz, answered before host validation and the HTTPS redirect.
+    "masscer.middleware.ProbeMiddleware",
+    "masscer.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Static files (the app's, the admin's, the API docs') straight from gunicorn, before sessions.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     # Before the CSRF check, which reads the upload and would fail on too many files first.
@@ -181,7 +199,22 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = VAR_DIR / "static"
+# What `collectstatic` fills and WhiteNoise serves without DEBUG. Not under MASSCER_VAR_DIR: the
+# image collects at build time, and the var folder is a volume at run time.
+STATIC_ROOT = Path(env_str("MASSCER_STATIC_ROOT", str(BASE_DIR / "staticfiles")))
+STATICFILES_DIRS = [BASE_DIR / "static"]
+# Development serves the files where they are, as they change; production serves hashed,
+# compressed copies from STATIC_ROOT (a page naming a file that was not collected fails loudly).
+WHITENOISE_AUTOREFRESH = DEBUG
+WHITENOISE_USE_FINDERS = DEBUG
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
+        if DEBUG
+        else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+    },
+}
 # Uploads live outside the static root under random names (see documents.models).
 MEDIA_ROOT = Path(env_str("MASSCER_MEDIA_ROOT", str(VAR_DIR / "uploads")))
 
@@ -225,12 +258,14 @@ CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
 if CELERY_BROKER_URL.startswith("filesystem://"):
     _broker_dir = VAR_DIR / "broker"
     # kombu's filesystem transport expects its folders to exist.
-    for _folder in ("queue", "processed"):
+    for _folder in ("queue", "processed", "control"):
         (_broker_dir / _folder).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS: dict = {
         "data_folder_in": str(_broker_dir / "queue"),
         "data_folder_out": str(_broker_dir / "queue"),
         "processed_folder": str(_broker_dir / "processed"),
+        # Exchange bindings (broadcasts, `celery inspect`); kombu's default is ./control.
+        "control_folder": str(_broker_dir / "control"),
         "store_processed": False,
     }
 else:
@@ -369,11 +404,40 @@ DEFAULT_AGENT_SYSTEM_PROMPT = (
     "you were trained on; say so when you do not know."
 )
 
+# --- Health, metrics, logs ---------------------------------------------------------------
+# Each /readyz check (database, migrations, broker, model) answers within this or fails.
+MASSCER_HEALTH_TIMEOUT = env_float("MASSCER_HEALTH_TIMEOUT", 2.0)
+# The model check's answer is reused this long: frequent probes must not load the model server.
+MASSCER_HEALTH_MODEL_CACHE_SECONDS = env_float("MASSCER_HEALTH_MODEL_CACHE_SECONDS", 15.0)
+# /metrics wants "Authorization: Bearer <this>"; unset, it answers loopback clients only.
+MASSCER_METRICS_TOKEN = env_str("MASSCER_METRICS_TOKEN", "")
+# Every process counts its model calls in files in PROMETHEUS_MULTIPROC_DIR (read from the
+# environment by prometheus_client) and /metrics adds them up: the web and worker processes of
+# one deployment share it. Exited processes' counts stay counted; emptying it while the whole
+# deployment is stopped starts every count afresh (`make run` does).
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(VAR_DIR / "metrics"))
+Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
+# JSON lines in production, readable lines in development.
+MASSCER_LOG_FORMAT = env_str("MASSCER_LOG_FORMAT", "text" if DEBUG else "json")
+if MASSCER_LOG_FORMAT not in {"json", "text"}:
+    raise ImproperlyConfigured(f"MASSCER_LOG_FORMAT must be 'json' or 'text', got {MASSCER_LOG_FORMAT!r}")
+# One log line per web request (runserver writes its own in development).
+MASSCER_ACCESS_LOG = env_bool("MASSCER_ACCESS_LOG", not DEBUG)
+if MASSCER_LOG_FORMAT == "json":
+    logging.captureWarnings(True)  # Python's warnings become JSON lines too, not stray text
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # The request, task, job and work-item ids of what is running (masscer.logs) on every record.
+    "filters": {"context": {"()": "masscer.logs.ContextFilter"}},
+    "formatters": {
+        "text": {"()": "masscer.logs.TextFormatter", "format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+        "json": {"()": "masscer.logs.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": MASSCER_LOG_FORMAT, "filters": ["context"]}
+    },
     "root": {"handlers": ["console"], "level": env_str("MASSCER_LOG_LEVEL", "INFO")},
     "loggers": {
         **{name: {"level": "WARNING"} for name in ("httpx", "httpx2", "openai")},

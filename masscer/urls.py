@@ -4,6 +4,7 @@ from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
 
+from masscer import health, metrics
 from masscer.api import api
 from masscer.auth import ThrottledLoginView
 
@@ -18,4 +19,8 @@ urlpatterns = [
     path("jobs/", include("training.urls")),
     path("agents/", include("agents.urls")),
     path("workspaces/", include("workspaces.urls")),
+    # Probes and metrics: no login (ProbeMiddleware answers the probes before anything else).
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    path("metrics", metrics.metrics_view, name="metrics"),
 ]

@@ -9,7 +9,7 @@ from django.core.paginator import Page, Paginator
 from django.db.models import Model, QuerySet
 from django.http import Http404, HttpRequest
 
-from workspaces.models import Membership, Workspace
+from workspaces.models import Workspace
 from workspaces.selectors import visible_to, workspaces_for
 
 M = TypeVar("M", bound=Model)
@@ -79,13 +79,6 @@ def id_or_none(value: str | None) -> int | None:
 def int_list(values: list[str]) -> list[int]:
     """The integers among form values (ids from checkboxes or query strings); junk is ignored."""
     return [number for number in map(id_or_none, values) if number is not None]
-
-
-def reviewer_workspace_ids(user: AbstractBaseUser) -> set[int]:
-    """Workspaces where the user may approve and reject (one query)."""
-    return set(
-        Membership.objects.filter(user=user, role__in=Membership.REVIEW_ROLES).values_list("workspace_id", flat=True)
-    )
 
 
 def workspace_choices(user: AbstractBaseUser) -> QuerySet[Workspace]:

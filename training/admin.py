@@ -32,9 +32,8 @@ from agents.models import Agent
 from agents.selectors import agents_for
 from masscer.admin_common import ReadOnlyAdmin
 from masscer.views import id_or_none
-from workspaces.models import Membership
 from workspaces.permissions import NotAllowed
-from workspaces.selectors import visible_to
+from workspaces.selectors import review_workspace_ids, visible_to, workspace_ids_of
 
 from . import review, services
 from .models import Assignment, Chunk, Completion, TrainingJob, WorkItem
@@ -97,7 +96,7 @@ class ChunkAdmin(ReadOnlyAdmin):
 
     def scope(self, rows: QuerySet[Chunk], user: Any) -> QuerySet[Chunk]:
         # A chunk's workspace is its document's or its conversation's.
-        mine = Membership.objects.filter(user=user).values("workspace_id")
+        mine = workspace_ids_of(user=user)
         return rows.filter(Q(document__workspace__in=mine) | Q(conversation__workspace__in=mine))
 
 
@@ -194,7 +193,7 @@ class ReviewerCheck(forms.ModelForm):
 
 
 def _reviewer_form(base: type[forms.ModelForm], request: HttpRequest) -> type[forms.ModelForm]:
-    workspaces = review.review_workspace_ids(user=request.user)
+    workspaces = review_workspace_ids(user=request.user)
     return type("ReviewerForm", (ReviewerCheck, base), {"review_workspaces": workspaces})
 
 
@@ -263,7 +262,7 @@ class CompletionAdmin(admin.ModelAdmin):
         return False  # completions come from jobs
 
     def has_change_permission(self, request: HttpRequest, obj: Completion | None = None) -> bool:
-        if obj is not None and obj.job.workspace_id not in review.review_workspace_ids(user=request.user):
+        if obj is not None and obj.job.workspace_id not in review_workspace_ids(user=request.user):
             return False
         return super().has_change_permission(request, obj)
 
@@ -309,7 +308,7 @@ class CompletionAdmin(admin.ModelAdmin):
         )
         outcome = review.Outcome(done=count)
         if count < len(selected):
-            allowed = review.review_workspace_ids(user=request.user)
+            allowed = review_workspace_ids(user=request.user)
             outcome.skip(
                 "you are not a reviewer in their workspace",
                 Completion.objects.filter(pk__in=selected).exclude(job__workspace__in=allowed).values_list(

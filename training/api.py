@@ -435,11 +435,11 @@ def agents_export(request: HttpRequest, agent_id: Id, query: Query[ExportQuery])
         agent=agent, fmt=query.format, status=query.status, part=query.part, split=query.split, seed=query.seed,
         max_tokens=query.max_tokens,
     )
-    name = f"{agent.slug}{'.' + query.part if query.split else ''}.{export.EXTENSIONS[query.format]}"
+    download = export.export_file(fmt=query.format, stem=agent.slug, part=query.part if query.split else "")
     return StreamingHttpResponse(
         (line.encode("utf-8") for line in lines),
-        content_type=f"{export.CONTENT_TYPES[query.format]}; charset=utf-8",
-        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        content_type=download.content_type,
+        headers={"Content-Disposition": f'attachment; filename="{download.name}"'},
     )
 
 

@@ -21,7 +21,7 @@ from .planning import allocate, allocate_capped, calls_budget
 PROMPT_OVERHEAD_TOKENS = 320
 # One earlier question shown to the model so it does not repeat it.
 QUESTION_TOKENS = 20
-# The prompt shows at most this many earlier questions (generation.MAX_EXISTING_IN_PROMPT).
+# The prompt shows at most this many earlier questions (services.replies.MAX_EXISTING_IN_PROMPT).
 MAX_EXISTING_IN_PROMPT = 60
 # One question/answer/evidence triple in the reply, with its JSON punctuation.
 PAIR_TOKENS = 90

@@ -52,6 +52,7 @@ CONTENT_TYPES = {
     "sharegpt": "application/json",
     "csv": "text/csv",
 }
+# Alpaca and ShareGPT are one JSON array, not JSON Lines: .json, application/json.
 EXTENSIONS = {"openai-jsonl": "jsonl", "records": "jsonl", "alpaca": "json", "sharegpt": "json", "csv": "csv"}
 SKIP_LABELS = {
     "missing_messages_list": "the example has no messages",
@@ -102,6 +103,31 @@ class ExportReport:
             "skipped_total": self.skipped_total,
             "skipped_examples": [{"completion_id": pk, "reasons": reason} for pk, reason in self.skipped_examples],
         }
+
+
+# --- the file ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExportFile:
+    """What one export's file is called and what it holds, the same for every door."""
+
+    name: str
+    extension: str
+    media_type: str
+
+    @property
+    def content_type(self) -> str:
+        return f"{self.media_type}; charset=utf-8"
+
+
+def export_file(*, fmt: str, stem: str, part: str = "") -> ExportFile:
+    """`stem[.part].extension` and the media type of a format: the web page, the API and the
+    command line all name their files here."""
+    if fmt not in FORMATS:
+        raise ValueError(f"Unknown format {fmt!r}; use one of {', '.join(FORMATS)}.")
+    name = ".".join(piece for piece in (stem, part, EXTENSIONS[fmt]) if piece)
+    return ExportFile(name=name, extension=EXTENSIONS[fmt], media_type=CONTENT_TYPES[fmt])
 
 
 # --- OpenAI's format check ------------------------------------------------------------------

@@ -1,13 +1,16 @@
 """Forms of the training pages: the Train dialog, review edits and filters."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django import forms
 from django.conf import settings
 from django.db.models import QuerySet
 
 from .models import Completion, TrainingJob
+
+if TYPE_CHECKING:
+    from agents.models import Agent
 
 MAX_STOPS = 4
 
@@ -97,7 +100,7 @@ class TrainForm(forms.Form):
         help_text="Optional: audience, language, tone or topics to focus on.",
     )
 
-    def __init__(self, *args: Any, agents: QuerySet[Any], conversations: bool, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, agents: QuerySet[Agent], conversations: bool, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         limit = settings.MASSCER_MAX_COMPLETIONS_PER_JOB
         # The limit is a setting, read per form (the field keeps its place in the order).

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
@@ -18,22 +18,18 @@ from django.db import transaction
 from django.db.models import F, QuerySet
 from django.utils import timezone
 
-from workspaces.models import Membership
 from workspaces.permissions import require_change, require_review
+from workspaces.selectors import review_workspace_ids
 
 from . import dedupe
 from .models import Assignment, Completion, TrainingJob, WorkItem
+from .selectors import agent_material
+from .tasks import generate_task
+
+if TYPE_CHECKING:
+    from agents.models import Agent
 
 Status = TrainingJob.Status
-
-
-def review_workspace_ids(*, user: AbstractBaseUser) -> set[int]:
-    """Workspaces where the user may approve and reject (one query, for bulk checks)."""
-    if not user.is_authenticated:
-        return set()
-    return set(
-        Membership.objects.filter(user=user, role__in=Membership.REVIEW_ROLES).values_list("workspace_id", flat=True)
-    )
 
 
 @dataclass
@@ -66,13 +62,13 @@ def _batches(ids: Sequence[int]) -> list[Sequence[int]]:
     return [ids[start : start + ASSIGN_BATCH] for start in range(0, len(ids), ASSIGN_BATCH)]
 
 
-def require_material_change(*, actor: AbstractBaseUser, agent: Any) -> None:
+def require_material_change(*, actor: AbstractBaseUser, agent: Agent) -> None:
     """Attaching completions to an agent, or taking them away, changes the agent: every way of
     doing it (the agent's page, the API, the admin, a job's target agents) asks this."""
     require_change(user=actor, obj=agent, action="change its material")
 
 
-def _in_workspace(completion_ids: Sequence[int], agent: Any, outcome: Outcome) -> list[int]:
+def _in_workspace(completion_ids: Sequence[int], agent: Agent, outcome: Outcome) -> list[int]:
     """The ids among `completion_ids` of completions in the agent's workspace; the rest are skipped."""
     wanted = list(dict.fromkeys(completion_ids))
     found: set[int] = set()
@@ -84,7 +80,7 @@ def _in_workspace(completion_ids: Sequence[int], agent: Any, outcome: Outcome) -
     return [cid for cid in wanted if cid in found]
 
 
-def _attach(ids: Sequence[int], agent: Any, outcome: Outcome) -> None:
+def _attach(ids: Sequence[int], agent: Agent, outcome: Outcome) -> None:
     for batch in _batches(ids):
         existing = set(
             Assignment.objects.filter(agent=agent, completion_id__in=batch).values_list("completion_id", flat=True)
@@ -96,12 +92,12 @@ def _attach(ids: Sequence[int], agent: Any, outcome: Outcome) -> None:
         outcome.skip("already assigned", sorted(existing))
 
 
-def _detach(ids: Sequence[int], agent: Any) -> int:
+def _detach(ids: Sequence[int], agent: Agent) -> int:
     return sum(Assignment.objects.filter(agent=agent, completion_id__in=batch).delete()[0] for batch in _batches(ids))
 
 
 @transaction.atomic
-def completions_assign(*, actor: AbstractBaseUser, completion_ids: Sequence[int], agent: Any) -> Outcome:
+def completions_assign(*, actor: AbstractBaseUser, completion_ids: Sequence[int], agent: Agent) -> Outcome:
     """Attach completions of the agent's workspace to it (its creator or a workspace admin)."""
     require_material_change(actor=actor, agent=agent)
     outcome = Outcome()
@@ -110,7 +106,7 @@ def completions_assign(*, actor: AbstractBaseUser, completion_ids: Sequence[int]
 
 
 @transaction.atomic
-def completions_unassign(*, actor: AbstractBaseUser, completion_ids: Sequence[int], agent: Any) -> Outcome:
+def completions_unassign(*, actor: AbstractBaseUser, completion_ids: Sequence[int], agent: Agent) -> Outcome:
     require_material_change(actor=actor, agent=agent)
     outcome = Outcome()
     outcome.done = _detach(_in_workspace(completion_ids, agent, outcome), agent)
@@ -119,7 +115,7 @@ def completions_unassign(*, actor: AbstractBaseUser, completion_ids: Sequence[in
 
 @transaction.atomic
 def completions_move(
-    *, actor: AbstractBaseUser, completion_ids: Sequence[int], source: Any, target: Any
+    *, actor: AbstractBaseUser, completion_ids: Sequence[int], source: Agent, target: Agent
 ) -> Outcome:
     """Attach completions to `target` and detach them from `source`; `done` counts those moved.
 
@@ -174,8 +170,6 @@ def completions_regenerate(*, completions: QuerySet[Completion], reviewer: Abstr
 
 
 def _requeue(by_item: dict[tuple[int, int], int], now: Any) -> None:
-    from .tasks import generate_task
-
     # Both moves are documented transitions (completed/failed → generating, as for retry).
     assert all(Status.GENERATING in TrainingJob.TRANSITIONS[s] for s in (Status.COMPLETED, Status.FAILED))
     per_job: dict[int, int] = defaultdict(int)
@@ -203,11 +197,6 @@ def _requeue(by_item: dict[tuple[int, int], int], now: Any) -> None:
 # --- near-duplicates -------------------------------------------------------------------------
 
 
-def agent_material(*, agent: Any) -> QuerySet[Completion]:
-    """The agent's pending and approved completions (rejected ones are not material)."""
-    return Completion.objects.filter(assignments__agent=agent).exclude(status=Completion.Status.REJECTED)
-
-
 def _canonical(members: list[int], info: dict[int, tuple[str, bool]]) -> int:
     # Keep what a reviewer already vouched for: approved first, then edited, then the oldest.
     return min(members, key=lambda pk: (info[pk][0] != Completion.Status.APPROVED, not info[pk][1], pk))
@@ -215,7 +204,7 @@ def _canonical(members: list[int], info: dict[int, tuple[str, bool]]) -> int:
 
 @transaction.atomic
 def duplicates_flag(
-    *, actor: AbstractBaseUser, agent: Any, threshold: float = dedupe.JACCARD_THRESHOLD
+    *, actor: AbstractBaseUser, agent: Agent, threshold: float = dedupe.JACCARD_THRESHOLD
 ) -> list[list[int]]:
     """Find near-duplicates in the agent's material and set `duplicate_of` to each group's keeper
     (reviewers and admins of the agent's workspace).

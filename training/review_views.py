@@ -16,7 +16,8 @@ from django.views.decorators.http import require_GET, require_POST
 from agents.selectors import agents_for
 from conversations.selectors import conversations_for
 from documents.selectors import documents_for
-from masscer.views import get_visible_or_404, id_or_none, int_list, paginate, reviewer_workspace_ids
+from masscer.views import get_visible_or_404, id_or_none, int_list, paginate
+from workspaces.selectors import review_workspace_ids
 
 from .forms import REVIEW_ACTIONS, CompletionEditForm
 from .models import Completion
@@ -71,7 +72,7 @@ def _filter_labels(request: HttpRequest, filters: dict[str, Any]) -> dict[str, s
 def review_queue(request: HttpRequest) -> HttpResponse:
     filters = review_filters(request.GET)
     page = paginate(request, review_rows(request.user, filters), ids_first=True)
-    reviewer_ids = reviewer_workspace_ids(request.user)
+    reviewer_ids = review_workspace_ids(user=request.user)
     context = {
         "page": page,
         "cards": [_card_context(c, reviewer_ids) for c in page],
@@ -95,7 +96,7 @@ def _visible_completion(request: HttpRequest, pk: int) -> Completion:
 @require_GET
 def completion_detail(request: HttpRequest, pk: int) -> HttpResponse:
     completion = _visible_completion(request, pk)
-    card = _card_context(completion, reviewer_workspace_ids(request.user))
+    card = _card_context(completion, review_workspace_ids(user=request.user))
     return render(request, "training/completion.html", {**card, "single": True})
 
 
@@ -130,7 +131,7 @@ def completion_review_view(request: HttpRequest, pk: int) -> HttpResponse:
     except ValidationError as exc:  # e.g. the edit repeats another question of the job
         return _not_saved(request, completion, " ".join(exc.messages))
     if request.htmx:
-        context = _card_context(completion, reviewer_workspace_ids(request.user))
+        context = _card_context(completion, review_workspace_ids(user=request.user))
         # The card's own forms go back to the page it sits on, not to this action's URL.
         context["next_url"] = request.POST.get("next", "")
         return render(request, "training/_completion_card.html", context)
@@ -168,7 +169,7 @@ def review_bulk(request: HttpRequest) -> HttpResponse:
     if status is None:
         messages.error(request, "Choose approve or reject.")
         return redirect(back)
-    if not reviewer_workspace_ids(request.user):
+    if not review_workspace_ids(user=request.user):
         messages.error(request, NOT_A_REVIEWER)
         return HttpResponse(status=403) if request.htmx else render_forbidden(request)
     rows = review_rows(request.user, filters)

@@ -1,7 +1,7 @@
 """Reads of the training app, scoped to what a user may see."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Q, QuerySet
@@ -10,6 +10,14 @@ from workspaces.selectors import visible_to
 
 from .models import Chunk, Completion, TrainingJob, WorkItem
 from .validation import REASON_LABELS, SAMPLES_PER_ITEM, pick_samples
+
+if TYPE_CHECKING:
+    from agents.models import Agent
+
+
+def agent_material(*, agent: Agent) -> QuerySet[Completion]:
+    """The agent's pending and approved completions (rejected ones are not material)."""
+    return Completion.objects.filter(assignments__agent=agent).exclude(status=Completion.Status.REJECTED)
 
 
 def jobs_for(*, user: AbstractBaseUser) -> QuerySet[TrainingJob]:

@@ -37,7 +37,9 @@ class WorkspaceForm(forms.Form):
 
 
 class MemberForm(forms.Form):
-    username = forms.CharField(max_length=150, help_text="The person's login name.")
+    username = forms.CharField(
+        max_length=150, help_text="The person's login name. They join when they accept the invitation."
+    )
     role = forms.ChoiceField(
         choices=Membership.Role.choices,
         initial=Membership.Role.MEMBER,

@@ -42,6 +42,25 @@ class Membership(models.Model):
         return f"{self.user_id} in {self.workspace_id} ({self.role})"
 
 
+class Invitation(models.Model):
+    """An admin's offer of a place in a workspace. The invited user joins only by accepting it."""
+
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="invitations")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="invitations")
+    role = models.CharField(max_length=20, choices=Membership.Role.choices, default=Membership.Role.MEMBER)
+    invited_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="invitations_sent"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [models.UniqueConstraint(fields=["workspace", "user"], name="invitation_unique_user")]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} invited to {self.workspace_id} ({self.role})"
+
+
 class ApiToken(models.Model):
     """A personal API token for scripts. Only a SHA-256 of the secret is stored.
 

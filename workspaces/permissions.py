@@ -22,7 +22,7 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import Model, Q, QuerySet
 
 from .models import Membership
-from .selectors import can_review, role_in
+from .selectors import can_review, role_in, workspace_ids_of
 
 __all__ = ["NotAllowed", "can_change", "can_review", "changeable", "require_admin", "require_change", "require_review"]
 
@@ -43,8 +43,8 @@ def can_change(*, user: AbstractBaseUser, obj: Any) -> bool:
 
 def changeable(rows: QuerySet[M], *, user: AbstractBaseUser) -> QuerySet[M]:
     """The rows `user` may change: `can_change` as a filter, for choices offered in forms."""
-    member_of = Membership.objects.filter(user=user).values("workspace_id")
-    admin_of = Membership.objects.filter(user=user, role=Membership.Role.ADMIN).values("workspace_id")
+    member_of = workspace_ids_of(user=user)
+    admin_of = workspace_ids_of(user=user, roles=[Membership.Role.ADMIN])
     return rows.filter(workspace__in=member_of).filter(Q(owner=user) | Q(workspace__in=admin_of))
 
 

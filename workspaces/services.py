@@ -5,13 +5,14 @@ import hashlib
 import secrets
 from datetime import timedelta
 
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from .models import ApiToken, Membership, Workspace
+from .models import ApiToken, Invitation, Membership, Workspace
 from .permissions import NotAllowed, require_admin
 
 
@@ -37,16 +38,38 @@ def workspace_personal(*, user: AbstractBaseUser) -> Workspace:
         return Workspace.objects.get(personal_for=user)
 
 
-def membership_add(
-    *, actor: AbstractBaseUser, workspace: Workspace, user: AbstractBaseUser, role: str = Membership.Role.MEMBER
+def membership_invite(
+    *, actor: AbstractBaseUser, workspace: Workspace, username: str, role: str = Membership.Role.MEMBER
+) -> Membership | None:
+    """Invite the person with this login name to the workspace (admins only), or change the role
+    of someone who is already a member.
+
+    Nobody is added without their consent: an invitation waits until its user accepts it.
+    Returns the membership when `username` is already a member (its role changed); otherwise
+    None, whether or not such a login exists, so the answer tells nothing about which names do.
+    """
+    require_admin(user=actor, workspace_id=workspace.pk, action="add members")
+    _check_role(role)
+    user = get_user_model().objects.filter(username=username).first()
+    if user is None:
+        return None
+    if Membership.objects.filter(workspace=workspace, user=user).exists():
+        return membership_set_role(actor=actor, workspace=workspace, user=user, role=role)
+    Invitation.objects.update_or_create(
+        workspace=workspace, user=user, defaults={"role": role, "invited_by": actor}
+    )
+    return None
+
+
+def membership_set_role(
+    *, actor: AbstractBaseUser, workspace: Workspace, user: AbstractBaseUser, role: str
 ) -> Membership:
-    """Add `user` to the workspace with `role`, or change their role (admins of the workspace only).
+    """Change a member's role (admins of the workspace only).
 
     A workspace keeps at least one admin: the last one cannot step down.
     """
-    require_admin(user=actor, workspace_id=workspace.pk, action="add members")
-    if role not in Membership.Role.values:
-        raise ValidationError(f"Unknown role {role!r}; use admin, reviewer or member.")
+    require_admin(user=actor, workspace_id=workspace.pk, action="change members' roles")
+    _check_role(role)
     with transaction.atomic():
         # Locked, so two admins demoting each other at the same moment cannot both succeed.
         admins = list(
@@ -58,8 +81,41 @@ def membership_add(
             raise ValidationError(
                 "A workspace keeps at least one admin: make someone else admin first.", code="last_admin"
             )
-        membership, _ = Membership.objects.update_or_create(workspace=workspace, user=user, defaults={"role": role})
+        updated = Membership.objects.filter(workspace=workspace, user=user).update(role=role)
+    if not updated:
+        raise ValidationError("They are not a member: invite them, they join when they accept.", code="not_member")
+    return Membership.objects.get(workspace=workspace, user=user)
+
+
+def _check_role(role: str) -> None:
+    if role not in Membership.Role.values:
+        raise ValidationError(f"Unknown role {role!r}; use admin, reviewer or member.")
+
+
+def invitation_accept(*, user: AbstractBaseUser, invitation: Invitation) -> Membership:
+    """The invited user joins the workspace with the invitation's role."""
+    _require_invitee(user=user, invitation=invitation)
+    with transaction.atomic():
+        membership, _ = Membership.objects.get_or_create(
+            workspace_id=invitation.workspace_id, user=user, defaults={"role": invitation.role}
+        )
+        invitation.delete()
     return membership
+
+
+def invitation_decline(*, user: AbstractBaseUser, invitation: Invitation) -> None:
+    _require_invitee(user=user, invitation=invitation)
+    invitation.delete()
+
+
+def invitation_revoke(*, actor: AbstractBaseUser, invitation: Invitation) -> None:
+    require_admin(user=actor, workspace_id=invitation.workspace_id, action="withdraw invitations")
+    invitation.delete()
+
+
+def _require_invitee(*, user: AbstractBaseUser, invitation: Invitation) -> None:
+    if invitation.user_id != user.pk:
+        raise NotAllowed("Only the invited person can answer an invitation.")
 
 
 def membership_remove(*, actor: AbstractBaseUser, workspace: Workspace, user: AbstractBaseUser) -> None:

@@ -7,18 +7,21 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.db.models import Count
 from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import redirect, render
+from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from .forms import ApiTokenForm, MemberForm, WorkspaceForm
-from .models import Membership, Workspace
+from .models import Invitation, Membership, Workspace
 from .permissions import require_admin
-from .selectors import role_in, workspaces_for
+from .selectors import invitations_for, invitations_of, role_in, roles_of, workspaces_for
 from .services import (
     api_token_create,
     api_token_revoke,
     api_tokens_of,
-    membership_add,
+    invitation_accept,
+    invitation_decline,
+    invitation_revoke,
+    membership_invite,
     membership_remove,
     workspace_create,
     workspace_personal,
@@ -39,9 +42,10 @@ def workspace_list(request: HttpRequest) -> HttpResponse:
         .annotate(member_count=Count("memberships", distinct=True))
         .select_related("personal_for")
     )
-    roles = dict(Membership.objects.filter(user=request.user).values_list("workspace_id", "role"))
+    roles = roles_of(user=request.user)
     workspaces = [(workspace, roles.get(workspace.pk, "")) for workspace in rows]
-    return render(request, "workspaces/list.html", {"workspaces": workspaces, "form": form})
+    context = {"workspaces": workspaces, "form": form, "invitations": invitations_for(user=request.user)}
+    return render(request, "workspaces/list.html", context)
 
 
 def _membership_or_404(request: HttpRequest, pk: int) -> tuple[Workspace, str]:
@@ -55,33 +59,62 @@ def _membership_or_404(request: HttpRequest, pk: int) -> tuple[Workspace, str]:
 @require_GET
 def workspace_detail(request: HttpRequest, pk: int) -> HttpResponse:
     workspace, role = _membership_or_404(request, pk)
+    return render(request, "workspaces/detail.html", _detail_context(workspace, role, MemberForm()))
+
+
+def _detail_context(workspace: Workspace, role: str, form: MemberForm) -> dict[str, object]:
     members = workspace.memberships.select_related("user").order_by("user__username")
-    context = {"workspace": workspace, "role": role, "members": members, "form": MemberForm()}
-    return render(request, "workspaces/detail.html", context)
+    invitations = invitations_of(workspace_id=workspace.pk) if role == Membership.Role.ADMIN else []
+    return {"workspace": workspace, "role": role, "members": members, "form": form, "invitations": invitations}
 
 
 @login_required
 @require_POST
 def member_add(request: HttpRequest, pk: int) -> HttpResponse:
     workspace, role = _membership_or_404(request, pk)
-    # Refused before the form is read, so a member cannot probe which login names exist.
+    # Refused before the form is read (the service checks it again).
     require_admin(user=request.user, workspace_id=workspace.pk, action="add members")
     form = MemberForm(request.POST)
     if form.is_valid():
-        user = get_user_model().objects.filter(username=form.cleaned_data["username"]).first()
-        if user is None:
-            form.add_error("username", "No user has this login name.")
+        username, new_role = form.cleaned_data["username"], form.cleaned_data["role"]
+        try:
+            member = membership_invite(actor=request.user, workspace=workspace, username=username, role=new_role)
+        except ValidationError as exc:
+            form.add_error("role", exc)
         else:
-            try:
-                membership_add(actor=request.user, workspace=workspace, user=user, role=form.cleaned_data["role"])
-            except ValidationError as exc:
-                form.add_error("role", exc)
+            if member is not None:
+                messages.success(request, f"{username} is now {new_role} here.")
             else:
-                messages.success(request, f"{user.get_username()} is now {form.cleaned_data['role']} here.")
-                return redirect("workspaces:detail", pk=pk)
-    members = workspace.memberships.select_related("user").order_by("user__username")
-    context = {"workspace": workspace, "role": role, "members": members, "form": form}
-    return render(request, "workspaces/detail.html", context, status=400)
+                # The same words whether or not the login exists: the form tells nobody which names do.
+                messages.success(
+                    request, f"If “{username}” has an account, they are invited as {new_role}: "
+                    "they join when they accept it on their Workspaces page."
+                )
+            return redirect("workspaces:detail", pk=pk)
+    return render(request, "workspaces/detail.html", _detail_context(workspace, role, form), status=400)
+
+
+@login_required
+@require_POST
+def invitation_answer(request: HttpRequest, pk: int, answer: str) -> HttpResponse:
+    invitation = get_object_or_404(invitations_for(user=request.user), pk=pk)
+    if answer == "accept":
+        invitation_accept(user=request.user, invitation=invitation)
+        messages.success(request, f"You joined “{invitation.workspace.name}” as {invitation.role}.")
+        return redirect("workspaces:detail", pk=invitation.workspace_id)
+    invitation_decline(user=request.user, invitation=invitation)
+    messages.success(request, f"Declined the invitation to “{invitation.workspace.name}”.")
+    return redirect("workspaces:list")
+
+
+@login_required
+@require_POST
+def invitation_withdraw(request: HttpRequest, pk: int, invitation_id: int) -> HttpResponse:
+    workspace, _ = _membership_or_404(request, pk)
+    invitation = get_object_or_404(Invitation, pk=invitation_id, workspace=workspace)
+    invitation_revoke(actor=request.user, invitation=invitation)
+    messages.success(request, "Withdrew the invitation.")
+    return redirect("workspaces:detail", pk=pk)
 
 
 @login_required

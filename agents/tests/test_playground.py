@@ -16,9 +16,10 @@ from agents.models import Agent
 from agents.retrieval import forget_indexes
 from agents.tests.test_retrieval import PENDING, REJECTED, material, other_agent
 from masscer import urls as project_urls
-from masscer.testing.fakellm import chat_reply, transcript_reply
+from testing.fakellm import chat_reply, transcript_reply
+from testing.members import add_member
 from training.models import Assignment
-from workspaces.services import membership_add, workspace_personal
+from workspaces.services import workspace_personal
 
 
 def _agents_patterns() -> list[Any]:
@@ -45,7 +46,7 @@ def fresh_indexes() -> Iterator[None]:
 
 @pytest.fixture
 def bob_in_alices_workspace(alice: Any, bob: Any) -> Any:
-    membership_add(actor=alice, workspace=workspace_personal(user=alice), user=bob)
+    add_member(actor=alice, workspace=workspace_personal(user=alice), user=bob)
     return bob
 
 

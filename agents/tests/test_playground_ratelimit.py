@@ -15,9 +15,9 @@ from django.test import Client
 from django.urls import reverse
 
 from agents.models import Agent
+from masscer.endpoint import call_slots, model_limiter
 from masscer.lib.ratelimit import RateLimiter
 from masscer.tests.test_ratelimit import URL
-from training.generation import call_slots, model_limiter
 from training.services import job_create
 from training.tests.conftest import ready_document  # noqa: F401 (a fixture)
 from training.tests.test_generation import run_job

@@ -20,7 +20,7 @@ from conversations.services import (
     conversations_import,
     message_add,
 )
-from workspaces.services import membership_add
+from testing.members import add_member
 
 from .conftest import as_json, sample
 
@@ -261,7 +261,7 @@ def test_it_shows_alices_conversations_to_her_teammate_bob_but_not_to_charlie(
     messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]
     mine = conversation_create(owner=alice, messages=messages)
     conversation_create(owner=charlie, messages=[{"role": "user", "content": "Hey"}])
-    membership_add(actor=alice, workspace=mine.workspace, user=bob)
+    add_member(actor=alice, workspace=mine.workspace, user=bob)
 
     assert [(c.pk, c.message_count) for c in conversations_for(user=alice)] == [(mine.pk, 2)]
     assert [c.pk for c in conversations_for(user=bob)] == [mine.pk]

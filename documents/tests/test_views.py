@@ -10,8 +10,9 @@ from django.urls import reverse
 from documents.models import Document
 from masscer.tests import web
 from masscer.tests.web import fast_passwords  # noqa: F401 - autouse fixture
+from testing.members import add_member
 from workspaces.models import Membership
-from workspaces.services import membership_add, workspace_personal
+from workspaces.services import workspace_personal
 
 pytestmark = pytest.mark.django_db
 
@@ -141,7 +142,7 @@ def test_charlie_cannot_delete_alices_document(client, alice, charlie) -> None:
 
 def test_bob_sees_alices_document_as_a_member_of_her_workspace(client, alice, bob) -> None:
     doc = web.document(alice, title="Shared handbook")
-    membership_add(actor=alice, workspace=workspace_personal(user=alice), user=bob, role=Membership.Role.MEMBER)
+    add_member(actor=alice, workspace=workspace_personal(user=alice), user=bob, role=Membership.Role.MEMBER)
     assert "Shared handbook" in logged_in(client, bob).get("/documents/").content.decode()
     assert client.get(f"/documents/{doc.pk}/").status_code == 200
 

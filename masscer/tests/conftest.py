@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from masscer.lib.llm import LLMConfig
-from masscer.testing.fakellm import FakeLLMServer
+from testing.fakellm import FakeLLMServer
 
 API_KEY = "sk-test-SECRET-0123456789"
 ConfigFactory = Callable[..., LLMConfig]

@@ -16,11 +16,12 @@ from django.test import Client
 from conversations.models import ConversationImport
 from conversations.services import conversation_create
 from documents.models import Document
+from testing.members import add_member
 from training.models import Completion, TrainingJob
 from training.tests.factories import make_agent, make_chunk, make_completions, make_document, make_job, numbered
 from training.tests.test_dedupe import ORIGINAL, PARAPHRASE
-from workspaces.models import ApiToken
-from workspaces.services import api_token_create, api_token_revoke, membership_add, workspace_personal
+from workspaces.models import ApiToken, Invitation
+from workspaces.services import api_token_create, api_token_revoke, membership_invite, workspace_personal
 
 pytestmark = pytest.mark.django_db
 
@@ -33,7 +34,7 @@ def fast_passwords(settings: Any) -> None:
 @pytest.fixture
 def world(alice, bob, charlie) -> dict[str, Any]:
     workspace = workspace_personal(user=alice)
-    membership_add(actor=alice, workspace=workspace, user=bob, role="member")
+    add_member(actor=alice, workspace=workspace, user=bob, role="member")
     document = make_document(alice)
     spare_document = make_document(alice, title="Spare")
     messages = [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]
@@ -49,7 +50,9 @@ def world(alice, bob, charlie) -> dict[str, Any]:
     make_completions(job, chunk, [PARAPHRASE], agents=[agent], duplicate_of=original)
     tokens = {user.username: api_token_create(user=user, name="tests")[1] for user in (alice, bob, charlie)}
     spare_token, _ = api_token_create(user=alice, name="spare")
+    membership_invite(actor=alice, workspace=workspace, username="charlie")
     return {
+        "invitation": Invitation.objects.get(user=charlie),
         "workspace": workspace, "document": document, "spare_document": spare_document,
         "conversation": conversation, "import": background, "agent": agent, "spare_agent": spare_agent, "job": job,
         "running": running,
@@ -124,6 +127,11 @@ ROUTES = [
     Route("get", "/api/agents/{agent.pk}/export", None, 200, 200, 404),
     Route("get", "/api/agents/{agent.pk}/export/report", None, 200, 200, 404),
     Route("get", "/api/workspaces", None, 200, 200, 200),
+    Route("post", "/api/workspaces/{workspace.pk}/members", lambda w: {"username": "charlie", "role": "reviewer"},
+          202, 403, 404),
+    Route("get", "/api/invitations", None, 200, 200, 200),
+    Route("post", "/api/invitations/{invitation.pk}/accept", None, 404, 404, 200),
+    Route("post", "/api/invitations/{invitation.pk}/decline", None, 404, 404, 204),
     Route("get", "/api/tokens", None, 200, 200, 200),
     Route("post", "/api/tokens", lambda w: {"name": "ci"}, 201, 201, 201),
     Route("delete", "/api/tokens/{spare_token.pk}", None, 204, 404, 404),
@@ -426,6 +434,7 @@ def test_the_api_never_answers_with_a_server_error(world, keep_test_connection) 
         "document_id": world["document"].pk, "conversation_id": world["conversation"].pk,
         "agent_id": world["agent"].pk, "job_id": world["job"].pk, "completion_id": world["completion"].pk,
         "token_id": world["spare_token"].pk, "import_id": world["import"].pk,
+        "workspace_id": world["workspace"].pk, "invitation_id": world["invitation"].pk,
     }
     failures: list[str] = []
     operations = [result.ok() for result in schema.get_all_operations()]

@@ -13,7 +13,7 @@ from django.core.cache import cache
 from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.db import connection
 
-from masscer.testing.processes import REDIS_HOST, REDIS_PORT, child_env, database_url, manage, port_open
+from testing.processes import REDIS_HOST, REDIS_PORT, child_env, database_url, manage, port_open
 
 pytestmark = pytest.mark.django_db
 

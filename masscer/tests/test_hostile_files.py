@@ -39,10 +39,10 @@ from django.db import connection
 
 from documents.models import Document
 from documents.services import document_create, document_extract
-from masscer.lib import extract as extract_module
 from masscer.lib.extract import ExtractionError, extract_file, extract_isolated
+from masscer.lib.extract import __main__ as extract_module  # the script the child runs
 from masscer.lib.tokens import count_tokens
-from masscer.testing.processes import (
+from testing.processes import (
     broker_env,
     celery_worker,
     child_env,

@@ -33,7 +33,8 @@ from masscer.lib.llm import (
     parse_block_pairs,
     parse_json_pairs,
 )
-from masscer.testing.fakellm import (
+from masscer.tests.conftest import API_KEY, ConfigFactory
+from testing.fakellm import (
     FakeLLMClient,
     FakeLLMServer,
     make_pairs,
@@ -41,7 +42,6 @@ from masscer.testing.fakellm import (
     render_blocks,
     source_hash,
 )
-from masscer.tests.conftest import API_KEY, ConfigFactory
 
 SOURCE = (
     "The river Thames flows through London. It is the longest river entirely in England, "
@@ -665,8 +665,8 @@ def test_check_endpoint(server: FakeLLMServer, make_config: ConfigFactory) -> No
 
 def test_client_is_cached_per_endpoint(make_config: ConfigFactory) -> None:
     config = make_config()
-    assert llm._client_for(config) is llm._client_for(make_config())
-    assert llm._client_for(config) is not llm._client_for(make_config(timeout=7.0))
+    assert llm.client.client_for(config) is llm.client.client_for(make_config())
+    assert llm.client.client_for(config) is not llm.client.client_for(make_config(timeout=7.0))
 
 
 def test_empty_api_key_is_allowed(
@@ -894,7 +894,7 @@ def test_fake_runs_standalone() -> None:
         [
             sys.executable,
             "-m",
-            "masscer.testing.fakellm",
+            "testing.fakellm",
             "--port",
             "0",
             "--latency",

@@ -24,8 +24,8 @@ from masscer.lib.llm import (
     build_chat_request,
     generate_pairs,
 )
-from masscer.testing.fakellm import FakeLLMClient, FakeLLMServer
 from masscer.tests.conftest import API_KEY, ConfigFactory
+from testing.fakellm import FakeLLMClient, FakeLLMServer
 
 SOURCE = (
     "The river Thames flows through London. It is the longest river entirely in England, "
@@ -216,7 +216,7 @@ def test_an_expired_batch_answers_the_first_lines_only(server: FakeLLMServer, ma
 
 def test_the_fake_validates_the_input_file(server: FakeLLMServer, make_config: ConfigFactory) -> None:
     config = make_config()
-    client = llm._client_for(config)
+    client = llm.client.client_for(config)
     good = json.loads(batch_jsonl(config, items(1)))
     lines = [good, good, {**good, "custom_id": "other", "url": "/v1/embeddings"}, "not json"]
     data = "\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines).encode()

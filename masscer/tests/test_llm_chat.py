@@ -22,9 +22,9 @@ from masscer.lib.llm import (
     embed,
     reference_block,
 )
-from masscer.testing import fakellm
-from masscer.testing.fakellm import FakeLLMServer, chat_reply, reference_questions, transcript_reply
 from masscer.tests.conftest import API_KEY, ConfigFactory
+from testing import fakellm
+from testing.fakellm import FakeLLMServer, chat_reply, reference_questions, transcript_reply
 
 EXAMPLES = [
     ("How do I get a refund?", "Open Billing, pick the order and press Refund."),
@@ -165,7 +165,7 @@ def test_an_error_event_in_the_middle_of_the_stream_is_transient(
     with pytest.raises(LLMTransientError, match="GPU fell over"):
         for delta in chat_stream(make_config(), messages=conversation()):
             received.append(delta.text)
-    assert "".join(received) == "".join(fakellm._pieces(chat_reply(conversation()))[:2])
+    assert "".join(received) == "".join(fakellm.streaming._pieces(chat_reply(conversation()))[:2])
 
 
 def test_a_connection_broken_mid_stream_is_transient(server: FakeLLMServer, make_config: ConfigFactory) -> None:

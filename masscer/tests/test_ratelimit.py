@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from masscer.lib.ratelimit import REQUEST_HEADROOM, Limits, RateLimiter
-from masscer.testing.processes import REDIS_HOST, REDIS_PORT, port_open
+from testing.processes import REDIS_HOST, REDIS_PORT, port_open
 
 URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/13"
 

@@ -13,10 +13,11 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
+from testing.members import add_member
 from training.generation import work_item_run
 from training.models import Assignment, Completion, TrainingJob, WorkItem
 from training.services import job_create
-from workspaces.services import membership_add, workspace_personal
+from workspaces.services import workspace_personal
 
 from .factories import make_agent, make_chunk, make_completions, make_conversation, make_document, make_job, numbered
 from .test_dedupe import ORIGINAL, PARAPHRASE
@@ -39,8 +40,8 @@ def team(alice, bob, charlie, django_user_model) -> dict[str, Any]:
     alice.is_staff = alice.is_superuser = True
     alice.save()
     workspace = workspace_personal(user=alice)
-    membership_add(actor=alice, workspace=workspace, user=staff(bob), role="reviewer")
-    membership_add(actor=alice, workspace=workspace, user=staff(charlie), role="member")
+    add_member(actor=alice, workspace=workspace, user=staff(bob), role="reviewer")
+    add_member(actor=alice, workspace=workspace, user=staff(charlie), role="member")
     dave = staff(django_user_model.objects.create_user("dave", password="dave-Secret-123"))
     agent = make_agent(alice)
     job = make_job(alice)

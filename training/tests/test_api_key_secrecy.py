@@ -26,9 +26,9 @@ from django.views.debug import SafeExceptionReporterFilter, technical_500_respon
 from agents.models import Agent
 from documents.models import Document
 from masscer.celery import app
+from masscer.endpoint import llm_config
 from masscer.lib import llm
 from masscer.tests.web import fast_passwords  # noqa: F401 - autouse fixture
-from training.generation import llm_config
 from training.models import TrainingJob, WorkItem
 
 SUFFIX = secrets.token_hex(16)

@@ -6,10 +6,11 @@ import random
 import pytest
 from django.core.exceptions import PermissionDenied, ValidationError
 
+from testing.members import add_member
 from training import dedupe
 from training.models import Assignment, Completion
 from training.review import duplicates_flag, duplicates_keep_one
-from workspaces.services import membership_add, workspace_personal
+from workspaces.services import workspace_personal
 
 from .factories import make_agent, make_chunk, make_completions, make_document, make_job, numbered
 
@@ -78,7 +79,7 @@ def test_a_bucket_of_many_identical_items_stays_linear() -> None:
 def material(alice, bob):
     """Alice's agent with an approved original, a pending paraphrase, an unrelated pair and filler."""
     workspace = workspace_personal(user=alice)
-    membership_add(actor=alice, workspace=workspace, user=bob, role="member")
+    add_member(actor=alice, workspace=workspace, user=bob, role="member")
     agent = make_agent(alice)
     other_agent = make_agent(alice, slug="sales")
     job = make_job(alice)

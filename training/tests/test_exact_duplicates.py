@@ -26,7 +26,8 @@ from django.utils import timezone
 from training import hotsql, services
 from training.generation import work_item_run
 from training.models import Completion, TrainingJob, WorkItem
-from training.services import completion_review, job_create, job_prepare
+from training.services import completion_review, completions, job_create, job_prepare
+from training.services import review as review_services
 from training.validation import normalise, question_key
 from workspaces.services import api_token_create
 
@@ -179,7 +180,7 @@ def test_adjacent_chunks_returning_the_same_question_at_once_still_end_with_n_di
     # the interleaving that made the duplicates (pairs from chunks k and k+1 stored ms apart).
     barrier = threading.Barrier(2, timeout=30)
     waited = threading.local()
-    store = services.store_completions
+    store = completions.store_completions
 
     def store_together(**kwargs: Any) -> int:
         if not getattr(waited, "done", False):
@@ -187,9 +188,9 @@ def test_adjacent_chunks_returning_the_same_question_at_once_still_end_with_n_di
             barrier.wait()
         return store(**kwargs)
 
-    monkeypatch.setattr(services, "store_completions", store_together)
+    monkeypatch.setattr(completions, "store_completions", store_together)
     outcomes = in_threads(2, lambda index, _: work_item_run(item_id=(first, second)[index].pk))
-    monkeypatch.setattr(services, "store_completions", store)
+    monkeypatch.setattr(completions, "store_completions", store)
     assert outcomes == ["done", "done"]
     for item_id in WorkItem.objects.filter(job=job, status=WorkItem.Status.PENDING).values_list("pk", flat=True):
         work_item_run(item_id=item_id)
@@ -248,7 +249,7 @@ def test_an_edit_moves_the_key_with_the_question(alice, rows) -> None:
 def test_an_edit_racing_another_into_the_same_question_is_a_validation_error(alice, rows, monkeypatch) -> None:
     shared, other, _ = rows
     # The other edit committed between this one's check and its write: the constraint decides.
-    monkeypatch.setattr(services, "completion_question_key", lambda *, completion, question: question_key(question))
+    monkeypatch.setattr(review_services, "completion_question_key", lambda *, completion, question: question_key(question))
     with pytest.raises(ValidationError, match="already has this question"):
         completion_review(completion=other, status="approved", reviewer=alice, question=SHARED, answer="A.")
     assert Completion.objects.get(pk=other.pk).question == other.question

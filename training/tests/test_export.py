@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 from django.core.management import call_command
 
+from testing.members import add_member
 from training.export import export_lines
 from training.models import Completion
 from training.services import completion_review, job_create
-from workspaces.services import membership_add
 
 from .test_generation import run_job
 
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.django_db
 def reviewed(alice, bob, agent, ready_document, fake_llm) -> list[Completion]:
     job = job_create(owner=alice, count=4, agents=[agent], documents=[ready_document(alice, pages=1)])
     run_job(job)
-    membership_add(actor=alice, workspace=job.workspace, user=bob, role="reviewer")
+    add_member(actor=alice, workspace=job.workspace, user=bob, role="reviewer")
     completions = list(Completion.objects.filter(job=job).order_by("pk"))
     completion_review(completion=completions[0], status="approved", reviewer=bob)
     completion_review(

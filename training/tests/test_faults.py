@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from django.db import connection
 
-from masscer.testing.fakellm import source_hash
-from masscer.testing.processes import (
+from testing.fakellm import source_hash
+from testing.processes import (
     broker_env,
     child_env,
     database_url,

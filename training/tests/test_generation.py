@@ -319,10 +319,10 @@ def test_a_failed_document_fails_the_job_with_its_reason(alice, agent, ready_doc
 
 
 def test_job_status_transitions_are_enforced(alice, agent, ready_document) -> None:
-    from training.services import _transition
+    from training.services import job_transition
 
     document = ready_document(alice, pages=1)
     job = new_job(alice, document, agent, 2)
     with pytest.raises(ValueError):
-        _transition(job.pk, [TrainingJob.Status.QUEUED], TrainingJob.Status.COMPLETED)
+        job_transition(job.pk, [TrainingJob.Status.QUEUED], TrainingJob.Status.COMPLETED)
 

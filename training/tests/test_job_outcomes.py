@@ -14,11 +14,12 @@ from django.utils.html import escape
 
 from conversations.models import Conversation
 from conversations.services import conversations_import
+from testing.members import add_member
 from training.models import TrainingJob, WorkItem
 from training.review import completions_regenerate
 from training.services import job_create, job_summary
 from training.validation import REASON_LABELS, add_samples, next_step, pick_samples, shorten
-from workspaces.services import membership_add, workspace_personal
+from workspaces.services import workspace_personal
 
 from .test_batch import new_batch_job, run_batch_job
 from .test_generation import new_job, run_job
@@ -35,7 +36,7 @@ def fast_passwords(settings: Any) -> None:
 
 @pytest.fixture
 def bob_on_alices_team(alice: Any, bob: Any) -> Any:
-    membership_add(actor=alice, workspace=workspace_personal(user=alice), user=bob, role="member")
+    add_member(actor=alice, workspace=workspace_personal(user=alice), user=bob, role="member")
     return bob
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 from django.core.exceptions import PermissionDenied
 
+from testing.members import add_member
 from training.models import Completion, TrainingJob, WorkItem
 from training.services import completion_review, completions_review_bulk, job_cancel, job_retry
-from workspaces.services import membership_add
 
 from .test_generation import new_job, run_job
 
@@ -22,12 +22,12 @@ def made(alice, agent, ready_document, fake_llm) -> TrainingJob:
 
 def test_only_reviewers_and_admins_approve(made, bob, charlie) -> None:
     completion = Completion.objects.filter(job=made).first()
-    membership_add(actor=made.owner, workspace=made.workspace, user=bob, role="member")
+    add_member(actor=made.owner, workspace=made.workspace, user=bob, role="member")
     with pytest.raises(PermissionDenied):
         completion_review(completion=completion, status="approved", reviewer=bob)
     with pytest.raises(PermissionDenied):
         completion_review(completion=completion, status="approved", reviewer=charlie)
-    membership_add(actor=made.owner, workspace=made.workspace, user=bob, role="reviewer")
+    add_member(actor=made.owner, workspace=made.workspace, user=bob, role="reviewer")
     assert completion_review(completion=completion, status="approved", reviewer=bob).status == "approved"
 
 

@@ -80,7 +80,7 @@ def test_a_budget_stops_the_job_cleanly_with_the_reason(alice, agent, ready_docu
 def test_with_every_call_slot_taken_the_work_is_handed_back_without_calling(
     alice, agent, ready_document, fake_llm, limited
 ) -> None:
-    from training.generation import call_slots
+    from masscer.endpoint import call_slots
     from training.models import WorkItem
 
     limited.MASSCER_LLM_MAX_CONCURRENCY = 1

@@ -18,8 +18,8 @@ import pytest
 
 from documents.services import document_create, document_extract
 from masscer import localmodel
-from masscer.testing.embedded import HANDBOOK, ModelStartError, start_embedded_model
-from masscer.testing.processes import stop_process
+from testing.embedded import HANDBOOK, ModelStartError, start_embedded_model
+from testing.processes import stop_process
 from training.models import Completion, TrainingJob
 from training.validation import evidence_in_source
 

@@ -34,12 +34,23 @@ from documents.models import Document, Page
 from documents.services import document_delete
 from masscer.api import api
 from masscer.tests.web import fast_passwords  # noqa: F401 - autouse fixture
+from testing.members import add_member
 from training import review
 from training.models import Completion, TrainingJob, WorkItem
 from training.services import completion_review, job_cancel, job_create, job_retry
-from workspaces.models import Membership
+from workspaces.models import Invitation, Membership
 from workspaces.permissions import NotAllowed
-from workspaces.services import api_token_create, api_token_revoke, membership_add, membership_remove, workspace_create
+from workspaces.services import (
+    api_token_create,
+    api_token_revoke,
+    invitation_accept,
+    invitation_decline,
+    invitation_revoke,
+    membership_invite,
+    membership_remove,
+    membership_set_role,
+    workspace_create,
+)
 
 from .factories import make_agent, make_chunk, make_completions, make_document, make_job, numbered
 from .test_dedupe import ORIGINAL, PARAPHRASE
@@ -89,9 +100,9 @@ def team(alice, bob, charlie, django_user_model) -> dict[str, Any]:
     rita = django_user_model.objects.create_user("rita", password="rita-Secret-123")
     dave = django_user_model.objects.create_user("dave", password="dave-Secret-123")
     workspace = workspace_create(name="Support team", admin=alice)
-    membership_add(actor=alice, workspace=workspace, user=bob, role=Membership.Role.ADMIN)
-    membership_add(actor=alice, workspace=workspace, user=rita, role=Membership.Role.REVIEWER)
-    membership_add(actor=alice, workspace=workspace, user=dave, role=Membership.Role.MEMBER)
+    add_member(actor=alice, workspace=workspace, user=bob, role=Membership.Role.ADMIN)
+    add_member(actor=alice, workspace=workspace, user=rita, role=Membership.Role.REVIEWER)
+    add_member(actor=alice, workspace=workspace, user=dave, role=Membership.Role.MEMBER)
     for user in (alice, bob, rita, dave):
         back_office(user)
     handbook = make_document(alice, title="Handbook", workspace=workspace)  # nothing quotes it: deletable
@@ -113,7 +124,14 @@ def team(alice, bob, charlie, django_user_model) -> dict[str, Any]:
         "paraphrase": make_completions(done, chunk, [PARAPHRASE], agents=[support])[0],
         "token": api_token_create(user=alice, name="nightly export")[0],
         "background": ConversationImport.objects.create(owner=alice, workspace=workspace, filename="big.jsonl"),
+        "invitation": invited(alice, workspace, charlie),
     }  # fmt: skip
+
+
+def invited(admin: Any, workspace: Any, user: Any) -> Invitation:
+    """charlie, an outsider, invited as a member: only he may answer it."""
+    membership_invite(actor=admin, workspace=workspace, username=user.get_username())
+    return Invitation.objects.get(workspace=workspace, user=user)
 
 
 def snapshot() -> dict[str, list[dict[str, Any]]]:
@@ -250,6 +268,18 @@ PAGE_DOORS: dict[str, list[Door]] = {
     ],
     "workspaces:member_remove": [Door("post", "/workspaces/{workspace.pk}/members/{rita.pk}/remove/",
                                       allowed=("alice", "bob"))],
+    "workspaces:invitation_withdraw": [
+        Door("post", "/workspaces/{workspace.pk}/invitations/{invitation.pk}/withdraw/"),
+    ],
+    # An invitation is answered by its invitee only: to everyone else it is not found.
+    "workspaces:invitation_accept": [
+        Door("post", "/workspaces/invitations/{invitation.pk}/accept/", allowed=("charlie",), refused_status=404,
+             refusal=""),
+    ],
+    "workspaces:invitation_decline": [
+        Door("post", "/workspaces/invitations/{invitation.pk}/decline/", allowed=("charlie",), refused_status=404,
+             refusal=""),
+    ],
     # Tokens are personal: another user's token is not found, as for an outsider.
     "workspaces:token_revoke": [
         Door("post", "/workspaces/tokens/{token.pk}/revoke/", allowed=("alice",), refused_status=404, refusal=""),
@@ -427,6 +457,17 @@ API_DOORS: dict[tuple[str, str], list[Door]] = {
     ],
     ("post", "/api/agents/{agent_id}/duplicates"): [
         Door("post", "/api/agents/{support.pk}/duplicates", allowed=REVIEWERS),
+    ],
+    ("post", "/api/workspaces/{workspace_id}/members"): [
+        Door("post", "/api/workspaces/{workspace.pk}/members", data=lambda t: {"username": "charlie", "role": "admin"}),
+    ],
+    ("post", "/api/invitations/{invitation_id}/accept"): [
+        Door("post", "/api/invitations/{invitation.pk}/accept", allowed=("charlie",), refused_status=404,
+             refusal="not found"),
+    ],
+    ("post", "/api/invitations/{invitation_id}/decline"): [
+        Door("post", "/api/invitations/{invitation.pk}/decline", allowed=("charlie",), refused_status=404,
+             refusal="not found"),
     ],
     ("delete", "/api/tokens/{token_id}"): [
         Door("delete", "/api/tokens/{token.pk}", allowed=("alice",), refused_status=404, refusal="not found"),
@@ -643,8 +684,14 @@ SERVICES: dict[str, Call] = {
     "duplicates_flag": Call(REVIEWERS, lambda t, actor: review.duplicates_flag(actor=actor, agent=t["support"])),
     "duplicates_keep_one": Call(REVIEWERS, lambda t, actor: review.duplicates_keep_one(
         keep=t["original"], reviewer=actor), prepare=flagged),
-    "membership_add": Call(CHANGERS, lambda t, actor: membership_add(
-        actor=actor, workspace=t["workspace"], user=t["charlie"], role="admin")),
+    "membership_invite": Call(CHANGERS, lambda t, actor: membership_invite(
+        actor=actor, workspace=t["workspace"], username="charlie", role="admin")),
+    "membership_set_role": Call(CHANGERS, lambda t, actor: membership_set_role(
+        actor=actor, workspace=t["workspace"], user=t["dave"], role="reviewer")),
+    "invitation_revoke": Call(CHANGERS, lambda t, actor: invitation_revoke(actor=actor, invitation=t["invitation"])),
+    "invitation_accept": Call(("charlie",), lambda t, actor: invitation_accept(user=actor, invitation=t["invitation"])),
+    "invitation_decline": Call(("charlie",), lambda t, actor: invitation_decline(
+        user=actor, invitation=t["invitation"])),
     "membership_remove": Call(CHANGERS, lambda t, actor: membership_remove(
         actor=actor, workspace=t["workspace"], user=t["rita"])),
     "api_token_revoke": Call(("alice",), lambda t, actor: api_token_revoke(actor=actor, token=t["token"])),

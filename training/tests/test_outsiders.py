@@ -11,7 +11,8 @@ from conversations.models import ConversationImport
 from conversations.services import conversation_create
 from masscer.tests.web import fast_passwords  # noqa: F401 - autouse fixture
 from training.models import Completion
-from workspaces.services import api_token_create
+from workspaces.models import Invitation
+from workspaces.services import api_token_create, membership_invite
 
 from .test_generation import new_job, run_job
 
@@ -43,12 +44,14 @@ def target_model(name: str, route: str) -> str:
         return "completion"
     if "tokens/" in route:
         return "token"
+    if "invitations/<int:pk>" in route:
+        return "invitation"
     return {"documents": "document", "conversations": "conversation", "training": "job", "agents": "agent",
             "workspaces": "workspace"}[name.split(":")[0]]  # fmt: skip
 
 
 @pytest.fixture
-def alices(alice, agent, ready_document, fake_llm, settings, tmp_path) -> dict[str, Any]:
+def alices(alice, bob, agent, ready_document, fake_llm, settings, tmp_path) -> dict[str, Any]:
     settings.MEDIA_ROOT = tmp_path
     document = ready_document(alice, pages=1)
     (tmp_path / document.file.name).parent.mkdir(parents=True, exist_ok=True)
@@ -70,17 +73,26 @@ def alices(alice, agent, ready_document, fake_llm, settings, tmp_path) -> dict[s
         "agent": agent.pk,
         "workspace": job.workspace_id,
         "token": api_token_create(user=alice, name="script")[0].pk,
+        "invitation": invitation_for(alice, job.workspace, bob).pk,
     }
+
+
+def invitation_for(admin: Any, workspace: Any, user: Any) -> Invitation:
+    membership_invite(actor=admin, workspace=workspace, username=user.get_username())
+    return Invitation.objects.get(workspace=workspace, user=user)
 
 
 def test_the_walk_covers_every_kind_of_object() -> None:
     kinds = {target_model(name, route) for name, route in object_routes()}
-    assert kinds == {"document", "conversation", "import", "job", "completion", "agent", "workspace", "token"}
+    assert kinds == {
+        "document", "conversation", "import", "job", "completion", "agent", "workspace", "token", "invitation"
+    }
 
 
 @pytest.mark.parametrize(("name", "route"), object_routes(), ids=[n for n, _ in object_routes()])
 def test_charlie_gets_404_on_alices_objects(client, charlie, alices, name: str, route: str) -> None:
-    url = "/" + route.replace("<int:pk>", str(alices[target_model(name, route)])).replace("<int:user_id>", "1")
+    url = "/" + route.replace("<int:pk>", str(alices[target_model(name, route)])).replace("<int:user_id>", "1").replace(
+        "<int:invitation_id>", str(alices["invitation"]))
     client.force_login(charlie)
     for response in (client.get(url), client.post(url)):
         assert response.status_code in (404, 405), (url, response.status_code)
@@ -89,6 +101,7 @@ def test_charlie_gets_404_on_alices_objects(client, charlie, alices, name: str, 
 @pytest.mark.parametrize(("name", "route"), object_routes(), ids=[n for n, _ in object_routes()])
 def test_the_same_urls_work_for_alice(client, alice, alices, name: str, route: str) -> None:
     """The control: the walk names real objects, so charlie's 404s are refusals, not typos."""
-    url = "/" + route.replace("<int:pk>", str(alices[target_model(name, route)])).replace("<int:user_id>", "1")
+    url = "/" + route.replace("<int:pk>", str(alices[target_model(name, route)])).replace("<int:user_id>", "1").replace(
+        "<int:invitation_id>", str(alices["invitation"]))
     client.force_login(alice)
     assert client.get(url).status_code in (200, 302, 405), url

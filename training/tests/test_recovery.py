@@ -25,7 +25,7 @@ from masscer import leases
 from masscer.lib.heartbeat import Heartbeat
 from training import generation, hotsql, services, tasks
 from training.models import TrainingJob, WorkItem
-from training.services import job_prepare
+from training.services import completions, job_prepare, replies
 
 from .test_generation import new_job
 
@@ -97,7 +97,7 @@ def test_a_reply_that_arrived_is_stored_once_the_database_is_back(
     job = new_job(alice, ready_document(alice, pages=1), agent, 3)
     job_prepare(job_id=job.pk)
     item = WorkItem.objects.get(job=job)
-    real_store = services.store_completions
+    real_store = completions.store_completions
     failures = iter([OperationalError("server closed the connection unexpectedly")] * 2)
 
     def store_while_the_database_comes_back(**kwargs: Any) -> int:
@@ -106,9 +106,9 @@ def test_a_reply_that_arrived_is_stored_once_the_database_is_back(
             raise failure
         return real_store(**kwargs)
 
-    monkeypatch.setattr(services, "store_completions", store_while_the_database_comes_back)
+    monkeypatch.setattr(completions, "store_completions", store_while_the_database_comes_back)
     monkeypatch.setattr(connection, "close", lambda: None)  # the test's connection holds its transaction
-    monkeypatch.setattr(generation.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(replies.time, "sleep", lambda seconds: None)
 
     assert generation.work_item_run(item_id=item.pk) == "done"
 
@@ -128,12 +128,12 @@ def test_a_database_outage_longer_than_allowed_gives_the_item_back(
     def database_away(**kwargs: Any) -> int:
         raise OperationalError("could not connect to server")
 
-    monkeypatch.setattr(services, "store_completions", database_away)
-    monkeypatch.setattr(generation, "_record_call", lambda *args: None)
+    monkeypatch.setattr(completions, "store_completions", database_away)
+    monkeypatch.setattr(replies, "_record_call", lambda *args: None)
     with pytest.raises(OperationalError):
         generation.work_item_run(item_id=item.pk)
     # The task retries once the lease has lapsed (the sweeper would find the item too).
-    monkeypatch.setattr(tasks.generation, "work_item_run", lambda **kwargs: database_away())
+    monkeypatch.setattr(generation, "work_item_run", lambda **kwargs: database_away())
     with pytest.raises(Retry) as retry:
         tasks.generate_task.apply(args=(item.pk,), throw=True)
     assert settings.MASSCER_LEASE_SECONDS <= retry.value.when <= settings.MASSCER_LEASE_SECONDS * 1.5
@@ -144,7 +144,7 @@ def test_transient_database_and_broker_errors_are_retried(monkeypatch: pytest.Mo
     def fail(**kwargs: Any) -> str:
         raise error
 
-    monkeypatch.setattr(tasks.generation, "work_item_run", fail)
+    monkeypatch.setattr(generation, "work_item_run", fail)
     with pytest.raises(Retry):
         tasks.generate_task.apply(args=(1,), throw=True)
 

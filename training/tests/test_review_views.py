@@ -10,11 +10,12 @@ from hypothesis import strategies as st
 
 from masscer.tests import web
 from masscer.tests.web import fast_passwords  # noqa: F401 - autouse fixture
+from testing.members import add_member
 from training.models import Completion
 from training.templatetags.masscer_ui import _QUOTE_CHARS, evidence_span, highlight_evidence
 from training.validation import _evidence_form
 from workspaces.models import Membership
-from workspaces.services import membership_add, workspace_personal
+from workspaces.services import workspace_personal
 
 pytestmark = pytest.mark.django_db
 
@@ -174,7 +175,7 @@ def test_an_empty_edit_is_refused(client, alice) -> None:
 
 
 def test_a_member_sees_the_queue_but_cannot_approve(client, alice, bob) -> None:
-    membership_add(actor=alice, workspace=workspace_personal(user=alice), user=bob, role=Membership.Role.MEMBER)
+    add_member(actor=alice, workspace=workspace_personal(user=alice), user=bob, role=Membership.Role.MEMBER)
     job = web.job(alice)
     (completion,) = web.completions(job, 1)
     body = logged_in(client, bob).get("/jobs/review/").content.decode()
@@ -191,7 +192,7 @@ def test_a_member_sees_the_queue_but_cannot_approve(client, alice, bob) -> None:
 
 
 def test_a_reviewer_member_can_approve(client, alice, bob) -> None:
-    membership_add(actor=alice, workspace=workspace_personal(user=alice), user=bob, role=Membership.Role.REVIEWER)
+    add_member(actor=alice, workspace=workspace_personal(user=alice), user=bob, role=Membership.Role.REVIEWER)
     job = web.job(alice)
     (completion,) = web.completions(job, 1)
     logged_in(client, bob).post(f"/jobs/completions/{completion.pk}/review/", {"action": "approve"})
@@ -200,7 +201,7 @@ def test_a_reviewer_member_can_approve(client, alice, bob) -> None:
 
 
 def test_a_member_cannot_bulk_approve(client, alice, bob) -> None:
-    membership_add(actor=alice, workspace=workspace_personal(user=alice), user=bob, role=Membership.Role.MEMBER)
+    add_member(actor=alice, workspace=workspace_personal(user=alice), user=bob, role=Membership.Role.MEMBER)
     web.completions(web.job(alice), 3)
     response = logged_in(client, bob).post("/jobs/review/bulk/", {"action": "approve", "scope": "all"})
     assert response.status_code == 403

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from django.db import connection
 
-from masscer.testing.processes import (
+from testing.processes import (
     broker_env,
     celery_worker,
     child_env,

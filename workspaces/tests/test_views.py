@@ -1,14 +1,17 @@
 """Workspace pages, and the rule that every page of the app needs a login."""
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
 from django.urls import URLPattern, URLResolver, get_resolver
 
 from masscer.tests.web import fast_passwords  # noqa: F401 - autouse fixture
-from workspaces.models import Membership
-from workspaces.services import membership_add, workspace_create, workspace_personal
+from testing.members import add_member
+from workspaces.models import Invitation, Membership
+from workspaces.permissions import NotAllowed
+from workspaces.services import invitation_accept, workspace_create, workspace_personal
 
 pytestmark = pytest.mark.django_db
 
@@ -28,7 +31,7 @@ def app_urls() -> list[str]:
             for pattern in resolver.url_patterns:
                 assert isinstance(pattern, URLPattern)
                 route = str(resolver.pattern) + str(pattern.pattern)
-                urls.append("/" + route.replace("<int:pk>", "1").replace("<int:user_id>", "1"))
+                urls.append("/" + re.sub(r"<int:\w+>", "1", route))
     return urls
 
 
@@ -68,21 +71,101 @@ def test_it_lists_the_users_workspaces_with_roles(client, alice) -> None:
     assert "alice&#x27;s workspace" in body and "Support team" in body and "Admin" in body
 
 
-def test_an_admin_adds_a_reviewer(client, alice, bob) -> None:
+def test_an_invited_user_joins_only_when_they_accept(client, alice, bob) -> None:
     team = workspace_create(name="Team", admin=alice)
-    logged_in(client, alice).post(f"/workspaces/{team.pk}/members/", {"username": "bob", "role": "reviewer"})
+    page = logged_in(client, alice).post(
+        f"/workspaces/{team.pk}/members/", {"username": "bob", "role": "reviewer"}, follow=True
+    ).content.decode()
+    assert "they join when they accept" in page
+    assert not Membership.objects.filter(workspace=team, user=bob).exists()  # no consent yet
+    assert "Invited, not yet joined" in page and ">bob<" in page
+    listing = logged_in(client, bob).get("/workspaces/").content.decode()
+    assert "Invitations" in listing and "Team" in listing and "invited by alice" in listing
+    invitation = Invitation.objects.get(workspace=team, user=bob)
+    assert client.get(f"/workspaces/{team.pk}/").status_code == 404  # not a member before accepting
+    client.post(f"/workspaces/invitations/{invitation.pk}/accept/")
+    assert Membership.objects.get(workspace=team, user=bob).role == "reviewer"
+    assert not Invitation.objects.exists()
+    assert client.get(f"/workspaces/{team.pk}/").status_code == 200
+
+
+def test_a_declined_invitation_adds_nobody(client, alice, bob) -> None:
+    team = workspace_create(name="Team", admin=alice)
+    logged_in(client, alice).post(f"/workspaces/{team.pk}/members/", {"username": "bob", "role": "member"})
+    invitation = Invitation.objects.get(workspace=team, user=bob)
+    logged_in(client, bob).post(f"/workspaces/invitations/{invitation.pk}/decline/")
+    assert not Invitation.objects.exists()
+    assert not Membership.objects.filter(workspace=team, user=bob).exists()
+
+
+def test_only_the_invited_user_can_answer_an_invitation(client, alice, bob, charlie) -> None:
+    team = workspace_create(name="Team", admin=alice)
+    logged_in(client, alice).post(f"/workspaces/{team.pk}/members/", {"username": "bob", "role": "admin"})
+    invitation = Invitation.objects.get(workspace=team, user=bob)
+    for who in (charlie, alice):
+        assert logged_in(client, who).post(f"/workspaces/invitations/{invitation.pk}/accept/").status_code == 404
+    assert not Membership.objects.filter(workspace=team, user__in=[bob, charlie]).exists()
+    with pytest.raises(NotAllowed):
+        invitation_accept(user=charlie, invitation=invitation)
+
+
+def test_an_admin_withdraws_an_invitation(client, alice, bob) -> None:
+    team = workspace_create(name="Team", admin=alice)
+    logged_in(client, alice).post(f"/workspaces/{team.pk}/members/", {"username": "bob", "role": "member"})
+    invitation = Invitation.objects.get(workspace=team, user=bob)
+    client.post(f"/workspaces/{team.pk}/invitations/{invitation.pk}/withdraw/")
+    assert not Invitation.objects.exists()
+    assert logged_in(client, bob).post(f"/workspaces/invitations/{invitation.pk}/accept/").status_code == 404
+
+
+def test_the_member_form_does_not_tell_which_login_names_exist(client, alice, bob) -> None:
+    team = workspace_create(name="Team", admin=alice)
+    logged_in(client, alice)
+    said = []
+    for name in ("bob", "zed"):
+        response = client.post(f"/workspaces/{team.pk}/members/", {"username": name, "role": "member"}, follow=True)
+        assert response.status_code == 200
+        said.append([m.message.replace(name, "NAME") for m in response.context["messages"]])
+    assert said[0] == said[1] == ["If “NAME” has an account, they are invited as member: they join when they "
+                                  "accept it on their Workspaces page."]
+    assert Invitation.objects.filter(workspace=team).count() == 1
+
+
+def test_an_admin_changes_a_members_role_directly(client, alice, bob) -> None:
+    team = workspace_create(name="Team", admin=alice)
+    add_member(actor=alice, workspace=team, user=bob, role=Membership.Role.MEMBER)
+    page = logged_in(client, alice).post(
+        f"/workspaces/{team.pk}/members/", {"username": "bob", "role": "reviewer"}, follow=True
+    ).content.decode()
+    assert "bob is now reviewer here." in page
     assert Membership.objects.get(workspace=team, user=bob).role == "reviewer"
 
 
-def test_an_unknown_login_name_is_refused_next_to_the_field(client, alice) -> None:
+def test_invitations_through_the_api(client, alice, bob) -> None:
     team = workspace_create(name="Team", admin=alice)
-    response = logged_in(client, alice).post(f"/workspaces/{team.pk}/members/", {"username": "zed", "role": "member"})
-    assert response.status_code == 400 and "No user has this login name." in response.content.decode()
+    logged_in(client, alice)
+    for name in ("bob", "nobody-here"):
+        response = client.post(
+            f"/api/workspaces/{team.pk}/members", {"username": name, "role": "reviewer"},
+            content_type="application/json", HTTP_X_CSRFTOKEN="x",
+        )
+        assert response.status_code == 202, response.content
+        assert "has an account, they are invited" in response.json()["detail"]
+    assert not Membership.objects.filter(workspace=team, user=bob).exists()
+    logged_in(client, bob)
+    invitations = client.get("/api/invitations").json()
+    assert [(i["workspace"], i["role"], i["invited_by"]) for i in invitations] == [("Team", "reviewer", "alice")]
+    joined = client.post(f"/api/invitations/{invitations[0]['id']}/accept", HTTP_X_CSRFTOKEN="x")
+    assert joined.status_code == 200 and joined.json()["role"] == "reviewer"
+    assert Membership.objects.get(workspace=team, user=bob).role == "reviewer"
+    refused = client.post(f"/api/workspaces/{team.pk}/members", {"username": "alice", "role": "member"},
+                          content_type="application/json", HTTP_X_CSRFTOKEN="x")
+    assert refused.status_code == 403
 
 
 def test_a_member_cannot_add_members(client, alice, bob, charlie) -> None:
     team = workspace_personal(user=alice)
-    membership_add(actor=alice, workspace=team, user=bob, role=Membership.Role.MEMBER)
+    add_member(actor=alice, workspace=team, user=bob, role=Membership.Role.MEMBER)
     response = logged_in(client, bob).post(
         f"/workspaces/{team.pk}/members/", {"username": "charlie", "role": "admin"}, follow=True
     )
@@ -97,7 +180,7 @@ def test_charlie_cannot_see_alices_workspace(client, alice, charlie) -> None:
 
 def test_an_admin_removes_a_member(client, alice, bob) -> None:
     team = workspace_personal(user=alice)
-    membership_add(actor=alice, workspace=team, user=bob)
+    add_member(actor=alice, workspace=team, user=bob)
     logged_in(client, alice).post(f"/workspaces/{team.pk}/members/{bob.pk}/remove/")
     assert not Membership.objects.filter(user=bob, workspace=team).exists()
 
@@ -123,7 +206,7 @@ def test_a_user_creates_sees_once_and_revokes_an_api_token(client, alice, charli
 
 def test_the_last_admin_cannot_step_down(client, alice, bob) -> None:
     team = workspace_create(name="Team", admin=alice)
-    membership_add(actor=alice, workspace=team, user=bob, role=Membership.Role.MEMBER)
+    add_member(actor=alice, workspace=team, user=bob, role=Membership.Role.MEMBER)
     response = logged_in(client, alice).post(f"/workspaces/{team.pk}/members/", {"username": "alice", "role": "member"})
     assert response.status_code == 400
     assert "keeps at least one admin" in response.content.decode()
@@ -132,7 +215,7 @@ def test_the_last_admin_cannot_step_down(client, alice, bob) -> None:
 
 def test_an_admin_steps_down_once_another_admin_is_there(client, alice, bob) -> None:
     team = workspace_create(name="Team", admin=alice)
-    membership_add(actor=alice, workspace=team, user=bob, role=Membership.Role.ADMIN)
+    add_member(actor=alice, workspace=team, user=bob, role=Membership.Role.ADMIN)
     logged_in(client, alice).post(f"/workspaces/{team.pk}/members/", {"username": "alice", "role": "reviewer"})
     assert Membership.objects.get(workspace=team, user=alice).role == "reviewer"
     assert list(Membership.objects.filter(workspace=team, role="admin").values_list("user__username", flat=True)) == [

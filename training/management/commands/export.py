@@ -14,16 +14,27 @@ from typing import IO, Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from agents.selectors import agent_by_slug
-from training.export import FORMATS, MAX_EXAMPLE_TOKENS, STATUSES, ExportReport, export_stream
+from training.export import FORMATS, MAX_EXAMPLE_TOKENS, PARTS, STATUSES, ExportReport, export_file, export_stream
 from workspaces.services import workspace_personal
 
 from ._common import cli_user
 
 
-def split_paths(output: str) -> dict[str, Path]:
-    """data.jsonl → data.train.jsonl and data.validation.jsonl."""
+def split_paths(output: str, *, fmt: str) -> dict[str, Path]:
+    """data.jsonl → data.train.jsonl and data.validation.jsonl; data → the format's extension."""
     path = Path(output)
-    return {part: path.with_name(f"{path.stem}.{part}{path.suffix}") for part in ("train", "validation")}
+    if not path.suffix:
+        return {part: path.with_name(export_file(fmt=fmt, stem=path.name, part=part).name) for part in PARTS}
+    return {part: path.with_name(f"{path.stem}.{part}{path.suffix}") for part in PARTS}
+
+
+def extension_mismatch(output: str, *, fmt: str) -> str:
+    """A note when the name the user chose says another kind of file than the format writes."""
+    suffix = Path(output).suffix.lstrip(".").lower()
+    expected = export_file(fmt=fmt, stem="data")
+    if not suffix or suffix == expected.extension:
+        return ""
+    return f"Note: {fmt} is written as {expected.media_type} (.{expected.extension}), not .{suffix}."
 
 
 def fraction(value: str) -> float:
@@ -69,8 +80,10 @@ class Command(BaseCommand):
             max_tokens=options["max_tokens"],
             report=report,
         )
+        if options["output"] and (note := extension_mismatch(options["output"], fmt=options["fmt"])):
+            self.stderr.write(note)
         if options["split"]:
-            targets = split_paths(options["output"])
+            targets = split_paths(options["output"], fmt=options["fmt"])
         elif options["output"]:
             targets = {"train": Path(options["output"])}
         else:

@@ -1,0 +1,193 @@
+"""In-process extraction: detect a file's kind, run the extractor of that kind, check the
+text against the page/size/token limits.
+
+``extract_file`` runs in the calling process; ``isolation.extract_isolated`` runs it in a child
+with CPU and memory limits.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .common import (
+    ACCEPTED,
+    EMPTY_MESSAGE,
+    HEAD_BYTES,
+    LIMITS_MESSAGE,
+    NO_TEXT_MESSAGE,
+    NO_TEXT_PDF_MESSAGE,
+    NOT_TEXT_MESSAGE,
+    Extracted,
+    ExtractionError,
+    _format_mb,
+    _has_utf16_bom,
+    _looks_binary,
+    _short_reason,
+)
+from .docx import _extract_docx
+from .html import _extract_html
+from .pdf import _extract_pdf
+from .text import _extract_markdown, _extract_text
+
+# A PDF header may sit anywhere in the first KiB.
+_PDF_HEADER_WINDOW = 1024
+
+_EXTENSIONS = {
+    ".pdf": "pdf",
+    ".docx": "docx",
+    ".md": "markdown",
+    ".markdown": "markdown",
+    ".txt": "text",
+    ".text": "text",
+    ".html": "html",
+    ".htm": "html",
+}
+
+
+# --------------------------------------------------------------------------- detection
+
+
+def detect_kind(filename: str, head: bytes) -> str:
+    """Classify a file by its first bytes, then by its extension; raise if unsupported."""
+    if not head:
+        raise ExtractionError(EMPTY_MESSAGE)
+    ext = Path(filename).suffix.lower()
+    if b"%PDF-" in head[:_PDF_HEADER_WINDOW]:
+        return "pdf"
+    if head.startswith(b"PK\x03\x04"):
+        # The first entries of a Word package are [Content_Types].xml, _rels and word/...
+        if b"word/" in head or ext == ".docx":
+            return "docx"
+        raise ExtractionError(f"{_unsupported(ext)} (It looks like a ZIP archive.)")
+    if head.startswith(b"\xd0\xcf\x11\xe0"):
+        raise ExtractionError(
+            "This is an old Microsoft Office file (.doc); save it as .docx or PDF and upload "
+            "it again."
+        )
+    kind = _EXTENSIONS.get(ext)
+    if kind == "pdf":
+        raise ExtractionError(
+            "The file could not be read as a PDF: it has no PDF header."
+        )
+    if kind == "docx":
+        raise ExtractionError(
+            "The file could not be read as a Word document (DOCX): it is not a DOCX package."
+        )
+    if kind is None:
+        raise ExtractionError(_unsupported(ext))
+    if not _has_utf16_bom(head) and _looks_binary(head):
+        raise ExtractionError(NOT_TEXT_MESSAGE)
+    return kind
+
+
+def _unsupported(ext: str) -> str:
+    if not ext:
+        return f"Unsupported file type (the file name has no extension). {ACCEPTED}"
+    return f"Unsupported file type '{ext}'. {ACCEPTED}"
+
+
+# --------------------------------------------------------------------------- in-process
+
+
+def extract_file(
+    path: str,
+    *,
+    filename: str,
+    max_bytes: int,
+    max_pages: int,
+    max_tokens: int | None = None,
+) -> Extracted:
+    """Extract the text of one uploaded file in this process.
+
+    With ``max_tokens`` the text is also counted (stopping as soon as the limit is passed, so
+    a 50 MB blob is refused after a few MB of counting) and ``Extracted.tokens`` is set."""
+    size = _file_size(path)
+    _check_size(size, max_bytes)
+    with open(path, "rb") as handle:
+        head = handle.read(HEAD_BYTES)
+    kind = detect_kind(filename, head)
+    extractor = _EXTRACTORS[kind]
+    try:
+        result = extractor(path, filename, max_bytes, max_pages)
+    except MemoryError:
+        raise ExtractionError(LIMITS_MESSAGE) from None
+    if not any(page.strip() for page in result.pages):
+        raise ExtractionError(NO_TEXT_PDF_MESSAGE if kind == "pdf" else NO_TEXT_MESSAGE)
+    if max_tokens is not None:
+        tokens = _count_tokens_upto(result.pages, max_tokens)
+        result = Extracted(
+            kind=result.kind, pages=result.pages, title=result.title, tokens=tokens
+        )
+    return result
+
+
+def _tokens_module() -> Any:
+    """masscer.lib.tokens; loaded by file path in the isolated child, which loads this
+    package by file path without the ``masscer`` package on sys.path (see ``__main__``)."""
+    if __name__.startswith("masscer."):
+        from masscer.lib import tokens
+
+        return tokens
+    import importlib.util
+
+    name = "_masscer_lib_tokens"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(
+        name, Path(__file__).parent.with_name("tokens.py")
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _count_tokens_upto(pages: list[str], max_tokens: int) -> int:
+    """Tokens of all pages (the same total as ``tokens.count_tokens`` page by page); raise as
+    soon as the running total passes ``max_tokens``."""
+    tokens = _tokens_module()
+    total = 0
+    for page in pages:
+        # The pieces count_tokens itself would encode, so the sum is exact.
+        bounds = tokens._piece_bounds(page)
+        for start, stop in itertools.pairwise(bounds):
+            total += tokens.count_tokens(page[start:stop])
+            if total > max_tokens:
+                raise ExtractionError(
+                    f"The document has more than {max_tokens:,} tokens of text; "
+                    f"the limit is {max_tokens:,}."
+                )
+    return total
+
+
+def _file_size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError as exc:
+        raise ExtractionError(
+            f"The file could not be opened: {_short_reason(exc)}"
+        ) from None
+
+
+def _check_size(size: int, max_bytes: int) -> None:
+    if size == 0:
+        raise ExtractionError(EMPTY_MESSAGE)
+    if size > max_bytes:
+        raise ExtractionError(
+            f"The file is {_format_mb(size)} MB; the limit is {_format_mb(max_bytes)} MB."
+        )
+
+
+_EXTRACTORS: dict[str, Callable[[str, str, int, int], Extracted]] = {
+    "pdf": _extract_pdf,
+    "docx": _extract_docx,
+    "markdown": _extract_markdown,
+    "text": _extract_text,
+    "html": _extract_html,
+}

@@ -1,0 +1,158 @@
+"""PDF extraction with pypdf: one text per page, with clear messages for encrypted, damaged,
+hostile and scanned (no text layer) files. pypdf is imported only when a PDF is read."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from .common import (
+    LIMITS_MESSAGE,
+    NO_TEXT_PDF_MESSAGE,
+    PASSWORD_MESSAGE,
+    Extracted,
+    ExtractionError,
+    _clean_title,
+    _sentence,
+    _short_reason,
+    _stem,
+    clean_text,
+)
+
+NESTED_PDF_MESSAGE = (
+    "The file could not be read as a PDF: its objects are nested too deeply "
+    "(the file is damaged or built to crash PDF readers)."
+)
+
+# Scanned PDFs sometimes carry a few stray words (ImageMagick writes an invisible
+# "Background" label under each image). Below this many letters/digits per page, on pages
+# that are mostly images, there is nothing worth indexing.
+_SCAN_MIN_ALNUM_PER_PAGE = 10
+
+_ALNUM = re.compile(r"[^\W_]")
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """The exception and what it was raised from or during (pypdf wraps MemoryError and
+    RecursionError in PdfReadError("Error reading PDF file."))."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain and len(chain) < 20:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def _pdf_error(exc: BaseException) -> ExtractionError:
+    chain = _causes(exc)
+    if any(isinstance(cause, MemoryError) for cause in chain):
+        return ExtractionError(LIMITS_MESSAGE)
+    if any(isinstance(cause, RecursionError) for cause in chain):
+        return ExtractionError(NESTED_PDF_MESSAGE)
+    from pypdf.errors import LimitReachedError
+
+    if isinstance(exc, LimitReachedError):
+        # pypdf's own bounds: decompression bombs, oversized arrays, page-tree cycles...
+        return ExtractionError(
+            "The file could not be read as a PDF: it exceeds a safety limit "
+            f"({_short_reason(exc).rstrip('.')})."
+        )
+    return ExtractionError(
+        _sentence(f"The file could not be read as a PDF: {_short_reason(exc)}")
+    )
+
+
+def _extract_pdf(path: str, filename: str, max_bytes: int, max_pages: int) -> Extracted:
+    try:
+        return _read_pdf(path, filename, max_pages)
+    except (ExtractionError, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - pypdf raises many types on damaged files
+        raise _pdf_error(exc) from None
+
+
+def _read_pdf(path: str, filename: str, max_pages: int) -> Extracted:
+    reader = _open_pdf(path)
+    count = len(reader.pages)
+    if count > max_pages:
+        raise ExtractionError(
+            f"The PDF has {count:,} pages; the limit is {max_pages:,}."
+        )
+    if count == 0:
+        raise ExtractionError("The file could not be read as a PDF: it has no pages.")
+    pages, failures = _pdf_page_texts(reader)
+    if failures and not any(page.strip() for page in pages):
+        raise _pdf_error(failures[0])
+    if _looks_scanned(reader, pages):
+        raise ExtractionError(NO_TEXT_PDF_MESSAGE)
+    return Extracted(kind="pdf", pages=pages, title=_pdf_title(reader, filename))
+
+
+def _open_pdf(path: str) -> Any:
+    from pypdf import PasswordType, PdfReader
+    from pypdf.errors import DependencyError
+
+    reader = PdfReader(path, strict=False)
+    if not reader.is_encrypted:
+        return reader
+    try:
+        # Many "protected" PDFs only restrict printing/copying and open with an empty password.
+        result = reader.decrypt("")
+    except DependencyError:
+        raise ExtractionError(
+            "This PDF is encrypted with a method that cannot be read here; save an "
+            "unprotected copy and upload it again."
+        ) from None
+    if result == PasswordType.NOT_DECRYPTED:
+        raise ExtractionError(PASSWORD_MESSAGE)
+    return reader
+
+
+def _pdf_page_texts(reader: Any) -> tuple[list[str], list[Exception]]:
+    """Text of every page; a page that fails yields "" so one bad page does not sink the rest."""
+    pages: list[str] = []
+    failures: list[Exception] = []
+    for page in reader.pages:
+        try:
+            text = page.extract_text()
+        except MemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one bad page must not sink the others
+            failures.append(exc)
+            text = ""
+        pages.append(clean_text(text or ""))
+    return pages, failures
+
+
+def _pdf_title(reader: Any, filename: str) -> str:
+    try:
+        metadata = reader.metadata
+        title = metadata.title if metadata is not None else None
+    except Exception:  # noqa: BLE001 - a broken info dictionary only costs the title
+        title = None
+    return _clean_title(title, _stem(filename))
+
+
+def _looks_scanned(reader: Any, pages: list[str]) -> bool:
+    """True when the 'text' is only stray labels on image pages, i.e. there is no text layer."""
+    enough = _SCAN_MIN_ALNUM_PER_PAGE * len(pages)
+    alnum = 0
+    for page in pages:
+        alnum += len(_ALNUM.findall(page))
+        if alnum >= enough:
+            return False
+    if alnum == 0:
+        return True
+    with_images = sum(1 for page in reader.pages if _page_has_image(page))
+    return with_images * 2 >= len(pages)
+
+
+def _page_has_image(page: Any) -> bool:
+    try:
+        xobjects = page["/Resources"]["/XObject"]
+        return any(
+            xobject.get_object().get("/Subtype") == "/Image"
+            for xobject in xobjects.values()
+        )
+    except Exception:  # noqa: BLE001 - missing or broken resources: no image
+        return False

@@ -1,0 +1,1 @@
+"""Test support: fake model server, processes, the pytest environment. Not part of the product."""

@@ -1,0 +1,12 @@
+"""A pytest plugin, loaded early (`-p testing.environment` in pytest.ini), before Django reads
+its settings: the test run is a development run.
+
+The settings default to production (DEBUG off, a secret key required); the tests, and the
+workers and servers they start (which inherit this environment), opt in to development unless
+a test says otherwise (the deployment tests pass DJANGO_DEBUG=0 to the processes they start).
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("DJANGO_DEBUG", "1")

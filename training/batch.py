@@ -4,8 +4,9 @@ A round is one provider batch holding the next request of every unfinished work 
 (ask = what the item still needs, at most MASSCER_PAIRS_PER_CALL, with its existing
 questions and the feedback on its last reply, as live). The poll task (`batch_tick`)
 submits a round, polls it, and once the batch is finished takes every result in
-through the same code as live calls (`generation._absorb`: validation, storing, call,
-token and cost counters, feedback), at MASSCER_BATCH_PRICE_FACTOR of the price. Items
+through the same code as live calls (`services.replies.reply_absorb`: validation,
+storing, call, token and cost counters, feedback), at MASSCER_BATCH_PRICE_FACTOR of the
+price. Items
 still short go into the next round (top-ups), within the same calls budget as live.
 
 Errors: a result line with a transient error, a request the batch never answered (a
@@ -18,6 +19,10 @@ on the round, claimed by a conditional update, and `next_check_at`, which turns 
 duplicate task into a no-op), its results are claimed once (submitted → ingesting), and
 each work item takes a round's result in once (`WorkItem.batch_round`, in the same
 transaction as its completions). No transaction is held across an HTTP call.
+
+Work items are claimed and closed through `services.state`, as live runs are; opening a
+round and scheduling the poll task are services too (`services.rounds`, which the job's
+dispatch and the sweeper call).
 """
 from __future__ import annotations
 
@@ -27,15 +32,17 @@ from datetime import timedelta
 from decimal import Decimal
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.db.models import F, Max, Q
 from django.utils import timezone
 
+from masscer import endpoint, metrics
 from masscer.lib import llm
 
-from . import generation, questions, services
-from .generation import MAX_EXISTING_IN_PROMPT, _Progress
+from . import questions
 from .models import BatchRound, Completion, TrainingJob, WorkItem
+from .services import replies, retry, state
+from .services.rounds import batch_poll_schedule, batch_round_open
 
 logger = logging.getLogger(__name__)
 
@@ -55,34 +62,6 @@ def price_factor() -> Decimal:
 # --- rounds --------------------------------------------------------------------------------
 
 
-def batch_round_open(*, job_id: int, countdown: float = 0.0, failures: int = 0) -> BatchRound:
-    """Plan the job's next round unless one is open; the poll task submits it after `countdown` s."""
-    with transaction.atomic():
-        current = _open_round(job_id)
-        if current is None:
-            number = (BatchRound.objects.filter(job_id=job_id).aggregate(n=Max("number"))["n"] or 0) + 1
-            due = timezone.now() + timedelta(seconds=countdown)
-            try:
-                with transaction.atomic():
-                    current = BatchRound.objects.create(
-                        job_id=job_id, number=number, failures=failures, next_check_at=due
-                    )
-            except IntegrityError:  # another worker opened it just now
-                current = BatchRound.objects.get(job_id=job_id, number=number)
-        _schedule(job_id, countdown)
-    return current
-
-
-def _open_round(job_id: int) -> BatchRound | None:
-    return BatchRound.objects.filter(job_id=job_id, status__in=BatchRound.OPEN).order_by("-number").first()
-
-
-def _schedule(job_id: int, countdown: float) -> None:
-    from .tasks import batch_poll_task
-
-    batch_poll_task.apply_async_on_commit((job_id,), countdown=max(0.0, countdown))
-
-
 def _claim_round(round_: BatchRound) -> bool:
     """Take the round for this tick; False if it is not due or another worker has it."""
     now = timezone.now()
@@ -100,7 +79,7 @@ def _release(round_: BatchRound, countdown: float, **fields: object) -> None:
     """End this tick: look again after `countdown` seconds (and have the task do so)."""
     next_check = timezone.now() + timedelta(seconds=countdown)
     BatchRound.objects.filter(pk=round_.pk).update(lease_expires_at=None, next_check_at=next_check, **fields)
-    _schedule(round_.job_id, countdown)
+    batch_poll_schedule(job_id=round_.job_id, countdown=countdown)
 
 
 def _close_round(round_: BatchRound, status: str, **fields: object) -> None:
@@ -129,7 +108,7 @@ def _stop(round_: BatchRound) -> None:
     """The job was cancelled or failed: stop the provider's batch (best effort) and the round."""
     if round_.status == Round.SUBMITTED and round_.batch_id:
         try:
-            llm.batch_cancel(generation.llm_config(), round_.batch_id)
+            llm.batch_cancel(endpoint.llm_config(), round_.batch_id)
         except (llm.LLMError, ValueError) as exc:
             logger.info("could not cancel batch %s: %s", round_.batch_id, exc)
     _close_round(round_, Round.CANCELLED)
@@ -146,19 +125,19 @@ class _Planned:
 
 
 def _submit(job: TrainingJob, round_: BatchRound) -> str:
-    if generation._over_budget(job.pk):
+    if state.job_over_budget(job.pk):
         _settle_pending(job, budget_exhausted=True)
         _close_round(round_, Round.CANCELLED, error="The job reached its cost budget.")
-        services.job_finish_if_done(job_id=job.pk)
+        state.job_finish_if_done(job_id=job.pk)
         return "budget-exhausted"
     planned = _plan_requests(job, round_)
     if not planned:
         _close_round(round_, Round.CANCELLED, error="Nothing left to ask.")
-        services.job_finish_if_done(job_id=job.pk)
+        state.job_finish_if_done(job_id=job.pk)
         return "nothing-to-ask"
     metadata = {"masscer_job": str(job.pk), "masscer_round": str(round_.number)}
     try:
-        batch_id = llm.batch_submit(generation.llm_config(), [p.request for p in planned], metadata=metadata)
+        batch_id = llm.batch_submit(endpoint.llm_config(), [p.request for p in planned], metadata=metadata)
     except llm.LLMTransientError as exc:
         return _retry_later(job, round_, exc)
     except (llm.LLMPermanentError, ValueError) as exc:
@@ -184,20 +163,20 @@ def _submit(job: TrainingJob, round_: BatchRound) -> str:
 def _plan_requests(job: TrainingJob, round_: BatchRound) -> list[_Planned]:
     """The next request of every unfinished item, as live would ask it."""
     questions = _JobQuestions.load(job.pk)
-    params = generation.job_params(job)
+    params = replies.job_params(job)
     planned = []
     items = WorkItem.objects.filter(job=job, status=WorkItem.Status.PENDING).select_related("job", "chunk")
     for item in items.order_by("chunk__index"):
         progress = questions.progress(item)
-        if not generation._wants_more(item, progress, generation._item_calls_budget(item)):
+        if not replies.wants_more(item, progress, replies.item_calls_budget(item)):
             _finish_item(item, progress)
             continue
         asked = min(item.quota - progress.made, progress.per_call)
         request = llm.BatchItem(
             custom_id=f"job{job.pk}-round{round_.number}-item{item.pk}",
-            source=generation._model_source(item),
+            source=replies.model_source(item),
             count=asked,
-            existing_questions=tuple(generation._prompt_questions(progress)),
+            existing_questions=tuple(replies.prompt_questions(progress)),
             instructions=job.instructions,
             params=params,
             feedback=progress.feedback,
@@ -213,14 +192,14 @@ def _plan_requests(job: TrainingJob, round_: BatchRound) -> list[_Planned]:
 
 def _poll(job: TrainingJob, round_: BatchRound) -> str:
     try:
-        state = llm.batch_poll(generation.llm_config(), round_.batch_id)
+        polled = llm.batch_poll(endpoint.llm_config(), round_.batch_id)
     except llm.LLMTransientError as exc:
         return _retry_later(job, round_, exc)
     except (llm.LLMPermanentError, ValueError) as exc:
         _fail_round(job, round_, str(exc))
         return "failed-permanent"
-    seen = {"provider_status": state.status, "request_counts": dict(state.request_counts)}
-    if not state.done:
+    seen = {"provider_status": polled.status, "request_counts": dict(polled.request_counts)}
+    if not polled.done:
         _release(round_, poll_seconds(), unavailable_since=None, **seen)
         return "waiting"
     # The per-round "ingested" flag: only one worker moves the round on to ingesting
@@ -228,18 +207,18 @@ def _poll(job: TrainingJob, round_: BatchRound) -> str:
     claimed = BatchRound.objects.filter(pk=round_.pk, status=Round.SUBMITTED).update(status=Round.INGESTING, **seen)
     if not claimed and round_.status != Round.INGESTING:
         return "not-ours"
-    return _ingest(job, round_, state)
+    return _ingest(job, round_, polled)
 
 
-def _ingest(job: TrainingJob, round_: BatchRound, state: llm.BatchState) -> str:
+def _ingest(job: TrainingJob, round_: BatchRound, polled: llm.BatchState) -> str:
     try:
-        results = dict(llm.batch_results(generation.llm_config(), state, model=job.model))
+        results = dict(llm.batch_results(endpoint.llm_config(), polled, model=job.model))
     except llm.LLMTransientError as exc:
         return _retry_later(job, round_, exc)
     except (llm.LLMPermanentError, ValueError) as exc:
         _fail_round(job, round_, str(exc))
         return "failed-permanent"
-    unanswered = llm.LLMTransientError(_unanswered(state))
+    unanswered = llm.LLMTransientError(_unanswered(polled))
     questions = _JobQuestions.load(job.pk)
     transient: list[llm.LLMTransientError] = []
     for custom_id, entry in round_.requests.items():
@@ -256,9 +235,9 @@ def _ingest(job: TrainingJob, round_: BatchRound, state: llm.BatchState) -> str:
     return "ingested"
 
 
-def _unanswered(state: llm.BatchState) -> str:
-    detail = "; ".join(state.errors[:3])
-    return f"The batch {state.batch_id} ended {state.status} without answering this request" + (
+def _unanswered(polled: llm.BatchState) -> str:
+    detail = "; ".join(polled.errors[:3])
+    return f"The batch {polled.batch_id} ended {polled.status} without answering this request" + (
         f": {detail}" if detail else ""
     )
 
@@ -272,36 +251,37 @@ def _take_in(
 ) -> bool:
     """Take one result in for its item, once; False if the item had taken it in already."""
     with transaction.atomic():
-        claim = _claim_item(item_id, round_number=round_.number)
+        claim = state.item_claim_pending(item_id, round_number=round_.number)
         if claim is None:
             return False
         item = WorkItem.objects.select_related("job", "chunk").get(pk=item_id)
         if isinstance(outcome, llm.Reply):
             _take_reply(item, claim, asked, outcome, questions)
         elif isinstance(outcome, llm.LLMPermanentError):
-            generation._fail_model(item, claim, str(outcome))
+            state.item_fail_model(item, claim, str(outcome))
         else:
             since = item.unavailable_since or timezone.now()
-            failure = generation._unreachable(since, outcome)
+            failure = retry.unreachable(since, outcome)
             if failure is not None:
-                generation._fail_model(item, claim, failure)
+                state.item_fail_model(item, claim, failure)
             else:
                 _release_item(item, claim, unavailable_since=since)
+    metrics.record_call(outcome, mode="batch")  # once per result, like the item's counters
     return True
 
 
 def _take_reply(item: WorkItem, claim: int, asked: int, reply: llm.Reply, questions: _JobQuestions) -> None:
     progress = questions.progress(item)
-    stored = generation._absorb(item, claim, reply, asked, progress, generation._model_source(item), price_factor())
+    stored = replies.reply_absorb(item, claim, reply, asked, progress, replies.model_source(item), price_factor())
     if stored > 0:
         questions.stored()
     carried = {
         "feedback": progress.feedback,
         "per_call": progress.per_call,
-        "rejected": progress.rejected_duplicates[-MAX_EXISTING_IN_PROMPT:],
+        "rejected": progress.rejected_duplicates[-replies.MAX_EXISTING_IN_PROMPT:],
     }
-    if stored >= 0 and not generation._wants_more(item, progress, generation._item_calls_budget(item)):
-        generation._close_done(item, claim, progress)
+    if stored >= 0 and not replies.wants_more(item, progress, replies.item_calls_budget(item)):
+        state.item_close_done(item, claim, progress)
         WorkItem.objects.filter(pk=item.pk).update(batch_state=carried)
     else:
         _release_item(item, claim, batch_state=carried)
@@ -312,13 +292,13 @@ def _next_round(job: TrainingJob, round_: BatchRound, transient: list[llm.LLMTra
     still_short = WorkItem.objects.filter(job=job, status=WorkItem.Status.PENDING).exists()
     running = TrainingJob.objects.filter(pk=job.pk, status=TrainingJob.Status.GENERATING).exists()
     if not still_short or not running:
-        services.job_finish_if_done(job_id=job.pk)
+        state.job_finish_if_done(job_id=job.pk)
         return
     failures = round_.failures + 1 if transient else 0
     countdown = 0.0
     if transient:
         retry_after = max((exc.retry_after or 0.0 for exc in transient), default=0.0)
-        countdown = generation._backoff(failures, retry_after or None)
+        countdown = retry.backoff(failures, retry_after or None)
     batch_round_open(job_id=job.pk, countdown=countdown, failures=failures)
 
 
@@ -328,68 +308,43 @@ def _next_round(job: TrainingJob, round_: BatchRound, transient: list[llm.LLMTra
 def _retry_later(job: TrainingJob, round_: BatchRound, exc: llm.LLMTransientError) -> str:
     """Submit, poll or download failed for now: try again with backoff, within the limit."""
     since = round_.unavailable_since or timezone.now()
-    failure = generation._unreachable(since, exc)
+    failure = retry.unreachable(since, exc)
     if failure is not None:
         _fail_round(job, round_, failure)
         return "failed-transient"
-    countdown = generation._backoff(round_.failures, exc.retry_after)
+    countdown = retry.backoff(round_.failures, exc.retry_after)
     _release(round_, countdown, failures=F("failures") + 1, unavailable_since=since, error=str(exc))
     return "retry-later"
 
 
 def _fail_round(job: TrainingJob, round_: BatchRound, error: str) -> None:
     """A permanent failure: the unfinished items fail with the reason, and the job ends."""
-    for item, claim in _claim_pending(job.pk):
-        generation._fail_model(item, claim, error)
+    for item, claim in state.items_claim_pending(job.pk):
+        state.item_fail_model(item, claim, error)
     _close_round(round_, Round.FAILED, error=error)
-    services.job_finish_if_done(job_id=job.pk)
+    state.job_finish_if_done(job_id=job.pk)
 
 
 def _settle_pending(job: TrainingJob, *, budget_exhausted: bool) -> None:
     questions = _JobQuestions.load(job.pk)
-    for item, claim in _claim_pending(job.pk):
+    for item, claim in state.items_claim_pending(job.pk):
         progress = questions.progress(item)
         progress.budget_exhausted = budget_exhausted
-        generation._close_done(item, claim, progress)
+        state.item_close_done(item, claim, progress)
 
 
 # --- work items -------------------------------------------------------------------------------
 
 
-def _claim_item(item_id: int, *, round_number: int | None = None) -> int | None:
-    """Claim a pending item (for one round's result: at most once per round)."""
-    item = WorkItem.objects.filter(pk=item_id).only("attempts").first()
-    if item is None:
-        return None
-    pending = WorkItem.objects.filter(pk=item_id, status=WorkItem.Status.PENDING, attempts=item.attempts)
-    fields: dict[str, object] = {}
-    if round_number is not None:
-        pending = pending.filter(batch_round__lt=round_number)
-        fields["batch_round"] = round_number
-    claim = item.attempts + 1
-    lease = timezone.now() + timedelta(seconds=settings.MASSCER_BATCH_LEASE_SECONDS)
-    updated = pending.update(status=WorkItem.Status.RUNNING, attempts=claim, lease_expires_at=lease, **fields)
-    return claim if updated == 1 else None
-
-
-def _claim_pending(job_id: int) -> list[tuple[WorkItem, int]]:
-    claimed = []
-    for item_id in WorkItem.objects.filter(job_id=job_id, status=WorkItem.Status.PENDING).values_list("pk", flat=True):
-        claim = _claim_item(item_id)
-        if claim is not None:
-            claimed.append((WorkItem.objects.select_related("job", "chunk").get(pk=item_id), claim))
-    return claimed
-
-
 def _release_item(item: WorkItem, claim: int, **fields: object) -> None:
     """Hand a claimed item back for the next round."""
-    generation._close(item.pk, claim, WorkItem.Status.PENDING, enqueued_at=timezone.now(), **fields)
+    state.item_close(item.pk, claim, WorkItem.Status.PENDING, enqueued_at=timezone.now(), **fields)
 
 
-def _finish_item(item: WorkItem, progress: _Progress) -> None:
-    claim = _claim_item(item.pk)
+def _finish_item(item: WorkItem, progress: replies.Progress) -> None:
+    claim = state.item_claim_pending(item.pk)
     if claim is not None:
-        generation._close_done(item, claim, progress)
+        state.item_close_done(item, claim, progress)
 
 
 class _JobQuestions(questions.JobQuestions):
@@ -405,15 +360,15 @@ class _JobQuestions(questions.JobQuestions):
         loaded.refresh()
         return loaded
 
-    def progress(self, item: WorkItem) -> _Progress:
+    def progress(self, item: WorkItem) -> replies.Progress:
         """What a live run of this item would know, with the state carried from its last reply."""
         own = self.chunk_questions(item.chunk_id)
         carried = item.batch_state or {}
-        return _Progress(
+        return replies.Progress(
             index=self.index,
             seen_completion_id=self.cursor,
             chunk_questions=own,
-            other_questions=self.others(item.chunk_id, MAX_EXISTING_IN_PROMPT),
+            other_questions=self.others(item.chunk_id, replies.MAX_EXISTING_IN_PROMPT),
             made=len(own),
             per_call=max(1, int(carried.get("per_call") or settings.MASSCER_PAIRS_PER_CALL)),
             feedback=carried.get("feedback"),
@@ -423,32 +378,3 @@ class _JobQuestions(questions.JobQuestions):
     def stored(self) -> None:
         # The new rows are in the index already (screening adds what it accepts).
         self.cursor = Completion.objects.filter(job_id=self.job_id).aggregate(n=Max("pk"))["n"] or self.cursor
-
-
-# --- sweeper ----------------------------------------------------------------------------------
-
-
-def batch_sweep(*, requeue_after: timedelta) -> int:
-    """Re-send poll tasks that were lost; open a round for batch jobs left without one."""
-    now = timezone.now()
-    free = Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now)
-    overdue = BatchRound.objects.filter(free, status__in=BatchRound.OPEN, next_check_at__lt=now - requeue_after)
-    job_ids = set(overdue.values_list("job_id", flat=True)[:200])
-    from .tasks import batch_poll_task
-
-    for job_id in job_ids:
-        batch_poll_task.delay(job_id)
-    orphaned = (
-        TrainingJob.objects.filter(
-            mode=TrainingJob.Mode.BATCH,
-            status=TrainingJob.Status.GENERATING,
-            work_items__status=WorkItem.Status.PENDING,
-            work_items__enqueued_at__lt=now - requeue_after,
-        )
-        .exclude(batch_rounds__status__in=BatchRound.OPEN)
-        .values_list("pk", flat=True)
-        .distinct()[:200]
-    )
-    for job_id in list(orphaned):
-        batch_round_open(job_id=job_id)
-    return len(job_ids) + len(orphaned)

@@ -132,6 +132,56 @@ def completions_move(
     return outcome
 
 
+# --- context rules ---------------------------------------------------------------------------
+
+MAX_TAGS = 20
+TAG_CHARS = 50
+
+
+def rule_tags_clean(tags: Iterable[str] | str) -> list[str]:
+    """Tags as stored on an assignment: stripped, blanks and repeats (any case) dropped; a string
+    is split at commas, as typed in a form."""
+    if isinstance(tags, str):
+        tags = tags.split(",")
+    cleaned: dict[str, str] = {}
+    for tag in tags:
+        text = str(tag).strip()
+        if len(text) > TAG_CHARS:
+            raise ValidationError(f"A tag has at most {TAG_CHARS} characters: '{text[:TAG_CHARS]}…'.")
+        if text:
+            cleaned.setdefault(text.lower(), text)
+    if len(cleaned) > MAX_TAGS:
+        raise ValidationError(f"At most {MAX_TAGS} tags per completion.")
+    return list(cleaned.values())
+
+
+@transaction.atomic
+def assignments_set_rule(
+    *, actor: AbstractBaseUser, agent: Agent, completion_ids: Sequence[int], rule: str, tags: Iterable[str] | str = ()
+) -> Outcome:
+    """Set how the agent uses some of its material in its context: `retrieve` (when relevant),
+    `always`, or `tags` (when the conversation carries one of `tags`). It changes the agent, so
+    it is for its creator or a workspace admin, like attaching the material.
+
+    Tags are kept with any rule (a completion can be tagged before its rule says "tags"); the
+    `tags` rule needs at least one. Ids not assigned to the agent are skipped and reported.
+    """
+    require_material_change(actor=actor, agent=agent)
+    if rule not in Assignment.Rule.values:
+        raise ValidationError(f"Unknown rule '{rule}'; use one of {', '.join(Assignment.Rule.values)}.")
+    cleaned = rule_tags_clean(tags)
+    if rule == Assignment.Rule.TAGS and not cleaned:
+        raise ValidationError("The 'tags' rule needs at least one tag.")
+    outcome = Outcome()
+    wanted = list(dict.fromkeys(completion_ids))
+    for batch in _batches(wanted):
+        rows = Assignment.objects.filter(agent=agent, completion_id__in=batch)
+        found = set(rows.values_list("completion_id", flat=True))
+        outcome.skip("not assigned to this agent", [cid for cid in batch if cid not in found])
+        outcome.done += rows.update(rule=rule, tags=cleaned)
+    return outcome
+
+
 # --- regenerate ----------------------------------------------------------------------------
 
 

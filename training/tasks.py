@@ -1,5 +1,9 @@
 """Thin tasks: take ids, call a service; retries live here.
 
+Celery is at the edge: the services import these tasks at module level (to enqueue them
+after commit), so each task imports what it calls inside its body; this is the one module
+of the app with function-level imports, and it breaks what would be an import cycle.
+
 Late acknowledgement and rejection on a lost worker come from the settings
 (CELERY_TASK_ACKS_LATE, CELERY_TASK_REJECT_ON_WORKER_LOST), so a fault test can turn
 them off as a negative control.
@@ -14,14 +18,14 @@ from celery.app.task import Task
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
-from . import batch, generation, services
-
 
 @shared_task(bind=True, max_retries=None)
 def job_prepare_task(self: Task, job_id: int) -> None:
+    from .services import JobNotReady, job_prepare
+
     try:
-        services.job_prepare(job_id=job_id)
-    except services.JobNotReady as exc:
+        job_prepare(job_id=job_id)
+    except JobNotReady as exc:
         raise self.retry(countdown=2, exc=exc) from exc
 
 
@@ -42,9 +46,11 @@ def _after_lease() -> float:
 
 @shared_task(bind=True, max_retries=None)
 def generate_task(self: Task, item_id: int) -> str:
+    from .generation import RetryLater, work_item_run
+
     try:
-        return generation.work_item_run(item_id=item_id, attempt=self.request.retries)
-    except generation.RetryLater as exc:
+        return work_item_run(item_id=item_id, attempt=self.request.retries)
+    except RetryLater as exc:
         # The service bounds the total wait (MASSCER_MODEL_UNREACHABLE_SECONDS).
         raise self.retry(countdown=exc.countdown, exc=exc) from exc
     except INFRASTRUCTURE_ERRORS as exc:
@@ -54,7 +60,9 @@ def generate_task(self: Task, item_id: int) -> str:
 
 @shared_task
 def sweep_task() -> dict[str, int]:
-    return services.sweep()
+    from .services import sweep
+
+    return sweep()
 
 
 @shared_task
@@ -63,4 +71,6 @@ def batch_poll_task(job_id: int) -> str:
 
     Routed to the llm queue (CELERY_TASK_ROUTES: training.tasks.*).
     """
-    return batch.batch_tick(job_id=job_id)
+    from .batch import batch_tick
+
+    return batch_tick(job_id=job_id)

@@ -249,7 +249,8 @@ def test_an_edit_moves_the_key_with_the_question(alice, rows) -> None:
 def test_an_edit_racing_another_into_the_same_question_is_a_validation_error(alice, rows, monkeypatch) -> None:
     shared, other, _ = rows
     # The other edit committed between this one's check and its write: the constraint decides.
-    monkeypatch.setattr(review_services, "completion_question_key", lambda *, completion, question: question_key(question))
+    racing = lambda *, completion, question: question_key(question)  # noqa: E731
+    monkeypatch.setattr(review_services, "completion_question_key", racing)
     with pytest.raises(ValidationError, match="already has this question"):
         completion_review(completion=other, status="approved", reviewer=alice, question=SHARED, answer="A.")
     assert Completion.objects.get(pk=other.pk).question == other.question

@@ -1,0 +1,389 @@
+"""One model call's request and reply, judged the same way for live and batch generation.
+
+What the model is asked (`job_params`, `model_source`, `prompt_questions`), what a run
+knows between calls (`Progress`), and taking one reply in (`reply_absorb`): validation,
+storing (`completions.store_completions`), the call's counters and the feedback for the
+next call. No transaction or row lock is held across a model call: callers read, call,
+then hand the reply to `reply_absorb`, which writes in one short transaction.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import TypeVar
+
+from django.conf import settings
+from django.db import InterfaceError, OperationalError, connection
+from django.db.models import F
+
+from masscer.lib import llm
+from masscer.lib.pricing import call_cost, parse_prices
+from masscer.lib.redact import redact
+
+from .. import questions
+from ..models import Completion, TrainingJob, WorkItem
+from ..planning import calls_budget
+from ..validation import Candidate, QuestionIndex, add_samples, pair_text, screen, shorten
+from . import completions
+from .chunks import user_turns
+
+logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+# How many of a chunk's own questions the model is shown to avoid repeats.
+MAX_EXISTING_IN_PROMPT = 60
+# How old this process's copy of a job's questions may be when a work item starts.
+PROMPT_REFRESH_SECONDS = 0.1
+
+
+# --- the request --------------------------------------------------------------------------
+
+
+def job_params(job: TrainingJob) -> llm.GenParams:
+    return llm.GenParams(
+        model=job.model,
+        temperature=job.temperature if job.temperature is not None else settings.MASSCER_LLM_TEMPERATURE,
+        top_p=job.top_p,
+        max_tokens=job.max_tokens,
+        frequency_penalty=job.frequency_penalty,
+        stop=tuple(job.stop or ()),
+    )
+
+
+def usage_pair(usage: llm.Usage) -> tuple[int, int]:
+    return usage.prompt_tokens, usage.completion_tokens
+
+
+def model_source(item: WorkItem) -> str:
+    """The chunk text the model sees (and evidence is checked against)."""
+    # Redaction happens before any text leaves for the model; evidence is checked
+    # against the same redacted text the model saw.
+    return redact(item.chunk.text)[0] if item.job.redact else item.chunk.text
+
+
+def wants_more(item: WorkItem, progress: Progress, budget: int) -> bool:
+    """Whether the item should ask the model again (short, within its calls budget)."""
+    return progress.made < item.quota and item.calls < budget + progress.raced and not progress.exhausted
+
+
+def item_calls_budget(item: WorkItem) -> int:
+    return calls_budget(
+        item.quota, per_call=settings.MASSCER_PAIRS_PER_CALL, calls_per_batch=settings.MASSCER_CALLS_PER_BATCH
+    )
+
+
+# --- what a run knows between calls ------------------------------------------------------------
+
+
+@dataclass
+class Progress:
+    """What one run of a work item knows between model calls."""
+
+    index: QuestionIndex
+    seen_completion_id: int
+    chunk_questions: list[str]
+    # Questions other chunks of the job already have: overlapping or repetitive text
+    # makes the model repeat them unless it is told.
+    other_questions: list[str]
+    made: int
+    per_call: int
+    feedback: str | None = None
+    exhausted: bool = False
+    budget_exhausted: bool = False
+    # Questions the model offered that were rejected as (near-)duplicates. The prompt shows
+    # only the latest questions of other chunks, so a clash with an older one (a running
+    # header, an index entry) would otherwise be offered again on every retry.
+    rejected_duplicates: list[str] = field(default_factory=list)
+    # Live runs share this process's copy of the job's questions (`index` is then an
+    # overlay on it and `other_questions` is read from it); batch rounds bring their own.
+    shared: questions.JobQuestions | None = None
+    chunk_id: int = 0
+    # The item was closed as done in the transaction that stored its last pairs.
+    closed: bool = False
+    # Pairs asked for in the current call beyond what the chunk still needs (the live
+    # run's last-wave spare, `training.generation._spare`).
+    spare: int = 0
+    # Calls that lost a pair to another worker storing the same question first (the insert
+    # skipped it). Not the model's doing: each gives the item one more call than its budget
+    # (over a job at most N, since each such pair is a question another item stored).
+    raced: int = 0
+
+
+def progress_load(item: WorkItem) -> Progress:
+    """A live run's progress, on this process's shared copy of the job's questions."""
+    # After the claim: every pair an earlier claim of this item stored is committed (a
+    # stale holder cannot store any more), so the refreshed copy has all of them.
+    shared = questions.for_job(item.job)
+    # The questions only steer the prompt until the reply is screened (which refreshes
+    # again), so a copy refreshed a moment ago by another thread will do, unless an earlier
+    # claim of this item may have stored pairs: those count towards its quota.
+    first_claim = item.attempts == 1 and item.made == 0
+    shared.refresh(max_age=PROMPT_REFRESH_SECONDS if first_claim else 0.0)
+    mine = shared.chunk_questions(item.chunk_id)
+    return Progress(
+        index=questions.Overlay(shared.index, settings.MASSCER_NEAR_DUPLICATE_JACCARD),  # type: ignore[arg-type]
+        seen_completion_id=shared.cursor,
+        chunk_questions=mine,
+        other_questions=[],
+        made=len(mine),
+        per_call=max(1, settings.MASSCER_PAIRS_PER_CALL),
+        shared=shared,
+        chunk_id=item.chunk_id,
+    )
+
+
+def progress_refresh(item: WorkItem, progress: Progress) -> None:
+    # Other chunks of the same job store questions concurrently; fold in the new ones.
+    if progress.shared is not None:
+        progress.shared.refresh()
+        progress.seen_completion_id = progress.shared.cursor
+        return
+    newer = Completion.objects.filter(job_id=item.job_id, pk__gt=progress.seen_completion_id).exclude(
+        chunk_id=item.chunk_id
+    )
+    for pk, question in newer.values_list("pk", "question"):
+        progress.index.add(question)
+        progress.other_questions.append(question)
+        progress.seen_completion_id = max(progress.seen_completion_id, pk)
+
+
+def prompt_questions(progress: Progress) -> list[str]:
+    own = progress.chunk_questions[-MAX_EXISTING_IN_PROMPT:]
+    room = MAX_EXISTING_IN_PROMPT - len(own)
+    rejected = progress.rejected_duplicates[-room:] if room > 0 else []
+    room -= len(rejected)
+    if room <= 0:
+        others: list[str] = []
+    elif progress.shared is not None:
+        others = progress.shared.others(progress.chunk_id, room)
+    else:
+        others = progress.other_questions[-room:]
+    return others + rejected + own
+
+
+# --- the call's counters ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _CallCounters:
+    """What one model call adds to the work item's and the job's counters."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    cost: Decimal
+
+
+def _call_counters(item: WorkItem, reply: llm.Reply, price_factor: Decimal = Decimal(1)) -> _CallCounters:
+    usage = reply.usage
+    cost = call_cost(parse_prices(settings.MASSCER_LLM_PRICES), reply.model or item.job.model, *usage_pair(usage))
+    return _CallCounters(usage.prompt_tokens, usage.completion_tokens, (cost or Decimal(0)) * price_factor)
+
+
+def _record_call(item: WorkItem, counters: _CallCounters) -> None:
+    """Count a model call on its own (normally `store_completions` counts it with its pairs)."""
+    WorkItem.objects.filter(pk=item.pk).update(calls=F("calls") + 1, unavailable_since=None)
+    TrainingJob.objects.filter(pk=item.job_id).update(
+        calls=F("calls") + 1,
+        prompt_tokens=F("prompt_tokens") + counters.prompt_tokens,
+        completion_tokens=F("completion_tokens") + counters.completion_tokens,
+        cost=F("cost") + counters.cost,
+    )
+
+
+# --- taking a reply in -----------------------------------------------------------------------
+
+
+def reply_absorb(
+    item: WorkItem,
+    claim: int,
+    reply: llm.Reply,
+    asked: int,
+    progress: Progress,
+    source: str,
+    price_factor: Decimal = Decimal(1),
+) -> int:
+    """Screen a reply and store what passes; the call is counted exactly once either way.
+
+    `price_factor` scales the call's cost (batch calls are billed at a discount).
+    """
+    counters = _call_counters(item, reply, price_factor)
+    try:
+        stored, accepted, reasons = _screen_and_store(item, claim, reply, asked, progress, source, counters)
+    except Exception:
+        _record_call(item, counters)  # store_completions' transaction (and its count) rolled back
+        raise
+    if stored < 0:
+        _record_call(item, counters)  # nothing was written, the call still happened
+    item.calls += 1
+    item.unavailable_since = None
+    if stored > 0:
+        progress.made += stored
+        progress.chunk_questions.extend(c.question for c in accepted)
+    progress.feedback = _feedback(reply, reasons, asked, len(accepted))
+    return stored
+
+
+def _through_outage(store: Callable[[], _T]) -> _T:
+    """`store()`, tried again while the database is away (up to MASSCER_DB_OUTAGE_SECONDS):
+    a reply that arrived was paid for, and the claim number keeps a late write from
+    counting twice if someone took the item over meanwhile."""
+    deadline = time.monotonic() + settings.MASSCER_DB_OUTAGE_SECONDS
+    delay = 0.5
+    while True:
+        try:
+            return store()
+        except (OperationalError, InterfaceError):
+            if time.monotonic() + delay > deadline:
+                raise
+            logger.warning("database unavailable while storing a reply; trying again in %.1f s", delay)
+            connection.close()  # a broken connection is not reused
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def _screen_and_store(
+    item: WorkItem,
+    claim: int,
+    reply: llm.Reply,
+    asked: int,
+    progress: Progress,
+    source: str,
+    counters: _CallCounters,
+) -> tuple[int, list[Candidate], Counter[str]]:
+    # The reply is in hand (and paid for): a database away for a moment must not lose it.
+    _through_outage(lambda: progress_refresh(item, progress))
+    candidates = [Candidate(p.question, p.answer, p.evidence) for p in reply.pairs]
+    rejected: list[tuple[str, Candidate]] = []
+    accepted, reasons = screen(
+        candidates, source=source, index=progress.index, wanted=item.quota - progress.made, rejected=rejected
+    )
+    if reasons.get("duplicate"):
+        taken = {c.question for c in accepted}
+        progress.rejected_duplicates.extend(
+            question
+            for question in dict.fromkeys(c.question.strip() for c in candidates)
+            if question and question not in taken and progress.index.is_duplicate(question)
+        )
+    if progress.spare and reasons.get("extra_dropped"):
+        unused = min(progress.spare, reasons["extra_dropped"])
+        reasons["extra_dropped"] -= unused
+        reasons["spare_unused"] += unused
+        if not reasons["extra_dropped"]:
+            del reasons["extra_dropped"]
+    _count_short_reply(item, reply, asked, progress, reasons)
+    if reply.parse_error:
+        reasons["invalid_output"] += 1
+    if reply.finish_reason == "length":
+        reasons["truncated"] += 1
+        progress.per_call = max(1, asked // 2)
+    # A few rejected replies go to the job page; the item is ours (claimed), so its own
+    # copy of the samples is current, and they are written with the call's counters.
+    samples = add_samples(item.samples or [], _rejections(reply, rejected, reasons))
+    # The call is counted in the same transaction as its pairs: one UPDATE of the work
+    # item and one of the job per call instead of two each. A live run whose quota is
+    # now met closes the item in that transaction too.
+    shared = progress.shared
+    close = shared is not None and progress.made + len(accepted) >= item.quota
+    # Questions another worker stored after the check above: the insert skips them (and
+    # counts them as duplicates in `reasons`), and the item asks again for as many.
+    skipped: list[str] = []
+    def store() -> int:
+        skipped.clear()  # an attempt the database cut short may have listed some
+        return completions.store_completions(
+            item=item,
+            claim=claim,
+            pairs=[(c.question, c.answer, c.evidence) for c in accepted],
+            model=reply.model,
+            redacted=item.job.redact,
+            reasons=reasons,
+            calls=1,
+            prompt_tokens=counters.prompt_tokens,
+            completion_tokens=counters.completion_tokens,
+            cost=counters.cost,
+            start=progress.made if shared is not None else None,
+            agent_ids=shared.agents() if shared is not None else None,
+            close=close,
+            samples=samples,
+            duplicates=skipped,
+        )
+
+    stored = _through_outage(store)
+    if skipped:
+        taken = set(skipped)
+        accepted = [c for c in accepted if c.question not in taken]
+        progress.rejected_duplicates.extend(skipped)
+        progress.raced += 1
+    elif close and stored >= 0:
+        progress.closed = True
+    return stored, accepted, reasons
+
+
+# --- judging the reply ------------------------------------------------------------------------
+
+
+def _feedback(reply: llm.Reply, reasons: Counter[str], asked: int, accepted: int) -> str | None:
+    if reply.parse_error:
+        return (
+            f"Your previous reply could not be parsed ({reply.parse_error}). "
+            "Reply with the required format only."
+        )
+    if reply.finish_reason == "length":
+        return "Your previous reply was cut off at the length limit. Write fewer, shorter pairs."
+    if accepted < asked:
+        problems = []
+        if reasons.get("evidence_not_found"):
+            problems.append("some evidence quotes were not copied verbatim from the source")
+        if reasons.get("duplicate"):
+            problems.append("some questions repeated earlier ones")
+        if reasons.get("empty_field"):
+            problems.append("some pairs had an empty field")
+        if problems:
+            return "In your previous reply " + "; ".join(problems) + "."
+    return None
+
+
+def _count_short_reply(
+    item: WorkItem, reply: llm.Reply, asked: int, progress: Progress, reasons: Counter[str]
+) -> None:
+    """Count the pairs a well-formed reply left out: the model's doing, unless (mining) the
+    chunk holds fewer user questions than have been made and asked for."""
+    if reply.parse_error or reply.finish_reason == "length" or len(reply.pairs) >= asked:
+        return  # counted as invalid_output or truncated
+    missing = asked - len(reply.pairs)
+    if item.job.style == TrainingJob.Style.MINE:
+        # The planner caps a chunk's quota at its user questions, so normally all of the
+        # shortfall is the model's; a quota raised by "regenerate" can ask for more than the
+        # chunk holds, and that part is the conversation's.
+        held = max(0, user_turns(item.chunk) - progress.made)
+        beyond = min(missing, max(0, asked - held))
+        if beyond:
+            reasons["source_exhausted"] += beyond
+            missing -= beyond
+        # Mining is asked for "up to N, never invent": a model that answered with fewer has
+        # said it found no more, and asking it again would only invite invented questions.
+        # So the item stops here either way (one call, not its whole calls budget); the
+        # reason says whose doing the shortfall was, and a retry can ask again.
+        progress.exhausted = True
+    if missing:
+        reasons["model_returned_fewer"] += missing
+
+
+def _rejections(
+    reply: llm.Reply, rejected: list[tuple[str, Candidate]], reasons: Counter[str]
+) -> list[tuple[str, str]]:
+    """What this call's output lost, as (reason, shortened text): the whole reply when it could not
+    be used as a whole, then each rejected pair."""
+    found: list[tuple[str, str]] = []
+    if reply.finish_reason == "length":
+        # The end shows where it was cut off.
+        found.append(("truncated", shorten(reply.raw_text, keep_end=True) or "(no text)"))
+    elif reply.parse_error:
+        found.append(("invalid_output", shorten(reply.raw_text) or "(no text)"))
+    found += [(reason, pair_text(pair)) for reason, pair in rejected]
+    if not reply.pairs and not found and reasons.get("model_returned_fewer"):
+        found.append(("model_returned_fewer", shorten(reply.raw_text) or "(no text)"))
+    return found

@@ -13,6 +13,8 @@ from collections.abc import Iterator, Mapping
 from types import SimpleNamespace
 from typing import Any
 
+import json_repair
+
 from .errors import LLMTransientError, not_openai
 from .prompts import EXAMPLE_SEPARATOR, SOURCE_OPEN
 from .types import LLMConfig, Pair, Usage
@@ -53,7 +55,25 @@ def parse_json_pairs(text: str) -> tuple[list[Pair], str | None]:
         # A chat model that ignored the JSON request but wrote Q:/A:/E:
         # blocks still delivered usable pairs.
         return blocks, None
+    repaired = _repaired_items(stripped)
+    if repaired:
+        # Single quotes, unquoted keys, raw newlines or bad escapes: the pairs are all there,
+        # so they are taken rather than paid for again (validation still judges each one).
+        return [_pair_from(item) for item in repaired], None
     return [], first_error or _json_error(stripped)
+
+
+def _repaired_items(text: str) -> list[Any] | None:
+    """The items of a reply that is almost JSON, repaired leniently (the last fallback)."""
+    for chunk in [m.group(1).strip() for m in _FENCED.finditer(text)] or [text]:
+        try:
+            value = json_repair.loads(chunk)
+        except Exception:  # noqa: BLE001 - a repair that fails is no repair; the reply is re-asked
+            continue
+        items = _items_from(value)
+        if items and all(isinstance(item, dict) for item in items):
+            return items
+    return None
 
 
 def _json_candidates(text: str) -> Iterator[Any]:

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from django.http import HttpRequest
-from ninja import Field, Router, Schema
+from ninja import Field, Query, Router, Schema
 from ninja.pagination import paginate
 from ninja.responses import Status
 
@@ -17,8 +17,10 @@ from masscer.api_common import ERRORS, Id, Page, Text, get_or_404, user_of, user
 from workspaces.selectors import workspaces_for
 
 from .models import Agent
+from .retrieval import explain
 from .selectors import agents_for
 from .services import agent_create, agent_delete, agent_update
+from .turns import examples_k
 
 router = Router(tags=["agents"])
 
@@ -28,6 +30,12 @@ class AgentParams(Schema):
     top_p: float | None = Field(None, ge=0, le=1)
     max_tokens: int | None = Field(None, ge=1, le=1_000_000)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    context_budget: int | None = Field(
+        None, ge=0, le=200_000, description="Tokens of material in context per turn (null: the default, 1,500)."
+    )
+    log_chats: bool | None = Field(
+        None, description="Keep chats held with the agent (/v1 and the playground) as conversations."
+    )
 
 
 class AgentIn(AgentParams):
@@ -55,6 +63,8 @@ class AgentOut(Schema):
     top_p: float | None
     max_tokens: int | None
     frequency_penalty: float | None
+    context_budget: int | None
+    log_chats: bool
     created_at: datetime
     updated_at: datetime
 
@@ -96,7 +106,7 @@ def agents_update(request: HttpRequest, agent_id: Id, payload: AgentPatch) -> Ag
     """Change an agent's settings (its creator or a workspace admin; others get 403)."""
     agent = get_or_404(_visible(request), agent_id, "agent")
     fields = payload.model_dump(exclude_unset=True)
-    for key in ("name", "slug", "system_prompt"):
+    for key in ("name", "slug", "system_prompt", "log_chats"):
         if key in fields and fields[key] is None:
             del fields[key]  # these cannot be cleared; null means "leave as it is"
     if "model" in fields and fields["model"] is None:
@@ -109,3 +119,31 @@ def agents_delete(request: HttpRequest, agent_id: Id) -> Status[None]:
     """Delete an agent (its creator or a workspace admin; others get 403)."""
     agent_delete(actor=user_of(request), agent=get_or_404(_visible(request), agent_id, "agent"))
     return Status(204, None)
+
+
+class ExplainQuery(Schema):
+    q: Text = Field("", max_length=4000, description="The question a user might ask.")
+    tags: list[Text] = Field(default_factory=list, max_length=20, description="The conversation's tags.")
+
+
+class RetrievedOut(Schema):
+    completion_id: int
+    question: str
+    rule: str
+    score: float | None
+    tokens: int
+
+
+class ExplainOut(Schema):
+    budget: int
+    used: int
+    picked: list[RetrievedOut]
+    left_out: list[RetrievedOut] = Field(..., description="Matched, but over the token budget.")
+
+
+@router.get("/{int:agent_id}/explain", response={200: ExplainOut, **ERRORS})
+def agents_explain(request: HttpRequest, agent_id: Id, query: Query[ExplainQuery]) -> Any:
+    """Why this answer: the material the agent would put in context for `q`, with rule, score and tokens."""
+    agent = get_or_404(_visible(request), agent_id, "agent")
+    found = explain(agent, query.q, k=examples_k(), tags=query.tags)
+    return {"budget": found.budget, "used": found.used, "picked": found.picked, "left_out": found.left_out}

@@ -11,7 +11,7 @@ from django.db import transaction
 from . import services
 from .models import Agent
 
-EDITABLE = ("model", "temperature", "top_p", "max_tokens", "frequency_penalty")
+EDITABLE = ("model", "temperature", "top_p", "max_tokens", "frequency_penalty", "context_budget", "log_chats")
 
 
 @transaction.atomic

@@ -32,6 +32,15 @@ class AgentFields(forms.Form):
     frequency_penalty = forms.FloatField(
         min_value=-2, max_value=2, required=False, help_text="−2 to 2: positive values discourage repetition."
     )
+    context_budget = forms.IntegerField(
+        label="Context budget", min_value=0, max_value=200_000, required=False,
+        help_text="Tokens of approved material put in the agent's context per turn. Empty: 1,500.",
+    )
+    log_chats = forms.BooleanField(
+        label="Keep chats as conversations", required=False,
+        help_text="Chats held with the agent (its /v1 endpoint and the playground) are saved as conversations "
+        "of this workspace, to review, train on or export.",
+    )
 
     def params(self) -> dict[str, Any]:
         data = self.cleaned_data
@@ -51,4 +60,5 @@ MATERIAL_ACTIONS = {
     "unassign": "Remove from this agent",
     "copy": "Also assign to…",
     "move": "Move to…",
+    "rule": "Set the context rule…",
 }

@@ -15,6 +15,10 @@ class Agent(models.Model):
     top_p = models.FloatField(null=True, blank=True)
     max_tokens = models.PositiveIntegerField(null=True, blank=True)
     frequency_penalty = models.FloatField(null=True, blank=True)
+    # Tokens of approved material put into the agent's context per turn (empty: the default).
+    context_budget = models.PositiveIntegerField(null=True, blank=True)
+    # Chats held with the agent (its /v1 endpoint and the playground) are kept as conversations.
+    log_chats = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

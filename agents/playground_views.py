@@ -68,7 +68,7 @@ def playground_stream(request: HttpRequest, pk: int) -> HttpResponse:
     agent = _agent_for(request, pk)
     try:
         message, history, tags = _turn_input(request)
-        turn = turn_prepare(agent, message=message, history=history, tags=tags)
+        turn = turn_prepare(agent, message=message, history=history, tags=tags, user=request.user)
     except ValueError as exc:
         return JsonResponse({"error": str(exc)}, status=400)
     response = StreamingHttpResponse(sse_events(turn), content_type="text/event-stream")

@@ -1,6 +1,8 @@
 """Which approved completions an agent puts into its context for a user message.
 
-Context rules (``training.Assignment.rule``), in this order, all under one token budget:
+Context rules (``training.Assignment.rule``), in this order, all under one token budget (the
+agent's ``context_budget``, else the server's, ``context_budget``); ``explain`` shows a choice and what
+the budget left out (the agent page's "why this answer"):
 
 1. ``always``: included in every turn;
 2. ``tags``: included when the conversation carries one of the assignment's tags;
@@ -83,10 +85,60 @@ def retrieve(
     query: str,
     *,
     k: int = DEFAULT_K,
-    token_budget: int = DEFAULT_TOKEN_BUDGET,
+    token_budget: int | None = None,
     tags: Iterable[str] = (),
 ) -> list[Retrieved]:
-    """The agent's approved completions for this message, in context order, within budget."""
+    """The agent's approved completions for this message, in context order, within budget
+    (`token_budget`, else `context_budget(agent)`)."""
+    return _select(agent, query, k=k, budget=_Budget(_budget_of(agent, token_budget)), tags=tags)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """What `retrieve` would put in context for a message, and what the budget left out."""
+
+    picked: list[Retrieved]
+    left_out: list[Retrieved]
+    budget: int
+    k: int
+
+    @property
+    def used(self) -> int:
+        return sum(item.tokens for item in self.picked)
+
+
+def explain(
+    agent: Agent, query: str, *, k: int = DEFAULT_K, token_budget: int | None = None, tags: Iterable[str] = ()
+) -> Explanation:
+    """The "why this answer" view of retrieval: the same choice as `retrieve` (rule, score and
+    tokens of each pick), plus the candidates that matched but did not fit in the budget."""
+    budget = _budget_of(agent, token_budget)
+    left_out: list[Retrieved] = []
+    picked = _select(agent, query, k=k, budget=_Budget(budget), tags=tags, left_out=left_out)
+    return Explanation(picked=picked, left_out=left_out, budget=budget, k=k)
+
+
+def context_budget(agent: Agent) -> int:
+    """Tokens of material the agent puts in its context per turn: its own budget, else the
+    server's (MASSCER_PLAYGROUND_CONTEXT_TOKENS, default DEFAULT_TOKEN_BUDGET), as chats use."""
+    if agent.context_budget is not None:
+        return agent.context_budget
+    return int(getattr(settings, "MASSCER_PLAYGROUND_CONTEXT_TOKENS", DEFAULT_TOKEN_BUDGET))
+
+
+def _budget_of(agent: Agent, token_budget: int | None) -> int:
+    return token_budget if token_budget is not None else context_budget(agent)
+
+
+def _select(
+    agent: Agent,
+    query: str,
+    *,
+    k: int,
+    budget: _Budget,
+    tags: Iterable[str],
+    left_out: list[Retrieved] | None = None,
+) -> list[Retrieved]:
     rows = _candidates(agent.pk)
     if not rows:
         return []
@@ -97,10 +149,9 @@ def retrieve(
     relevant = {r.completion_id for r in rows if r.rule == Rule.RETRIEVE}
     ranked = rank(index, query, relevant)
     picked: list[Retrieved] = []
-    budget = _Budget(token_budget)
     for ids, rule in ((always, Rule.ALWAYS), (tagged, Rule.TAGS)):
-        picked.extend(_fill(index, ((cid, None) for cid in ids), rule, budget, limit=None))
-    picked.extend(_fill(index, ranked, Rule.RETRIEVE, budget, limit=k))
+        picked.extend(_fill(index, ((cid, None) for cid in ids), rule, budget, limit=None, left_out=left_out))
+    picked.extend(_fill(index, ranked, Rule.RETRIEVE, budget, limit=k, left_out=left_out))
     return picked
 
 
@@ -357,8 +408,10 @@ def _fill(
     budget: _Budget,
     *,
     limit: int | None,
+    left_out: list[Retrieved] | None = None,
 ) -> list[Retrieved]:
-    """Take candidates in order while they fit; one too big is skipped, not a stop."""
+    """Take candidates in order while they fit; one too big is skipped (and noted in
+    `left_out`), not a stop."""
     picked: list[Retrieved] = []
     for cid, score in candidates:
         if limit is not None and len(picked) >= limit:
@@ -366,8 +419,10 @@ def _fill(
         if cid not in index.position:
             continue  # approved after the index was read; it is in the next turn's index
         tokens = _tokens(index, cid)
-        if not budget.take(tokens):
-            continue
         question, answer = index.texts[index.position[cid]]
-        picked.append(Retrieved(cid, question, answer, str(rule), tokens, score))
+        item = Retrieved(cid, question, answer, str(rule), tokens, score)
+        if budget.take(tokens):
+            picked.append(item)
+        elif left_out is not None:
+            left_out.append(item)
     return picked

@@ -54,7 +54,10 @@ def agent_get_or_create(
 
 
 # Fields an update may change (the slug too; exports and the command line name agents by it).
-UPDATABLE = ("name", "slug", "system_prompt", "model", "temperature", "top_p", "max_tokens", "frequency_penalty")
+UPDATABLE = (
+    "name", "slug", "system_prompt", "model", "temperature", "top_p", "max_tokens", "frequency_penalty",
+    "context_budget", "log_chats",
+)
 
 
 @transaction.atomic

@@ -13,6 +13,7 @@ urlpatterns = [
     path("<int:pk>/", views.agent_detail, name="detail"),
     path("<int:pk>/edit/", views.agent_edit, name="edit"),
     path("<int:pk>/material/", views.agent_material, name="material"),
+    path("<int:pk>/why/", views.agent_explain, name="explain"),
     path("<int:pk>/export/", views.agent_export, name="export"),
 ]
 

@@ -6,7 +6,7 @@ from typing import Any
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
-from django.db.models import Count, QuerySet
+from django.db.models import Count, Prefetch, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, QueryDict, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -14,20 +14,23 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from masscer.views import get_visible_or_404, id_or_none, int_list, paginate, posted
 from training import export
-from training.models import Completion
-from training.review import completions_assign, completions_move, completions_unassign
+from training.models import Assignment, Completion
+from training.review import assignments_set_rule, completions_assign, completions_move, completions_unassign
 from training.selectors import completions_for, jobs_for
 from workspaces.permissions import require_change
 
 from .dashboard import agent_update
 from .forms import MATERIAL_ACTIONS, AgentCreateForm, AgentEditForm
 from .models import Agent
+from .retrieval import context_budget, explain
 from .selectors import agents_for, agents_with_counts
 from .services import agent_create
+from .turns import examples_k
 
 SCOPES = {"assigned": "Assigned to this agent", "unassigned": "Not assigned to it", "all": "All in the workspace"}
 MATERIAL_FILTERS = ("status", "job", "source_type", "q")
 JOB_CHOICES = 50
+EXPLAIN_CHARS = 4000
 
 
 @login_required
@@ -109,7 +112,11 @@ def _material(user: Any, agent: Agent, filters: dict[str, str]) -> QuerySet[Comp
 
 def material_rows(user: Any, agent: Agent, filters: dict[str, str]) -> QuerySet[Completion]:
     rows = _material(user, agent, filters)
-    return rows.select_related("chunk__document", "chunk__conversation").prefetch_related("agents")
+    # One prefetch for both columns: the agents of each completion, and this agent's rule for it.
+    placed = Assignment.objects.select_related("agent").order_by("agent__name", "agent_id")
+    return rows.select_related("chunk__document", "chunk__conversation").prefetch_related(
+        Prefetch("assignments", queryset=placed, to_attr="placed")
+    )
 
 
 def material_counts(user: Any, agent: Agent) -> dict[str, int]:
@@ -152,6 +159,8 @@ def agent_detail(request: HttpRequest, pk: int) -> HttpResponse:
         .only("pk", "created_at")[:JOB_CHOICES],
         "formats": export.FORMATS,
         "export_statuses": export.STATUSES,
+        "rules": Assignment.Rule.choices,
+        "budget": context_budget(agent),
     }
     return render(request, "agents/detail.html", context)
 
@@ -185,7 +194,10 @@ def agent_material(request: HttpRequest, pk: int) -> HttpResponse:
         if target is None:
             messages.error(request, "Choose the agent to move or assign them to.")
             return redirect(back)
-    messages.success(request, _apply(request, action, ids, agent, target))
+    try:
+        messages.success(request, _apply(request, action, ids, agent, target))
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
     return redirect(back)
 
 
@@ -202,12 +214,35 @@ def _apply(request: HttpRequest, action: str, ids: list[int], agent: Agent, targ
     if action == "unassign":
         removed = completions_unassign(actor=request.user, completion_ids=ids, agent=agent).done
         return f"Removed {_plural(removed)} from {agent.name}."
+    if action == "rule":
+        return _set_rule(request, ids, agent)
     assert target is not None
     if action == "copy":
         completions_assign(actor=request.user, completion_ids=ids, agent=target)
         return f"Assigned {_plural(len(ids))} to {target.name} as well."
     moved = completions_move(actor=request.user, completion_ids=ids, source=agent, target=target).done
     return f"Moved {_plural(moved)} from {agent.name} to {target.name}."
+
+
+def _set_rule(request: HttpRequest, ids: list[int], agent: Agent) -> str:
+    rule = request.POST.get("rule", "")
+    done = assignments_set_rule(
+        actor=request.user, agent=agent, completion_ids=ids, rule=rule, tags=request.POST.get("tags", "")
+    ).done
+    return f"{_plural(done)} of {agent.name}: {Assignment.Rule(rule).label.lower()}."
+
+
+@login_required
+@require_GET
+def agent_explain(request: HttpRequest, pk: int) -> HttpResponse:
+    """"Why this answer": the material retrieval would put in context for a question (read-only)."""
+    agent = _visible_agent(request, pk)
+    question = request.GET.get("q", "").strip()[:EXPLAIN_CHARS]
+    tags = [tag.strip() for tag in request.GET.get("tags", "").split(",") if tag.strip()]
+    k = examples_k()  # as many as a chat turn takes
+    found = explain(agent, question, k=k, tags=tags) if question or tags else None
+    context = {"agent": agent, "question": question, "tags": ", ".join(tags), "found": found, "k": k}
+    return render(request, "agents/explain.html", context)
 
 
 @login_required

@@ -16,6 +16,11 @@ class Conversation(models.Model):
     tags = models.JSONField(default=list, blank=True)
     skipped_parts = models.PositiveIntegerField(default=0)
     imported_at = models.DateTimeField(null=True, blank=True)
+    # Set by a reviewer: the whole thread (as it now reads) is fit for multi-turn training data.
+    reviewed_at = models.DateTimeField(null=True, blank=True)
+    reviewed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -41,6 +46,12 @@ class Message(models.Model):
     name = models.CharField(max_length=200, blank=True)
     tool_calls = models.JSONField(null=True, blank=True)
     tool_call_id = models.CharField(max_length=200, blank=True)
+    # Assistant turns only: 1 = learn from this turn, 0 = context only (OpenAI's `weight`).
+    weight = models.PositiveSmallIntegerField(default=1, choices=[(0, "Context only"), (1, "Learn from it")])
+    # The text before a reviewer's first edit (blank: never edited).
+    original_content = models.TextField(blank=True)
+    # A logged chat with an agent: ids of the approved completions in its context for this reply.
+    material = models.JSONField(null=True, blank=True)
 
     class Meta:
         ordering = ["conversation", "position"]

@@ -13,4 +13,6 @@ urlpatterns = [
     path("<int:pk>/", views.conversation_detail, name="detail"),
     path("<int:pk>/edit/", views.conversation_edit, name="edit"),
     path("<int:pk>/delete/", views.conversation_remove, name="delete"),
+    path("<int:pk>/review/", views.conversation_review, name="review"),
+    path("<int:pk>/turn/", views.conversation_turn, name="turn"),
 ]

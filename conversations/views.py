@@ -14,14 +14,17 @@ from django.core.exceptions import ValidationError
 from django.db.models import ProtectedError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from masscer.views import get_visible_or_404, paginate, posted
+from masscer.views import get_visible_or_404, id_or_none, paginate, posted
 from workspaces.permissions import require_change
+from workspaces.selectors import can_review
 
 from .forms import ConversationEditForm, ConversationForm, ImportForm, MessageForm, MessageFormSet, tags_from
 from .importers import human_size
-from .models import Conversation, ConversationImport
+from .models import Conversation, ConversationImport, Message
+from .review import conversation_mark_reviewed, message_review
 from .selectors import conversation_messages, conversations_for, imports_for
 from .services import (
     ImportReport,
@@ -82,9 +85,51 @@ def conversation_detail(request: HttpRequest, pk: int) -> HttpResponse:
         Conversation.objects.select_related("owner", "workspace"), user=request.user, pk=pk
     )
     thread = paginate(request, conversation_messages(conversation=conversation), per_page=MESSAGES_PER_PAGE)
-    return render(
-        request, "conversations/detail.html", {"conversation": conversation, "thread": thread, "tab": "thread"}
-    )
+    context = {
+        "conversation": conversation, "thread": thread, "tab": "thread",
+        "can_review": can_review(user=request.user, workspace_id=conversation.workspace_id),
+    }
+    return render(request, "conversations/detail.html", context)
+
+
+@login_required
+@require_POST
+def conversation_review(request: HttpRequest, pk: int) -> HttpResponse:
+    """Mark the conversation reviewed (fit for the multi-turn export) or take the mark back."""
+    conversation = get_visible_or_404(Conversation.objects.all(), user=request.user, pk=pk)
+    reviewed = request.POST.get("reviewed", "1") != "0"
+    conversation_mark_reviewed(reviewer=request.user, conversation=conversation, reviewed=reviewed)
+    messages.success(request, "Marked reviewed." if reviewed else "No longer marked reviewed.")
+    return redirect("conversations:detail", pk=pk)
+
+
+def _text(value: str | None) -> str | None:
+    # Browsers send a textarea's line breaks as CRLF: an untouched text must not count as an edit.
+    return value.replace("\r\n", "\n") if value is not None else None
+
+
+@login_required
+@require_POST
+def conversation_turn(request: HttpRequest, pk: int) -> HttpResponse:
+    """A reviewer's change to one assistant turn: its weight (learn from it or not) and/or its text."""
+    conversation = get_visible_or_404(Conversation.objects.all(), user=request.user, pk=pk)
+    position = id_or_none(request.POST.get("position"))
+    message = Message.objects.select_related("conversation").filter(conversation=conversation, position=position)
+    if not message.exists():
+        return HttpResponse("No such message in this conversation.", status=400)
+    weight = request.POST.get("weight", "")
+    if weight not in ("", "0", "1"):
+        return HttpResponse("A weight is 0 (context only) or 1 (learn from it).", status=400)
+    try:
+        message = message_review(
+            reviewer=request.user, message=message.get(), weight=int(weight) if weight else None,
+            content=_text(request.POST.get("content")),
+        )
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+        return redirect("conversations:detail", pk=pk)
+    messages.success(request, f"Saved message #{message.position}.")
+    return redirect(reverse("conversations:detail", args=[pk]) + f"#message-{message.position}")
 
 
 @login_required

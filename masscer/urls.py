@@ -12,6 +12,7 @@ urlpatterns = [
     path("", RedirectView.as_view(pattern_name="documents:list", permanent=False)),
     path("admin/", admin.site.urls),
     path("api/", api.urls),
+    path("v1/", include("agents.openai_urls")),  # OpenAI-compatible: chat with an agent from any client
     path("accounts/login/", ThrottledLoginView.as_view(), name="login"),
     path("accounts/", include("django.contrib.auth.urls")),
     path("documents/", include("documents.urls")),

@@ -30,7 +30,7 @@ from masscer.api_common import (
 )
 from workspaces.selectors import workspaces_for
 
-from . import export, review
+from . import conversation_export, export, review
 from .models import Assignment, Completion, TrainingJob
 from .selectors import completions_for, jobs_for
 from .services import completion_review, job_cancel, job_create, job_retry, job_summary
@@ -210,6 +210,9 @@ class CompletionOut(Schema):
     redacted: bool
     duplicate_of_id: int | None
     agents: list[int]
+    context_rules: list[dict[str, Any]] = Field(
+        ..., description="Per agent: how it uses this completion in its context (rule, tags)."
+    )
     reviewed_by: str | None
     reviewed_at: datetime | None
     created_at: datetime
@@ -234,6 +237,10 @@ class CompletionOut(Schema):
     @staticmethod
     def resolve_agents(obj: Completion) -> list[int]:
         return [assignment.agent_id for assignment in obj.assignments.all()]
+
+    @staticmethod
+    def resolve_context_rules(obj: Completion) -> list[dict[str, Any]]:
+        return [{"agent": a.agent_id, "rule": a.rule, "tags": a.tags} for a in obj.assignments.all()]
 
     @staticmethod
     def resolve_reviewed_by(obj: Completion) -> str | None:
@@ -280,7 +287,8 @@ def _completions(request: HttpRequest, filters: dict[str, Any] | None = None) ->
     rows = completions_for(user=user_of(request), filters=filters).select_related(
         "chunk__document", "chunk__conversation"
     ).defer("chunk__text")
-    return rows.prefetch_related(Prefetch("assignments", queryset=Assignment.objects.only("completion_id", "agent_id")))
+    assignments = Assignment.objects.only("completion_id", "agent_id", "rule", "tags")
+    return rows.prefetch_related(Prefetch("assignments", queryset=assignments))
 
 
 def _completion(request: HttpRequest, completion_id: int) -> Completion:
@@ -396,6 +404,25 @@ def agents_flag_duplicates(request: HttpRequest, agent_id: Id) -> dict[str, Any]
     return {"groups": groups, "flagged": sum(len(group) - 1 for group in groups)}
 
 
+class RulesIn(Schema):
+    completion_ids: IdList = Field(..., min_length=1, max_length=1000)
+    rule: Literal["retrieve", "always", "tags"] = Field(
+        ..., description="retrieve: when relevant; always: every turn; tags: when the conversation has one of the tags."
+    )
+    tags: list[Text] = Field(default_factory=list, max_length=20)
+
+
+@router.post("/agents/{int:agent_id}/rules", response={200: OutcomeOut, **ERRORS}, tags=["agents"])
+def agents_set_rules(request: HttpRequest, agent_id: Id, payload: RulesIn) -> dict[str, Any]:
+    """Set how the agent uses some of its material in context (its creator or a workspace admin)."""
+    agent = get_or_404(agents_for(user=user_of(request)), agent_id, "agent")
+    ids = _visible_ids(request, payload.completion_ids)
+    outcome = review.assignments_set_rule(
+        actor=user_of(request), agent=agent, completion_ids=ids, rule=payload.rule, tags=payload.tags
+    )
+    return _with_missing(outcome, payload.completion_ids, ids).as_dict()
+
+
 class ExportQuery(Schema):
     format: Literal["openai-jsonl", "records", "alpaca", "sharegpt", "csv"] = "openai-jsonl"
     status: Literal["approved", "pending", "rejected", "all"] = "approved"
@@ -453,3 +480,56 @@ def agents_export_report(request: HttpRequest, agent_id: Id, query: Query[Export
     )
     return report.as_dict()
 
+
+# --- conversations: the multi-turn export ----------------------------------------------------
+
+
+class ConversationExportQuery(Schema):
+    format: Literal["openai-multiturn", "sharegpt-multiturn"] = "openai-multiturn"
+    reviewed: Literal["reviewed", "all"] = Field("reviewed", description="Only conversations marked reviewed, or all.")
+    tag: Text = Field("", max_length=50, description="Only conversations with this tag.")
+    workspace: Id | None = None
+    ids: list[Id] = Field(default_factory=list, max_length=1000, description="Only these conversations.")
+    max_tokens: int = Field(export.MAX_EXAMPLE_TOKENS, ge=1, le=10_000_000)
+
+
+def _conversations_chosen(request: HttpRequest, query: ConversationExportQuery) -> QuerySet[Any]:
+    rows = conversations_for(user=user_of(request))
+    if query.workspace is not None:
+        rows = rows.filter(workspace=get_or_404(workspaces_for(user=user_of(request)), query.workspace, "workspace"))
+    return conversation_export.conversations_selected(rows, reviewed=query.reviewed, ids=query.ids)
+
+
+@router.get(
+    "/conversations/export",
+    response={200: None, **ERRORS},
+    tags=["conversations"],
+    openapi_extra={"responses": {200: {"description": "The dataset file, streamed.", "content": {
+        "application/jsonl": {"schema": {"type": "string"}}, "application/json": {"schema": {"type": "string"}},
+    }}}},
+)
+def conversations_export(request: HttpRequest, query: Query[ConversationExportQuery]) -> StreamingHttpResponse:
+    """Download whole conversations as multi-turn training data (tool calls and results included).
+
+    Conversations that fail OpenAI's format check are left out; `/conversations/export/report` says which and why.
+    """
+    lines = conversation_export.conversation_export_lines(
+        conversations=_conversations_chosen(request, query), fmt=query.format, tag=query.tag,
+        max_tokens=query.max_tokens,
+    )
+    download = export.export_file(fmt=query.format, stem=f"conversations-{query.format}-{query.reviewed}")
+    return StreamingHttpResponse(
+        (line.encode("utf-8") for line in lines),
+        content_type=download.content_type,
+        headers={"Content-Disposition": f'attachment; filename="{download.name}"'},
+    )
+
+
+@router.get("/conversations/export/report", response={200: ExportReportOut, **ERRORS}, tags=["conversations"])
+def conversations_export_report(request: HttpRequest, query: Query[ConversationExportQuery]) -> dict[str, Any]:
+    """What the multi-turn export would write, and which conversations it would skip and why."""
+    report = conversation_export.conversation_export_report(
+        conversations=_conversations_chosen(request, query), fmt=query.format, tag=query.tag,
+        max_tokens=query.max_tokens,
+    )
+    return report.as_dict()

@@ -3,7 +3,7 @@
 Formats:
 
 - `openai-jsonl`: OpenAI chat fine-tuning lines `{"messages": [system?, user, assistant]}`,
-  each checked the way OpenAI's data-preparation check does (see `openai_problems`); an
+  each checked the way OpenAI's data-preparation check does (`training.openai_check`); an
   example that fails is skipped and counted in the `ExportReport`.
 - `records`: one JSON object per line with the full provenance of each completion.
 - `alpaca`: a JSON array of `{"instruction", "input", "output"[, "system"]}`.
@@ -31,37 +31,31 @@ from typing import Any
 
 from django.db.models import Count, Prefetch, QuerySet
 
-from masscer.lib.tokens import count_tokens
-
 from .models import Assignment, Completion
+from .openai_check import MAX_EXAMPLE_TOKENS, SKIP_LABELS, openai_problems
 
 FORMATS = ("openai-jsonl", "records", "alpaca", "sharegpt", "csv")
 STATUSES = ("approved", "pending", "rejected", "all")
 PARTS = ("train", "validation")
 BATCH = 1000
-# The per-example limit OpenAI's data-preparation check warns about (the context of
-# gpt-3.5-turbo-0125); newer models accept more, so the command takes --max-tokens.
-MAX_EXAMPLE_TOKENS = 16_385
 # Skipped examples listed by id in a report (the counts are always complete).
 REPORT_EXAMPLES = 100
 
+# Whole conversations, several turns with tool calls and results (`training.conversation_export`).
+CONVERSATION_FORMATS = ("openai-multiturn", "sharegpt-multiturn")
 CONTENT_TYPES = {
     "openai-jsonl": "application/jsonl",
     "records": "application/jsonl",
     "alpaca": "application/json",
     "sharegpt": "application/json",
     "csv": "text/csv",
+    "openai-multiturn": "application/jsonl",
+    "sharegpt-multiturn": "application/json",
 }
 # Alpaca and ShareGPT are one JSON array, not JSON Lines: .json, application/json.
-EXTENSIONS = {"openai-jsonl": "jsonl", "records": "jsonl", "alpaca": "json", "sharegpt": "json", "csv": "csv"}
-SKIP_LABELS = {
-    "missing_messages_list": "the example has no messages",
-    "missing_content": "a message has empty content",
-    "too_many_tokens": "the example is over the token limit",
-    "role_order": "the roles are not system?, user, assistant, … ending with assistant",
-    "unrecognized_role": "a message has a role other than system, user or assistant",
-    "message_missing_key": "a message lacks its role or content",
-    "example_missing_assistant_message": "the example has no assistant message",
+EXTENSIONS = {
+    "openai-jsonl": "jsonl", "records": "jsonl", "alpaca": "json", "sharegpt": "json", "csv": "csv",
+    "openai-multiturn": "jsonl", "sharegpt-multiturn": "json",
 }
 
 
@@ -77,6 +71,7 @@ class ExportReport:
     skipped: Counter[str] = field(default_factory=Counter)
     skipped_total: int = 0
     skipped_examples: list[tuple[int, str]] = field(default_factory=list)
+    unit: str = "completion"  # what an example is made from: a completion, or a conversation
 
     def skip(self, completion_id: int, reasons: list[str]) -> None:
         self.skipped.update(reasons)
@@ -92,7 +87,7 @@ class ExportReport:
         if self.skipped:
             details = "; ".join(f"{SKIP_LABELS.get(key, key)} ({n}×)" for key, n in sorted(self.skipped.items()))
             out.append(f"skipped {self.skipped_total}: {details}")
-            out.extend(f"  completion {pk}: {reason}" for pk, reason in self.skipped_examples)
+            out.extend(f"  {self.unit} {pk}: {reason}" for pk, reason in self.skipped_examples)
         return out
 
     def as_dict(self) -> dict[str, Any]:
@@ -101,7 +96,7 @@ class ExportReport:
             "sources": dict(self.sources),
             "skipped": dict(self.skipped),
             "skipped_total": self.skipped_total,
-            "skipped_examples": [{"completion_id": pk, "reasons": reason} for pk, reason in self.skipped_examples],
+            "skipped_examples": [{f"{self.unit}_id": pk, "reasons": reason} for pk, reason in self.skipped_examples],
         }
 
 
@@ -124,56 +119,10 @@ class ExportFile:
 def export_file(*, fmt: str, stem: str, part: str = "") -> ExportFile:
     """`stem[.part].extension` and the media type of a format: the web page, the API and the
     command line all name their files here."""
-    if fmt not in FORMATS:
-        raise ValueError(f"Unknown format {fmt!r}; use one of {', '.join(FORMATS)}.")
+    if fmt not in EXTENSIONS:
+        raise ValueError(f"Unknown format {fmt!r}; use one of {', '.join(EXTENSIONS)}.")
     name = ".".join(piece for piece in (stem, part, EXTENSIONS[fmt]) if piece)
     return ExportFile(name=name, extension=EXTENSIONS[fmt], media_type=CONTENT_TYPES[fmt])
-
-
-# --- OpenAI's format check ------------------------------------------------------------------
-
-
-def example_tokens(messages: list[dict[str, Any]]) -> int:
-    """Tokens of a chat example, counted as OpenAI's cookbook does (3 per message, 3 to prime)."""
-    total = 3
-    for message in messages:
-        total += 3
-        for key, value in message.items():
-            total += count_tokens(value) if isinstance(value, str) else 0
-            if key == "name":
-                total += 1
-    return total
-
-
-def openai_problems(example: Any, *, max_tokens: int = MAX_EXAMPLE_TOKENS) -> list[str]:
-    """Why OpenAI's fine-tuning check would refuse an example (empty list: it passes).
-
-    Follows the cookbook's data-preparation check (message keys, recognised roles, content,
-    an assistant message, tokens per example) and adds the role order the API expects: an
-    optional system message first, then user and assistant turns alternating, ending with the
-    assistant.
-    """
-    messages = example.get("messages") if isinstance(example, dict) else None
-    if not isinstance(messages, list) or not messages:
-        return ["missing_messages_list"]
-    problems: list[str] = []
-    for message in messages:
-        if not isinstance(message, dict) or "role" not in message or "content" not in message:
-            return ["message_missing_key"]
-        if message["role"] not in ("system", "user", "assistant"):
-            problems.append("unrecognized_role")
-        if not isinstance(message["content"], str) or not message["content"].strip():
-            problems.append("missing_content")
-    roles = [message["role"] for message in messages]
-    if "assistant" not in roles:
-        problems.append("example_missing_assistant_message")
-    turns = roles[1:] if roles[0] == "system" else roles
-    expected = ["user", "assistant"] * (len(turns) // 2 + 1)
-    if not turns or turns != expected[: len(turns)] or turns[-1] != "assistant":
-        problems.append("role_order")
-    if not problems and example_tokens(messages) > max_tokens:
-        problems.append("too_many_tokens")
-    return sorted(set(problems))
 
 
 # --- rows -------------------------------------------------------------------------------------

@@ -6,21 +6,24 @@ from typing import Any
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db.models import QuerySet
+from django.db.models import Prefetch, QuerySet
 from django.http import HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
+from agents.models import Agent
 from agents.selectors import agents_for
 from conversations.selectors import conversations_for
 from documents.selectors import documents_for
 from masscer.views import get_visible_or_404, id_or_none, int_list, paginate
+from workspaces.permissions import changeable
 from workspaces.selectors import review_workspace_ids
 
 from .forms import REVIEW_ACTIONS, CompletionEditForm
-from .models import Completion
+from .models import Assignment, Completion
+from .review import assignments_set_rule
 from .selectors import completions_for, jobs_for
 from .services import completion_review, completions_review_bulk
 
@@ -42,17 +45,30 @@ def review_filters(data: QueryDict) -> dict[str, Any]:
     return filters
 
 
+def _with_rules(rows: QuerySet[Completion]) -> QuerySet[Completion]:
+    """Each completion's assignments, with their agent and context rule (`context_rules`)."""
+    assignments = Assignment.objects.select_related("agent").order_by("agent__name", "agent_id")
+    return rows.prefetch_related(Prefetch("assignments", queryset=assignments, to_attr="context_rules"))
+
+
 def review_rows(user: Any, filters: dict[str, Any]) -> QuerySet[Completion]:
-    return (
-        completions_for(user=user, filters=filters)
-        .select_related("chunk__document", "chunk__conversation")
-        .prefetch_related("agents")
-        .order_by("created_at", "id")
-    )
+    rows = completions_for(user=user, filters=filters).select_related("chunk__document", "chunk__conversation")
+    return _with_rules(rows).order_by("created_at", "id")
 
 
-def _card_context(completion: Completion, reviewer_ids: set[int]) -> dict[str, Any]:
-    return {"c": completion, "can_review": completion.job.workspace_id in reviewer_ids}
+def _rule_agent_ids(user: Any) -> set[int]:
+    """The agents whose context rules the user may set (creator or admin): their forms are shown."""
+    return set(changeable(Agent.objects.all(), user=user).values_list("pk", flat=True))
+
+
+def _card_context(completion: Completion, reviewer_ids: set[int], agent_ids: set[int]) -> dict[str, Any]:
+    rules = [(a, a.agent_id in agent_ids) for a in getattr(completion, "context_rules", [])]
+    return {"c": completion, "can_review": completion.job.workspace_id in reviewer_ids, "rules": rules,
+            "rule_choices": Assignment.Rule.choices}
+
+
+def _card_of(request: HttpRequest, completion: Completion) -> dict[str, Any]:
+    return _card_context(completion, review_workspace_ids(user=request.user), _rule_agent_ids(request.user))
 
 
 def _filter_labels(request: HttpRequest, filters: dict[str, Any]) -> dict[str, str]:
@@ -73,9 +89,10 @@ def review_queue(request: HttpRequest) -> HttpResponse:
     filters = review_filters(request.GET)
     page = paginate(request, review_rows(request.user, filters), ids_first=True)
     reviewer_ids = review_workspace_ids(user=request.user)
+    agent_ids = _rule_agent_ids(request.user)
     context = {
         "page": page,
-        "cards": [_card_context(c, reviewer_ids) for c in page],
+        "cards": [_card_context(c, reviewer_ids, agent_ids) for c in page],
         "filters": filters,
         "status_choice": request.GET.get("status") or Completion.Status.PENDING,
         "statuses": Completion.Status.choices,
@@ -89,15 +106,14 @@ def review_queue(request: HttpRequest) -> HttpResponse:
 
 def _visible_completion(request: HttpRequest, pk: int) -> Completion:
     rows = Completion.objects.select_related("chunk__document", "chunk__conversation", "job", "reviewed_by")
-    return get_visible_or_404(rows.prefetch_related("agents"), user=request.user, pk=pk, path="job__workspace")
+    return get_visible_or_404(_with_rules(rows), user=request.user, pk=pk, path="job__workspace")
 
 
 @login_required
 @require_GET
 def completion_detail(request: HttpRequest, pk: int) -> HttpResponse:
     completion = _visible_completion(request, pk)
-    card = _card_context(completion, review_workspace_ids(user=request.user))
-    return render(request, "training/completion.html", {**card, "single": True})
+    return render(request, "training/completion.html", {**_card_of(request, completion), "single": True})
 
 
 def _back(request: HttpRequest, completion: Completion) -> HttpResponse:
@@ -125,26 +141,60 @@ def completion_review_view(request: HttpRequest, pk: int) -> HttpResponse:
     try:
         completion = _review(request, completion, status, question, answer)
     except PermissionDenied as exc:
-        if request.htmx:
-            return HttpResponse(str(exc), status=403)
-        return render(request, "403.html", {"reason": str(exc)}, status=403)
+        return _forbidden(request, exc)
     except ValidationError as exc:  # e.g. the edit repeats another question of the job
         return _not_saved(request, completion, " ".join(exc.messages))
+    return _saved(request, completion, f"Completion {completion.pk}: {completion.get_status_display().lower()}.")
+
+
+def _forbidden(request: HttpRequest, exc: PermissionDenied) -> HttpResponse:
     if request.htmx:
-        context = _card_context(completion, review_workspace_ids(user=request.user))
+        return HttpResponse(str(exc), status=403)
+    return render(request, "403.html", {"reason": str(exc)}, status=403)
+
+
+def _saved(request: HttpRequest, completion: Completion, note: str) -> HttpResponse:
+    """The card again (htmx) or back to the page, with a note."""
+    if request.htmx:
+        context = _card_of(request, completion)
         # The card's own forms go back to the page it sits on, not to this action's URL.
         context["next_url"] = request.POST.get("next", "")
         return render(request, "training/_completion_card.html", context)
-    messages.success(request, f"Completion {completion.pk}: {completion.get_status_display().lower()}.")
+    messages.success(request, note)
     return _back(request, completion)
 
 
-def _review(request: HttpRequest, completion: Completion, status: str, question: str, answer: str) -> Completion:
-    reviewed = Completion.objects.filter(pk=completion.pk).select_related(
+def _reloaded(completion: Completion) -> Completion:
+    rows = Completion.objects.filter(pk=completion.pk).select_related(
         "chunk__document", "chunk__conversation", "job", "reviewed_by"
     )
+    return _with_rules(rows).get()
+
+
+def _review(request: HttpRequest, completion: Completion, status: str, question: str, answer: str) -> Completion:
     completion_review(completion=completion, status=status, reviewer=request.user, question=question, answer=answer)
-    return reviewed.prefetch_related("agents").get()
+    return _reloaded(completion)
+
+
+@login_required
+@require_POST
+def assignment_rule_view(request: HttpRequest, pk: int) -> HttpResponse:
+    """Set the context rule and tags of one of the completion's agents (the agent's creator or an admin)."""
+    completion = _visible_completion(request, pk)
+    agent_id = id_or_none(request.POST.get("agent"))
+    agent = next((a.agent for a in completion.context_rules if a.agent_id == agent_id), None)
+    if agent is None:
+        return _not_saved(request, completion, "choose one of the agents this completion is assigned to.")
+    try:
+        assignments_set_rule(
+            actor=request.user, agent=agent, completion_ids=[completion.pk], rule=request.POST.get("rule", ""),
+            tags=request.POST.get("tags", ""),
+        )
+    except PermissionDenied as exc:
+        return _forbidden(request, exc)
+    except ValidationError as exc:
+        return _not_saved(request, completion, " ".join(exc.messages))
+    return _saved(request, _reloaded(completion), f"Completion {completion.pk}: context rule for {agent.name} saved.")
 
 
 def _edit_error(request: HttpRequest, completion: Completion, edit: CompletionEditForm) -> HttpResponse:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from . import review_views, views
+from . import export_views, review_views, views
 
 app_name = "training"
 urlpatterns = [
@@ -17,6 +17,8 @@ urlpatterns = [
     path("review/bulk/", review_views.review_bulk, name="review_bulk"),
     path("completions/<int:pk>/", review_views.completion_detail, name="completion"),
     path("completions/<int:pk>/review/", review_views.completion_review_view, name="completion_review"),
+    path("completions/<int:pk>/rule/", review_views.assignment_rule_view, name="assignment_rule"),
+    path("conversations/export/", export_views.conversations_export, name="conversations_export"),
     path("chunks/document/<int:pk>/", views.document_chunks, name="document_chunks"),
     path("chunks/conversation/<int:pk>/", views.conversation_chunks, name="conversation_chunks"),
 ]

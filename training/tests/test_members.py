@@ -29,6 +29,7 @@ from django.urls import URLPattern, URLResolver, get_resolver
 
 from agents.services import agent_delete, agent_update
 from conversations.models import Conversation, ConversationImport
+from conversations.review import conversation_mark_reviewed, message_review
 from conversations.services import conversation_create, conversation_delete, conversation_update, message_add
 from documents.models import Document, Page
 from documents.services import document_delete
@@ -210,6 +211,8 @@ PAGES_THAT_CHANGE_NOTHING_OF_ALICES = {
     "agents:new": "creates an agent, the creator's own",
     "agents:detail": READS,
     "agents:export": READS,
+    "agents:explain": READS,
+    "training:conversations_export": READS,
     "agents:playground": READS,
     "agents:playground_stream": "a chat turn: reads the agent and its approved material, writes nothing",
     "workspaces:list": "creates a workspace, with its creator as its admin",
@@ -262,6 +265,22 @@ PAGE_DOORS: dict[str, list[Door]] = {
              data=lambda t: {**MATERIAL, "action": "unassign"}),
         Door("post", "/agents/{support.pk}/material/", label="move",
              data=lambda t: {**MATERIAL, "action": "move", "target": t["sales"].pk}),
+        Door("post", "/agents/{support.pk}/material/", label="rule",
+             data=lambda t: {**MATERIAL, "action": "rule", "rule": "tags", "tags": "vip"}),
+    ],
+    # A context rule changes the agent: its creator or an admin, from the review card too.
+    "training:assignment_rule": [
+        Door("post", "/jobs/completions/{rows[0].pk}/rule/",
+             data=lambda t: {"agent": t["support"].pk, "rule": "always", "tags": "billing"}),
+    ],
+    "conversations:review": [
+        Door("post", "/conversations/{conversation.pk}/review/", allowed=REVIEWERS, data=lambda t: {"reviewed": "1"}),
+    ],
+    "conversations:turn": [
+        Door("post", "/conversations/{conversation.pk}/turn/", allowed=REVIEWERS, label="weight",
+             data=lambda t: {"position": 1, "weight": 0}),
+        Door("post", "/conversations/{conversation.pk}/turn/", allowed=REVIEWERS, label="edit",
+             data=lambda t: {"position": 1, "content": "Within 30 days."}),
     ],
     "workspaces:member_add": [
         Door("post", "/workspaces/{workspace.pk}/members/", data=lambda t: {"username": "charlie", "role": "admin"}),
@@ -454,6 +473,10 @@ API_DOORS: dict[tuple[str, str], list[Door]] = {
     ("post", "/api/completions/{completion_id}/keep"): [
         Door("post", "/api/completions/{original.pk}/keep", allowed=REVIEWERS, prepare=flagged,
              data=lambda t: {"merge": True}),
+    ],
+    ("post", "/api/agents/{agent_id}/rules"): [
+        Door("post", "/api/agents/{support.pk}/rules",
+             data=lambda t: {"completion_ids": [t["rows"][0].pk], "rule": "tags", "tags": ["vip"]}),
     ],
     ("post", "/api/agents/{agent_id}/duplicates"): [
         Door("post", "/api/agents/{support.pk}/duplicates", allowed=REVIEWERS),
@@ -675,6 +698,12 @@ SERVICES: dict[str, Call] = {
         actor=actor, completion_ids=[t["rows"][0].pk], agent=t["sales"])),
     "completions_unassign": Call(CHANGERS, lambda t, actor: review.completions_unassign(
         actor=actor, completion_ids=[t["rows"][0].pk], agent=t["support"])),
+    "assignments_set_rule": Call(CHANGERS, lambda t, actor: review.assignments_set_rule(
+        actor=actor, agent=t["support"], completion_ids=[t["rows"][0].pk], rule="always")),
+    "conversation_mark_reviewed": Call(REVIEWERS, lambda t, actor: conversation_mark_reviewed(
+        reviewer=actor, conversation=t["conversation"])),
+    "message_review": Call(REVIEWERS, lambda t, actor: message_review(
+        reviewer=actor, message=t["conversation"].messages.get(position=1), weight=0, content="Within 30 days.")),
     "completions_move": Call(CHANGERS, lambda t, actor: review.completions_move(
         actor=actor, completion_ids=[t["rows"][0].pk], source=t["support"], target=t["sales"])),
     "completion_review": Call(REVIEWERS, lambda t, actor: completion_review(

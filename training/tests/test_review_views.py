@@ -275,8 +275,9 @@ def test_the_queue_runs_the_same_queries_for_10_and_200(
     Completion.objects.filter(pk__in=[c.pk for c in made[::2]]).update(status="approved")
     logged_in(client, alice)
     # session, user, count, the page's ids, its rows (chunk, source, job, reviewer joined),
-    # agents prefetch, reviewer workspaces, job choices, agent choices
-    with django_assert_num_queries(9):
+    # assignments prefetch (agents and context rules), reviewer workspaces, agents whose rules
+    # the user may set, job choices, agent choices
+    with django_assert_num_queries(10):
         response = client.get(f"/jobs/review/{query}")
     shown = rows if "all" in query else rows // 2  # page 5 of 10 rows is their last page
     assert response.content.decode().count(CARD) == min(shown, 25)

@@ -32,7 +32,7 @@ from .parsing import as_text, finish_reason_of, first_choice, usage_of
 from .prompts import TRANSCRIPT_STOPS, transcript
 from .types import DEFAULT_PARAMS, ChatDelta, ChatReply, GenParams, LLMConfig, Usage
 
-CHAT_ROLES = ("system", "user", "assistant")
+CHAT_ROLES = ("system", "user", "assistant", "tool")
 
 # The Completions API defaults to 16 tokens; a chat reply needs more.
 _TRANSCRIPT_MAX_TOKENS = 512
@@ -94,18 +94,39 @@ def chat(
     )
 
 
-def _chat_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
-    checked: list[dict[str, str]] = []
-    for index, message in enumerate(messages):
-        role = message.get("role") if isinstance(message, Mapping) else None
-        content = message.get("content") if isinstance(message, Mapping) else None
-        if role not in CHAT_ROLES or not isinstance(content, str):
-            raise ValueError(
-                f"message {index} needs a role in {CHAT_ROLES} and a text content"
-            )
-        checked.append({"role": str(role), "content": content})
+def _chat_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The messages as the API takes them: role and text, and the tool fields where they belong.
+
+    A tool result needs its ``tool_call_id``; an assistant message may carry ``tool_calls``
+    (then its content may be null). The transcript of completion mode keeps only the texts.
+    """
+    checked = [_chat_message(index, message) for index, message in enumerate(messages)]
     if not any(m["role"] == "user" for m in checked):
         raise ValueError("a chat needs at least one user message")
+    return checked
+
+
+def _chat_message(index: int, message: Any) -> dict[str, Any]:
+    role = message.get("role") if isinstance(message, Mapping) else None
+    content = message.get("content") if isinstance(message, Mapping) else None
+    calls = message.get("tool_calls") if role == "assistant" else None
+    if calls is not None and not (isinstance(calls, list) and all(isinstance(c, Mapping) for c in calls)):
+        raise ValueError(f"message {index}: tool_calls must be a list of objects")
+    if content is None and calls:
+        content = ""
+    if role not in CHAT_ROLES or not isinstance(content, str):
+        raise ValueError(f"message {index} needs a role in {CHAT_ROLES} and a text content")
+    checked: dict[str, Any] = {"role": str(role), "content": content}
+    if calls:
+        checked["tool_calls"] = [dict(c) for c in calls]
+    if role == "tool":
+        call_id = message.get("tool_call_id")
+        if not isinstance(call_id, str) or not call_id:
+            raise ValueError(f"message {index}: a tool message needs the tool_call_id it answers")
+        checked["tool_call_id"] = call_id
+    name = message.get("name")
+    if isinstance(name, str) and name:
+        checked["name"] = name
     return checked
 
 
@@ -242,7 +263,7 @@ def _choice_text(choice: Any) -> str:
 
 def _stream_chat(
     config: LLMConfig,
-    messages: list[dict[str, str]],
+    messages: list[dict[str, Any]],
     params: GenParams,
     model: str,
 ) -> Iterator[ChatDelta]:
@@ -259,7 +280,7 @@ def _stream_chat(
 
 def _stream_transcript(
     config: LLMConfig,
-    messages: list[dict[str, str]],
+    messages: list[dict[str, Any]],
     params: GenParams,
     model: str,
 ) -> Iterator[ChatDelta]:

@@ -382,6 +382,9 @@ MASSCER_PAIRS_PER_CALL = env_int("MASSCER_PAIRS_PER_CALL", 10)
 MASSCER_SPARE_PAIR_AT_END = env_bool("MASSCER_SPARE_PAIR_AT_END", True)
 # Calls allowed per batch of pairs before a chunk gives up with a recorded shortfall.
 MASSCER_CALLS_PER_BATCH = env_int("MASSCER_CALLS_PER_BATCH", 3)
+# A chunk that gives up short hands its missing pairs to chunks of the job with unused text
+# (training.services.handoff), so a job ends short only when every chunk is exhausted.
+MASSCER_HAND_ON_SHORTFALL = env_bool("MASSCER_HAND_ON_SHORTFALL", True)
 MASSCER_NEAR_DUPLICATE_JACCARD = env_float("MASSCER_NEAR_DUPLICATE_JACCARD", 0.8)
 # A claimed work item or extraction is its worker's for this long, renewed every third of it
 # while the worker lives (masscer.leases): a dead worker's work is taken over by the sweeper

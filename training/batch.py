@@ -161,30 +161,51 @@ def _submit(job: TrainingJob, round_: BatchRound) -> str:
 
 
 def _plan_requests(job: TrainingJob, round_: BatchRound) -> list[_Planned]:
-    """The next request of every unfinished item, as live would ask it."""
+    """The next request of every unfinished item, as live would ask it.
+
+    An item finished here short hands its missing pairs on (`services.handoff`), which may
+    send finished items back to work: they are asked in this round too.
+    """
     questions = _JobQuestions.load(job.pk)
     params = replies.job_params(job)
-    planned = []
-    items = WorkItem.objects.filter(job=job, status=WorkItem.Status.PENDING).select_related("job", "chunk")
-    for item in items.order_by("chunk__index"):
-        progress = questions.progress(item)
-        if not replies.wants_more(item, progress, replies.item_calls_budget(item)):
-            _finish_item(item, progress)
-            continue
-        asked = min(item.quota - progress.made, progress.per_call)
-        request = llm.BatchItem(
-            custom_id=f"job{job.pk}-round{round_.number}-item{item.pk}",
-            source=replies.model_source(item),
-            count=asked,
-            existing_questions=tuple(replies.prompt_questions(progress)),
-            instructions=job.instructions,
-            params=params,
-            feedback=progress.feedback,
-            source_kind=item.chunk.source_type,
-            style=job.style,
-        )
-        planned.append(_Planned(item.pk, asked, request))
-    return planned
+    planned: list[_Planned] = []
+    seen: set[tuple[int, int]] = set()  # (item, quota): a reopened item comes back with a larger quota
+    while True:
+        pending = WorkItem.objects.filter(job=job, status=WorkItem.Status.PENDING).select_related("job", "chunk")
+        items = [item for item in pending.order_by("chunk__index") if (item.pk, item.quota) not in seen]
+        if not items:
+            return planned
+        for item in items:
+            # An item finished earlier in this pass may have raised this one's quota.
+            item.refresh_from_db(fields=["quota"])
+            seen.add((item.pk, item.quota))
+            if any(p.item_id == item.pk for p in planned):
+                continue  # asked already; its larger quota counts from the next round
+            progress = questions.progress(item)
+            if not replies.wants_more(item, progress, replies.item_calls_budget(item)):
+                _finish_item(item, progress)
+                continue
+            planned.append(_Planned(item.pk, *_request(job, round_, item, progress, params)))
+
+
+def _request(
+    job: TrainingJob, round_: BatchRound, item: WorkItem, progress: replies.Progress, params: llm.GenParams
+) -> tuple[int, llm.BatchItem]:
+    asked = min(item.quota - progress.made, progress.per_call)
+    source = replies.model_source(item)
+    request = llm.BatchItem(
+        custom_id=f"job{job.pk}-round{round_.number}-item{item.pk}",
+        source=source,
+        count=asked,
+        existing_questions=tuple(replies.prompt_questions(progress)),
+        instructions=job.instructions,
+        params=params,
+        feedback=progress.feedback,
+        source_kind=item.chunk.source_type,
+        style=job.style,
+        overlap_chars=replies.source_overlap(item, source),
+    )
+    return asked, request
 
 
 # --- polling and taking results in ------------------------------------------------------------

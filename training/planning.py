@@ -60,3 +60,31 @@ def allocate_capped(count: int, caps: Sequence[int]) -> list[int]:
     for i, quota in zip(eligible, allocate(count, [caps[i] for i in eligible]), strict=True):
         quotas[i] = min(quota, caps[i])
     return quotas
+
+
+# A chunk is asked for at most one pair per this many tokens of its text: the most its text
+# can give when other chunks' missing pairs are moved to it (`hand_on`).
+TOKENS_PER_PAIR_AT_MOST = 40
+
+
+def pair_room(tokens: int, quota: int) -> int:
+    """How many more pairs a chunk of `tokens` could be asked for beyond its `quota`."""
+    return max(0, tokens // TOKENS_PER_PAIR_AT_MOST - quota)
+
+
+def hand_on(missing: int, rooms: Sequence[int]) -> list[int]:
+    """Shares of `missing` pairs for chunks with `rooms` pairs of unused text each.
+
+    In proportion to each chunk's room (largest remainder, ties to the earlier chunk), never
+    above it; fewer than `missing` in all only when the rooms add up to less.
+    """
+    if missing <= 0 or not any(rooms):
+        return [0] * len(rooms)
+    if sum(rooms) <= missing:
+        return list(rooms)
+    shares = [0] * len(rooms)
+    eligible = [i for i, room in enumerate(rooms) if room > 0]
+    # A share is at most the ceiling of missing * room / total rooms, so never above its room.
+    for i, share in zip(eligible, _largest_remainder(missing, [rooms[i] for i in eligible]), strict=True):
+        shares[i] = share
+    return shares

@@ -29,6 +29,8 @@ REASON_LABELS = {
     "source_exhausted": "the conversations hold fewer user questions than asked",
     "model_returned_fewer": "the model returned fewer pairs than asked",
     "budget_exhausted": "the job reached its cost budget",
+    "quota_moved": "pairs a chunk could not make were asked of other chunks with unused text",
+    "chunks_exhausted": "every chunk was exhausted: none had unused text left for the missing pairs",
 }
 
 

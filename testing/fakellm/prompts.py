@@ -19,6 +19,8 @@ from masscer.lib.llm.prompts import (
     COUNT_LABEL,
     EXISTING_CLOSE,
     EXISTING_OPEN,
+    OVERLAP_QUOTE_CLOSE,
+    OVERLAP_RULE,
     QUESTION_LABEL,
     REFERENCE_CLOSE,
     REFERENCE_OPEN,
@@ -38,6 +40,19 @@ _SOURCE_BLOCK = _fenced(SOURCE_OPEN, SOURCE_CLOSE)
 _EXISTING_BLOCK = _fenced(EXISTING_OPEN, EXISTING_CLOSE, closer_on_its_line=False)
 _COUNT_LINE = re.compile(rf"^{re.escape(COUNT_LABEL)}\s*(\d+)\s*$", re.MULTILINE)
 
+
+def _overlap_pattern() -> re.Pattern[str]:
+    """The overlap rule with its noun and the quoted end of the repeated passage as groups."""
+    head, rest = OVERLAP_RULE.split("{noun}")
+    middle, tail = rest.split("{tail}")
+    return re.compile(
+        rf"^{re.escape(head)}(\w+){re.escape(middle)}(.*?){re.escape(OVERLAP_QUOTE_CLOSE)}"
+        + re.escape(tail.removeprefix(OVERLAP_QUOTE_CLOSE)),
+        re.MULTILINE,
+    )
+
+
+_OVERLAP_RULE = _overlap_pattern()
 _REFERENCE_BLOCK = _fenced(REFERENCE_OPEN, REFERENCE_CLOSE, closer_on_its_line=False)
 _TRANSCRIPT_USER = re.compile(rf"^{re.escape(USER_LABEL)}[ \t]?(.*)$", re.MULTILINE)
 
@@ -53,6 +68,8 @@ class PromptInfo:
     source: str | None
     count: int | None
     existing: tuple[str, ...]
+    # The quoted end of the passage the source repeats from the previous chunk, if the prompt says so.
+    overlap_tail: str | None = None
 
 
 def read_prompt(prompt: str) -> PromptInfo:
@@ -75,6 +92,7 @@ def read_prompt(prompt: str) -> PromptInfo:
         source=sources[-1] if sources else None,
         count=int(counts[-1]) if counts else None,
         existing=existing,
+        overlap_tail=next((m.group(2) for m in _OVERLAP_RULE.finditer(outside)), None),
     )
 
 

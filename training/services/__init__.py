@@ -3,6 +3,7 @@
 - `state`: every job and work-item status write (the transition table, claims, leases).
 - `replies`: one model call's request and the judging of its reply, for live and batch.
 - `completions`: storing a reply's accepted pairs with the call's counters.
+- `handoff`: moving the pairs a chunk could not make to chunks of the job with unused text.
 - `retry`: backoff, and when the model counts as unreachable.
 - `jobs`: create, prepare, plan, dispatch, cancel, retry a job.
 - `chunks`: splitting sources into chunks.

@@ -25,7 +25,7 @@ from masscer.lib.pricing import call_cost, parse_prices
 from masscer.lib.redact import redact
 
 from .. import questions
-from ..models import Completion, TrainingJob, WorkItem
+from ..models import Chunk, Completion, TrainingJob, WorkItem
 from ..planning import calls_budget
 from ..validation import Candidate, QuestionIndex, add_samples, pair_text, screen, shorten
 from . import completions
@@ -63,6 +63,29 @@ def model_source(item: WorkItem) -> str:
     # Redaction happens before any text leaves for the model; evidence is checked
     # against the same redacted text the model saw.
     return redact(item.chunk.text)[0] if item.job.redact else item.chunk.text
+
+
+def source_overlap(item: WorkItem, source: str) -> int:
+    """How many leading characters of `source` repeat the end of the previous chunk (0 if none).
+
+    Document chunks overlap their neighbour by about MASSCER_CHUNK_OVERLAP tokens; the prompt
+    tells the model so, so that it asks about the chunk's own part. (A conversation chunk's
+    context line is labelled in its text already.)
+    """
+    chunk = item.chunk
+    if not chunk.document_id or chunk.index == 0:
+        return 0
+    previous_end = (
+        Chunk.objects.filter(document_id=chunk.document_id, index=chunk.index - 1).values_list("end", flat=True).first()
+    )
+    overlap = min(max(0, (previous_end or 0) - chunk.start), len(chunk.text))
+    if overlap == 0 or overlap >= len(chunk.text):
+        return 0
+    if not item.job.redact:
+        return overlap
+    # The model sees redacted text: the overlap is where the redacted repeat ends, if it is a prefix.
+    repeated = redact(chunk.text[:overlap])[0]
+    return len(repeated) if source.startswith(repeated) else 0
 
 
 def wants_more(item: WorkItem, progress: Progress, budget: int) -> bool:

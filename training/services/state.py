@@ -14,6 +14,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
+from django.db import transaction
 from django.db.models import Count, OuterRef, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -21,6 +22,7 @@ from django.utils import timezone
 from .. import hotsql
 from ..models import Completion, TrainingJob, WorkItem
 from ..validation import describe_reasons
+from . import handoff
 
 if TYPE_CHECKING:
     from .replies import Progress
@@ -198,10 +200,12 @@ def items_claim_pending(job_id: int) -> list[tuple[WorkItem, int]]:
 # --- work items: closing a claim --------------------------------------------------------------
 
 
-def item_close(item_id: int, claim: int, status: str, **fields: object) -> None:
-    WorkItem.objects.filter(pk=item_id, attempts=claim, status=WorkItem.Status.RUNNING).update(
+def item_close(item_id: int, claim: int, status: str, **fields: object) -> bool:
+    """Close a claimed item; False if the claim no longer holds it."""
+    updated = WorkItem.objects.filter(pk=item_id, attempts=claim, status=WorkItem.Status.RUNNING).update(
         status=status, lease_expires_at=None, **fields
     )
+    return updated == 1
 
 
 def item_fail_model(item: WorkItem, claim: int, error: str) -> None:
@@ -211,15 +215,31 @@ def item_fail_model(item: WorkItem, claim: int, error: str) -> None:
     item_close(item.pk, claim, WorkItem.Status.FAILED, error=error, reasons=dict(reasons))
 
 
+@transaction.atomic
 def item_close_done(item: WorkItem, claim: int, progress: Progress) -> str:
-    """Close a claimed item as done, recording why it fell short (calls or cost budget)."""
-    fields: dict[str, object] = {}
-    if progress.made < item.quota and not progress.exhausted:
-        reasons = Counter(item.reasons or {})
+    """Close a claimed item as done, recording why it fell short (calls or cost budget).
+
+    What a short item could not make goes to other chunks of the job in the same
+    transaction (`handoff`); "shortfall" only when some of it found no chunk to take it.
+    """
+    # Nobody changes a claimed item's quota, but a batch caller's copy may predate its claim.
+    quota = WorkItem.objects.filter(pk=item.pk).values_list("quota", flat=True).first()
+    item.quota = item.quota if quota is None else quota
+    missing = max(0, item.quota - progress.made)
+    reasons = Counter(item.reasons or {})
+    if missing and not progress.exhausted:
         reasons["budget_exhausted" if progress.budget_exhausted else "calls_exhausted"] += 1
-        fields["reasons"] = dict(reasons)
-    item_close(item.pk, claim, WorkItem.Status.DONE, **fields)
-    return "done" if progress.made >= item.quota else "shortfall"
+    fields: dict[str, object] = {"reasons": dict(reasons)} if reasons != Counter(item.reasons or {}) else {}
+    if not item_close(item.pk, claim, WorkItem.Status.DONE, **fields):
+        return "lost-lease"
+    moved = 0
+    if missing and handoff.can_hand_on(item, progress):
+        moved = handoff.hand_on_missing(item, missing, reasons)
+        # The item is closed (ours until commit): its quota is now what it made plus what stayed.
+        WorkItem.objects.filter(pk=item.pk).update(quota=item.quota - moved, reasons=dict(reasons))
+        item.quota -= moved
+    item.reasons = dict(reasons)
+    return "done" if missing == moved else "shortfall"
 
 
 def item_finish(item: WorkItem, claim: int, progress: Progress) -> str:

@@ -58,6 +58,7 @@ class BatchItem:
     feedback: str | None = None
     source_kind: str = "document"
     style: str = "synthesize"
+    overlap_chars: int = 0
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,7 @@ def batch_jsonl(config: LLMConfig, items: Sequence[BatchItem]) -> bytes:
             feedback=item.feedback,
             source_kind=item.source_kind,
             style=item.style,
+            overlap_chars=item.overlap_chars,
         )
         line = {"custom_id": item.custom_id, "method": "POST", "url": BATCH_ENDPOINT, "body": body}
         lines.append(json.dumps(line, ensure_ascii=False))

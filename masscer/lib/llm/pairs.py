@@ -64,12 +64,14 @@ def generate_pairs(
     feedback: str | None = None,
     source_kind: str = "document",
     style: str = "synthesize",
+    overlap_chars: int = 0,
 ) -> Reply:
     """Ask the model once for exactly ``count`` pairs grounded in ``source``.
 
     With ``style="mine"`` (conversations) the pairs are the questions the user
     actually asked, rewritten to stand alone, with the assistant's answers; at most
-    ``count`` of them.
+    ``count`` of them. ``overlap_chars``: how many leading characters of ``source``
+    repeat the previous chunk (the chat prompt asks about the text after them).
 
     Raises LLMTransientError / LLMPermanentError when the request fails; an
     answer that does not parse is *not* an exception (see Reply.parse_error).
@@ -84,6 +86,7 @@ def generate_pairs(
         feedback=feedback,
         source_kind=source_kind,
         style=style,
+        overlap_chars=overlap_chars,
     )
     if config.mode == "completion":
         return _generate_completion(config, request)
@@ -101,6 +104,7 @@ def build_chat_request(
     feedback: str | None = None,
     source_kind: str = "document",
     style: str = "synthesize",
+    overlap_chars: int = 0,
 ) -> dict[str, Any]:
     """The Chat Completions request body ``generate_pairs`` would send in chat mode.
 
@@ -117,6 +121,7 @@ def build_chat_request(
         feedback=feedback,
         source_kind=source_kind,
         style=style,
+        overlap_chars=overlap_chars,
     )
     return _chat_body(request, format_level(format_key(config, request.model)))
 
@@ -132,6 +137,7 @@ def pair_request(
     feedback: str | None,
     source_kind: str,
     style: str,
+    overlap_chars: int = 0,
 ) -> PairRequest:
     """The validated request (ValueError for a bad count, kind or style)."""
     if count < 1:
@@ -155,6 +161,8 @@ def pair_request(
         kind=source_kind,
         model=model_for(config, params),
         schema_counts=config.schema_counts,
+        # Only a repeat that leaves some of the source its own is worth saying.
+        overlap_chars=overlap_chars if 0 < overlap_chars < len(source.rstrip()) else 0,
     )
 
 

@@ -9,6 +9,9 @@ Pair generation:
 * the requested count is on a line of its own: ``Number of pairs: N``;
 * questions already made are listed one per line between a line
   ``<existing_questions>`` and a line ``</existing_questions>``;
+* when a document chunk begins with text repeated from the previous chunk
+  (``PairRequest.overlap_chars``), a chat-mode rule says so and quotes the
+  last words of the repeat between ``«`` and ``»`` (``OVERLAP_RULE``);
 * chat mode asks for ``{"pairs": [{"question", "answer", "evidence"}]}``;
   completion mode uses few-shot ``Q:``/``A:``/``E:`` blocks, examples
   separated by a ``###`` line, and the prompt ends with ``Q:``.
@@ -39,6 +42,16 @@ COUNT_LABEL = "Number of pairs:"
 QUESTION_LABEL, ANSWER_LABEL, EVIDENCE_LABEL = "Q:", "A:", "E:"
 EXAMPLE_SEPARATOR = "###"
 USER_LABEL, ASSISTANT_LABEL = "User:", "Assistant:"
+OVERLAP_QUOTE_OPEN, OVERLAP_QUOTE_CLOSE = "«", "»"
+OVERLAP_RULE = (
+    "- The {noun} begins with a passage repeated from the previous section, ending with "
+    + OVERLAP_QUOTE_OPEN
+    + "{tail}"
+    + OVERLAP_QUOTE_CLOSE
+    + "; other questions cover it. Ask about the text after it, and quote evidence from there."
+)
+# Words of the repeated passage's end quoted in the rule.
+OVERLAP_TAIL_WORDS = 8
 
 # Completion mode: "\n\n" ends the block list, "###"/"<source>" mean the model
 # started inventing the next example.
@@ -132,9 +145,26 @@ def _rules(request: PairRequest) -> list[str]:
     ]
 
 
+def overlap_tail(source: str, overlap_chars: int) -> str:
+    """The last words of the repeated passage, as the overlap rule quotes them ("" if none)."""
+    words = one_line(source[:overlap_chars]).split(" ")[-OVERLAP_TAIL_WORDS:]
+    tail = neutralise(" ".join(words))
+    return tail.replace(OVERLAP_QUOTE_OPEN, '"').replace(OVERLAP_QUOTE_CLOSE, '"')
+
+
+def _overlap_rule(request: PairRequest) -> str | None:
+    if request.style != "synthesize" or request.kind != "document" or request.overlap_chars <= 0:
+        return None
+    tail = overlap_tail(request.source, request.overlap_chars)
+    return OVERLAP_RULE.format(noun=_noun(request.kind), tail=tail) if tail else None
+
+
 def chat_user_message(request: PairRequest) -> str:
     noun = _noun(request.kind)
     rules = _rules(request)
+    overlap = _overlap_rule(request)
+    if overlap:
+        rules.append(overlap)
     if request.kind == "conversation" and request.style == "synthesize":
         rules.append(
             "- Ask about what the participants said, asked, decided or agreed; "

@@ -88,6 +88,8 @@ class PairRequest:
     kind: str
     model: str
     schema_counts: bool = False
+    # Leading characters of ``source`` that repeat the end of the previous chunk.
+    overlap_chars: int = 0
 
 
 @dataclass(frozen=True)

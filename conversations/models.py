@@ -85,6 +85,8 @@ class ConversationImport(models.Model):
     problems = models.JSONField(default=list, blank=True)
     error = models.TextField(blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
+    # When its task was last sent: the sweeper re-sends a queued import whose message was lost.
+    enqueued_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 

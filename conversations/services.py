@@ -296,6 +296,7 @@ def _import_queue(
         format=parsed.format,
         total=len(parsed.conversations),
         problems=[{"index_or_id": p.index_or_id, "reason": p.reason} for p in parsed.problems],
+        enqueued_at=timezone.now(),
     )
     row.file.save(filename, ContentFile(data), save=False)
     stored = row.file.name
@@ -306,6 +307,24 @@ def _import_queue(
         raise
     import_conversations_task.delay_on_commit(row.pk)
     return row
+
+
+def conversation_imports_requeue_stale(*, older_than: timedelta) -> int:
+    """Re-send imports whose message was lost (queued too long) or whose worker died (lease lapsed)."""
+    from .tasks import import_conversations_task
+
+    now = timezone.now()
+    Status = ConversationImport.Status
+    stale = ConversationImport.objects.filter(
+        Q(status=Status.QUEUED, enqueued_at__lt=now - older_than)
+        | Q(status=Status.QUEUED, enqueued_at__isnull=True, created_at__lt=now - older_than)
+        | Q(status=Status.RUNNING, lease_expires_at__lt=now)
+    ).values_list("pk", flat=True)
+    ids = list(stale[:200])
+    ConversationImport.objects.filter(pk__in=ids).update(enqueued_at=now)
+    for import_id in ids:
+        import_conversations_task.delay(import_id)
+    return len(ids)
 
 
 IMPORT_BATCH = 100

@@ -26,6 +26,9 @@ class Chunk(models.Model):
     start = models.PositiveIntegerField(default=0)
     end = models.PositiveIntegerField(default=0)
     content_hash = models.CharField(max_length=64)
+    # A conversation's chunks are those of one version of it (`previews.conversation_version`):
+    # a message added later makes a new version, split anew; older chunks stay for their completions.
+    source_version = models.CharField(max_length=120, blank=True, default="")
 
     class Meta:
         ordering = ["document_id", "conversation_id", "index"]
@@ -39,7 +42,7 @@ class Chunk(models.Model):
                 fields=["document", "index"], condition=Q(document__isnull=False), name="chunk_unique_doc_index"
             ),
             models.UniqueConstraint(
-                fields=["conversation", "index"],
+                fields=["conversation", "source_version", "index"],
                 condition=Q(conversation__isnull=False),
                 name="chunk_unique_conv_index",
             ),

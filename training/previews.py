@@ -42,7 +42,7 @@ class Shape:
     users: int
 
 
-def _version(conversation: Conversation) -> str:
+def conversation_version(conversation: Conversation) -> str:
     """Changes whenever a message is added (or the conversation edited through its services)."""
     last = Message.objects.filter(conversation=conversation).aggregate(last=Max("position"))["last"]
     budget, overlap = settings.MASSCER_CHUNK_TOKENS, settings.MASSCER_CHUNK_OVERLAP
@@ -81,14 +81,14 @@ def _split(conversation: Conversation, version: str) -> tuple[list[Shape], list[
 
 def conversation_shape(conversation: Conversation) -> list[Shape]:
     """Tokens and user questions of each chunk the conversation would be split into."""
-    version = _version(conversation)
+    version = conversation_version(conversation)
     shapes = cache.get(_key(version, "shape"))
     return shapes if shapes is not None else _split(conversation, version)[0]
 
 
 def conversation_preview(conversation: Conversation, number: str | int | None) -> Page:
     """One page (of `PER_PAGE`) of the chunks the conversation would be split into, with texts."""
-    version = _version(conversation)
+    version = conversation_version(conversation)
     shapes = cache.get(_key(version, "shape"))
     every: list[ConvChunkSpec] | None = None
     if shapes is None:

@@ -9,6 +9,7 @@ from django.db.models import Q, QuerySet
 from workspaces.selectors import visible_to
 
 from .models import Chunk, Completion, TrainingJob, WorkItem
+from .previews import conversation_version
 from .validation import REASON_LABELS, SAMPLES_PER_ITEM, pick_samples
 
 if TYPE_CHECKING:
@@ -55,7 +56,9 @@ def chunks_for_document(*, document: Any) -> QuerySet[Chunk]:
 
 
 def chunks_for_conversation(*, conversation: Any) -> QuerySet[Chunk]:
-    return Chunk.objects.filter(conversation=conversation).order_by("index")
+    """The stored chunks of the conversation as it is now (none if it changed since its last split)."""
+    version = conversation_version(conversation)
+    return Chunk.objects.filter(conversation=conversation, source_version=version).order_by("index")
 
 
 def job_rejected_samples(*, job: TrainingJob, limit: int = SAMPLES_PER_ITEM) -> list[dict[str, str]]:

@@ -124,3 +124,22 @@ def test_an_import_that_breaks_ends_failed_with_the_reason(alice, django_capture
         conversations_import_start(owner=alice, data=chats(10), filename="c.jsonl")
     row = ConversationImport.objects.get()
     assert row.status == "failed" and "disk on fire" in row.error and not row.file
+
+
+@pytest.mark.usefixtures("eager_celery")
+def test_the_sweeper_resends_an_import_whose_message_was_lost(alice) -> None:
+    """Queued, but its task never reached a worker (a broker restart): the sweeper sends it again."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from training.services import sweep
+
+    queued = conversations_import_start(owner=alice, data=chats(40), filename="c.jsonl")  # its task is never sent
+    assert queued.status == "queued"
+    assert sweep()["conversation_imports"] == 0  # not yet overdue
+    ConversationImport.objects.filter(pk=queued.pk).update(enqueued_at=timezone.now() - timedelta(minutes=5))
+    assert sweep()["conversation_imports"] == 1
+    queued.refresh_from_db()
+    assert (queued.status, queued.done, queued.imported) == ("done", 40, 40)
+    assert Conversation.objects.count() == 40

@@ -13,6 +13,7 @@ from masscer.lib.tokens import chunk_pages
 
 from .. import estimate
 from ..models import Chunk
+from ..previews import conversation_version
 
 
 def _hash(text: str) -> str:
@@ -47,8 +48,13 @@ def chunks_ensure_for_document(*, document: Document) -> list[Chunk]:
 
 
 def chunks_ensure_for_conversation(*, conversation: Conversation, redact: bool = False) -> list[Chunk]:
-    """Split a conversation once; later calls return the stored chunks."""
-    existing = list(Chunk.objects.filter(conversation=conversation).order_by("index"))
+    """Split a conversation once per version of it; later calls return the stored chunks.
+
+    A conversation that grew since it was last split (a logged chat, an added message) is split
+    again, so a job trains on all of it; the older chunks stay for the completions made from them.
+    """
+    version = conversation_version(conversation)
+    existing = list(Chunk.objects.filter(conversation=conversation, source_version=version).order_by("index"))
     if existing:
         return existing
     specs = conversation_chunk_specs(
@@ -62,11 +68,12 @@ def chunks_ensure_for_conversation(*, conversation: Conversation, redact: bool =
             token_count=spec.token_count,
             locator={"messages": [spec.first, spec.last]},
             content_hash=_hash(spec.text),
+            source_version=version,
         )
         for spec in specs
     ]
     Chunk.objects.bulk_create(rows, ignore_conflicts=True)
-    return list(Chunk.objects.filter(conversation=conversation).order_by("index"))
+    return list(Chunk.objects.filter(conversation=conversation, source_version=version).order_by("index"))
 
 
 def user_turns(chunk: Chunk) -> int:

@@ -8,6 +8,7 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
+from conversations.services import conversation_imports_requeue_stale
 from documents.services import document_requeue_stale
 
 from ..models import BatchRound, TrainingJob, WorkItem
@@ -44,12 +45,14 @@ def sweep() -> dict[str, int]:
     for job_id in TrainingJob.objects.filter(status=Status.GENERATING).values_list("pk", flat=True)[:200]:
         finished += int(job_finish_if_done(job_id=job_id))
     documents = document_requeue_stale(older_than=requeue_after)
+    imports = conversation_imports_requeue_stale(older_than=requeue_after)
     rounds = batch_sweep(requeue_after=requeue_after)
     return {
         "work_items": len(item_ids),
         "jobs": len(stale_jobs),
         "finished": finished,
         "documents": documents,
+        "conversation_imports": imports,
         "batch_rounds": rounds,
     }
 

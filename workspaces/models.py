@@ -43,10 +43,19 @@ class Membership(models.Model):
 
 
 class Invitation(models.Model):
-    """An admin's offer of a place in a workspace. The invited user joins only by accepting it."""
+    """An admin's offer of a place in a workspace, to a login name. The person with that login
+    joins only by accepting it.
+
+    It is kept whether or not an account has that name yet (`user` is then empty, and filled
+    when one does), so neither the form's answer nor the list of pending invitations tells an
+    admin which login names exist.
+    """
 
     workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="invitations")
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="invitations")
+    username = models.CharField(max_length=150)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="invitations"
+    )
     role = models.CharField(max_length=20, choices=Membership.Role.choices, default=Membership.Role.MEMBER)
     invited_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="invitations_sent"
@@ -55,10 +64,10 @@ class Invitation(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
-        constraints = [models.UniqueConstraint(fields=["workspace", "user"], name="invitation_unique_user")]
+        constraints = [models.UniqueConstraint(fields=["workspace", "username"], name="invitation_unique_username")]
 
     def __str__(self) -> str:
-        return f"{self.user_id} invited to {self.workspace_id} ({self.role})"
+        return f"{self.username} invited to {self.workspace_id} ({self.role})"
 
 
 class ApiToken(models.Model):

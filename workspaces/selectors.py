@@ -5,7 +5,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 
 from .models import Invitation, Membership, Workspace
 
@@ -51,10 +51,11 @@ def visible_to(queryset: QuerySet[Any], *, user: AbstractBaseUser, path: str = "
 
 
 def invitations_for(*, user: AbstractBaseUser) -> QuerySet[Invitation]:
-    """The invitations waiting for `user`'s answer."""
-    return Invitation.objects.filter(user=user).select_related("workspace", "invited_by")
+    """The invitations waiting for `user`'s answer (made to their login name)."""
+    mine = Q(user=user) | Q(user__isnull=True, username=user.get_username())
+    return Invitation.objects.filter(mine).select_related("workspace", "invited_by")
 
 
 def invitations_of(*, workspace_id: int) -> QuerySet[Invitation]:
     """A workspace's invitations not yet answered (its admins see them)."""
-    return Invitation.objects.filter(workspace_id=workspace_id).select_related("user").order_by("user__username")
+    return Invitation.objects.filter(workspace_id=workspace_id).order_by("username")

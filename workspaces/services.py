@@ -46,17 +46,16 @@ def membership_invite(
 
     Nobody is added without their consent: an invitation waits until its user accepts it.
     Returns the membership when `username` is already a member (its role changed); otherwise
-    None, whether or not such a login exists, so the answer tells nothing about which names do.
+    None, and the invitation is kept whether or not such a login exists (an account made later
+    with that name sees it), so neither the answer nor the pending list tells which names do.
     """
     require_admin(user=actor, workspace_id=workspace.pk, action="add members")
     _check_role(role)
     user = get_user_model().objects.filter(username=username).first()
-    if user is None:
-        return None
-    if Membership.objects.filter(workspace=workspace, user=user).exists():
+    if user is not None and Membership.objects.filter(workspace=workspace, user=user).exists():
         return membership_set_role(actor=actor, workspace=workspace, user=user, role=role)
     Invitation.objects.update_or_create(
-        workspace=workspace, user=user, defaults={"role": role, "invited_by": actor}
+        workspace=workspace, username=username, defaults={"role": role, "invited_by": actor, "user": user}
     )
     return None
 
@@ -114,7 +113,7 @@ def invitation_revoke(*, actor: AbstractBaseUser, invitation: Invitation) -> Non
 
 
 def _require_invitee(*, user: AbstractBaseUser, invitation: Invitation) -> None:
-    if invitation.user_id != user.pk:
+    if invitation.username != user.get_username() or invitation.user_id not in (None, user.pk):
         raise NotAllowed("Only the invited person can answer an invitation.")
 
 

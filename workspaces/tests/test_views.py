@@ -128,7 +128,8 @@ def test_the_member_form_does_not_tell_which_login_names_exist(client, alice, bo
         said.append([m.message.replace(name, "NAME") for m in response.context["messages"]])
     assert said[0] == said[1] == ["If “NAME” has an account, they are invited as member: they join when they "
                                   "accept it on their Workspaces page."]
-    assert Invitation.objects.filter(workspace=team).count() == 1
+    # Both are kept and listed alike: the pending list tells no more than the answer does.
+    assert sorted(Invitation.objects.filter(workspace=team).values_list("username", flat=True)) == ["bob", "zed"]
 
 
 def test_an_admin_changes_a_members_role_directly(client, alice, bob) -> None:
@@ -221,3 +222,19 @@ def test_an_admin_steps_down_once_another_admin_is_there(client, alice, bob) -> 
     assert list(Membership.objects.filter(workspace=team, role="admin").values_list("user__username", flat=True)) == [
         "bob"
     ]
+
+
+def test_an_invitation_to_a_name_without_an_account_waits_for_one(client, alice, django_user_model) -> None:
+    """Kept and listed like any other (the pending list tells no more than the form's answer), and
+    the person who later signs up with that login name finds it."""
+    team = workspace_create(name="Team", admin=alice)
+    page = logged_in(client, alice).post(
+        f"/workspaces/{team.pk}/members/", {"username": "zed", "role": "reviewer"}, follow=True
+    ).content.decode()
+    assert "Invited, not yet joined" in page and ">zed<" in page
+    zed = django_user_model.objects.create_user("zed", password="zed-Secret-123")
+    listing = logged_in(client, zed).get("/workspaces/").content.decode()
+    assert "Team" in listing and "invited by alice" in listing
+    invitation = Invitation.objects.get(workspace=team, username="zed")
+    client.post(f"/workspaces/invitations/{invitation.pk}/accept/")
+    assert Membership.objects.get(workspace=team, user=zed).role == "reviewer"

@@ -19,6 +19,8 @@ export DJANGO_DEBUG ?= 1
 # MASSCER_LLM_BASE_URL set, the model is that endpoint's and the embedded one is not started.
 # The embedded model serves one call at a time, so the llm worker then runs one thread
 # (more would only queue at the model and run into its timeout).
+# With another endpoint the llm worker runs as many threads as the endpoint takes calls at
+# once (MASSCER_LLM_MAX_CONCURRENCY), at least 16: fewer left its capacity unused (B9).
 run: setup
 	@# The last run's model-call counters (masscer.metrics): the whole stack starts afresh.
 	@rm -rf var/metrics
@@ -26,7 +28,8 @@ run: setup
 		MASSCER_LLM_WORKER_THREADS=$${MASSCER_LLM_WORKER_THREADS:-1} $(VENV)/bin/honcho start -f Procfile; \
 	else \
 		echo "Model endpoint: $$MASSCER_LLM_BASE_URL (the embedded model is not started)"; \
-		$(VENV)/bin/honcho start -f Procfile web ingest llm beat; \
+		threads=$${MASSCER_LLM_WORKER_THREADS:-$$($(PY) -c 'import os; print(max(16, int(os.environ.get("MASSCER_LLM_MAX_CONCURRENCY") or 0)))')}; \
+		MASSCER_LLM_WORKER_THREADS=$$threads $(VENV)/bin/honcho start -f Procfile web ingest llm beat; \
 	fi
 
 setup: $(STAMP) migrate demo

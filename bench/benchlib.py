@@ -31,6 +31,9 @@ if str(PROJECT_ROOT) not in sys.path:
 # Benchmarks are development runs (the settings default to production); a script that
 # measures the production setup says DJANGO_DEBUG=0 for the processes it starts.
 os.environ.setdefault("DJANGO_DEBUG", "1")
+# The figures are of generation: the judge pass (#15, on by default for endpoints other than the
+# embedded model) would add a call per reply. A benchmark of the judge says MASSCER_JUDGE_DEFAULT=1.
+os.environ.setdefault("MASSCER_JUDGE_DEFAULT", "0")
 
 BENCHMARKS_MD = PROJECT_ROOT / "BENCHMARKS.md"
 PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"

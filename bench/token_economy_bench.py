@@ -33,6 +33,7 @@ def setup_django(workdir: Path) -> None:
         MASSCER_LLM_MODE="chat",
         MASSCER_LLM_MODEL="fake-model",
         MASSCER_LOG_LEVEL="WARNING",
+        MASSCER_JUDGE_DEFAULT="0",  # the figures are of generation
     )
     import django
 

@@ -331,6 +331,9 @@ MASSCER_LLM_TEMPERATURE = env_optional_float("MASSCER_LLM_TEMPERATURE", 0.2 if _
 # schema into a grammar, so a small model writes exactly N pairs; OpenAI's strict mode may
 # refuse these keywords. On by default for loopback endpoints.
 MASSCER_LLM_SCHEMA_COUNTS = env_bool("MASSCER_LLM_SCHEMA_COUNTS", _is_loopback(MASSCER_LLM_BASE_URL))
+# Whether a new job has the judge pass (a second call scoring each pair) unless it says:
+# on for a real provider, off for the embedded model (too slow to grade its own pairs).
+MASSCER_JUDGE_DEFAULT = env_bool("MASSCER_JUDGE_DEFAULT", not _EMBEDDED_MODEL)
 # Prices per 1M tokens, "model=input:output,..." e.g. "gpt-4o-mini=0.15:0.60".
 MASSCER_LLM_PRICES = env_str("MASSCER_LLM_PRICES", "")
 # The provider's limits for the endpoint, shared by all llm workers through Redis (0 = none);

@@ -10,3 +10,6 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("DJANGO_DEBUG", "1")
+# Off unless a test turns it on (`judge=True`, training/tests/test_judge.py): with a model endpoint
+# set (the fake), new jobs would judge by default, and the other tests count one call per reply.
+os.environ.setdefault("MASSCER_JUDGE_DEFAULT", "0")

@@ -24,6 +24,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
 from django.core.exceptions import ValidationError
 from django.db.models import Prefetch, Q, QuerySet
+from django.db.models.fields.json import KeyTransform
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils.html import format_html_join
@@ -45,8 +46,8 @@ class TrainingJobAdmin(ReadOnlyAdmin):
     services); the actions cancel and retry through the services, as the job page does."""
 
     list_display = ["id", "workspace", "owner", "outcome", "requested_count", "created_count", "shortfall", "calls",
-                    "created_at"]
-    list_filter = ["status", "style", "model"]
+                    "judge", "created_at"]
+    list_filter = ["status", "style", "model", "judge"]
     list_select_related = ["owner", "workspace"]
     raw_id_fields = ["owner", "workspace", "documents", "conversations", "agents"]
     readonly_fields = ["created_count", "calls", "prompt_tokens", "completion_tokens", "shortfall_reasons", "error"]
@@ -164,6 +165,21 @@ class DuplicateFilter(admin.SimpleListFilter):
         return queryset
 
 
+class JudgeFilter(admin.SimpleListFilter):
+    title = "judge faithfulness"
+    parameter_name = "judge_below"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(str(k), f"Below {k}") for k in (2, 3, 4, 5)] + [("none", "Not judged")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Completion]) -> QuerySet[Completion]:
+        if self.value() == "none":
+            return queryset.filter(judge__isnull=True)
+        if self.value() in ("2", "3", "4", "5"):
+            return queryset.filter(judge__faithfulness__lt=int(self.value() or 0))
+        return queryset
+
+
 # --- the completion admin ----------------------------------------------------------------------
 
 
@@ -199,20 +215,20 @@ def _reviewer_form(base: type[forms.ModelForm], request: HttpRequest) -> type[fo
 
 @admin.register(Completion)
 class CompletionAdmin(admin.ModelAdmin):
-    list_display = ["id", "question", "answer", "status", "source", "agent_names", "job", "model", "edited",
-                    "duplicate_of_id", "reviewed_by", "reviewed_at", "created_at"]
+    list_display = ["id", "question", "answer", "status", "source", "agent_names", "job", "model", "faithfulness",
+                    "edited", "duplicate_of_id", "reviewed_by", "reviewed_at", "created_at"]
     list_display_links = ["id"]
     list_editable = ["question", "answer", "status"]
     list_filter = ["status", AgentFilter, JobFilter, SourceTypeFilter, "model", "created_at", "edited",
-                   DuplicateFilter]
+                   DuplicateFilter, JudgeFilter]
     list_select_related = ["job", "chunk", "chunk__document", "chunk__conversation", "reviewed_by"]
     list_per_page = 50
     search_fields = ["question", "answer"]
     date_hierarchy = "created_at"
     fields = ["question", "answer", "status", "evidence", "source", "chunk_text", "agent_names", "job", "model",
-              "edited", "original_question", "original_answer", "redacted", "duplicate_of", "reviewed_by",
+              "judge", "edited", "original_question", "original_answer", "redacted", "duplicate_of", "reviewed_by",
               "reviewed_at", "created_at"]
-    readonly_fields = ["evidence", "source", "chunk_text", "agent_names", "job", "model", "edited",
+    readonly_fields = ["evidence", "source", "chunk_text", "agent_names", "job", "model", "judge", "edited",
                        "original_question", "original_answer", "redacted", "duplicate_of", "reviewed_by",
                        "reviewed_at", "created_at"]
     action_form = CompletionActionForm
@@ -242,6 +258,10 @@ class CompletionAdmin(admin.ModelAdmin):
         source = chunk.document if chunk.document_id else chunk.conversation
         label = chunk.locator_label
         return f"{source}" + (f" ({label})" if label else "")
+
+    @admin.display(description="faithfulness", ordering=KeyTransform("faithfulness", "judge"))
+    def faithfulness(self, obj: Completion) -> int | None:
+        return (obj.judge or {}).get("faithfulness")
 
     @admin.display(description="agents")
     def agent_names(self, obj: Completion) -> str:

@@ -58,6 +58,10 @@ class JobIn(Schema):
     instructions: Text = Field("", max_length=20_000)
     style: Literal["synthesize", "mine"] = "synthesize"
     redact: bool = False
+    judge: bool | None = Field(
+        None, description="Score each pair with a judge call (default: on unless the model is the embedded one)."
+    )
+    judge_threshold: int = Field(4, ge=1, le=5, description="Pairs with judge faithfulness below this are replaced.")
 
 
 class JobOut(Schema):
@@ -90,6 +94,8 @@ class JobOut(Schema):
     agents: list[int]
     model: str
     style: str
+    judge: bool
+    judge_threshold: int
     created_at: datetime
     finished_at: datetime | None
 
@@ -152,7 +158,7 @@ def jobs_create(request: HttpRequest, payload: JobIn) -> Status[dict[str, Any]]:
         conversations=all_or_404(conversations_for(user=user), payload.conversations, "conversation"),
         agents=all_or_404(agents_for(user=user), payload.agents, "agent"),
         **payload.model_dump(include={"model", "temperature", "top_p", "max_tokens", "frequency_penalty", "stop",
-                                      "instructions", "style", "redact"}),
+                                      "instructions", "style", "redact", "judge", "judge_threshold"}),
     )
     return Status(201, _jobs(request).get(pk=job.pk))
 
@@ -208,6 +214,9 @@ class CompletionOut(Schema):
     original_question: str
     original_answer: str
     redacted: bool
+    judge: dict[str, Any] | None = Field(
+        ..., description='Judge scores {"faithfulness", "answerability", "usefulness": 1-5, "reasons"}, or null.'
+    )
     duplicate_of_id: int | None
     agents: list[int]
     context_rules: list[dict[str, Any]] = Field(
@@ -257,6 +266,11 @@ class CompletionFilters(Schema):
     model: Text | None = Field(None, max_length=200)
     q: Text | None = Field(None, max_length=500, description="Search in question and answer.")
     duplicates: bool | None = Field(None, description="Only completions flagged as near-duplicates.")
+    judge_below: int | None = Field(None, ge=1, le=5, description="Only those judged with faithfulness below this.")
+    judged: bool | None = Field(None, description="Only completions the judge scored (or, false, did not).")
+    order: Literal["faithfulness", "answerability", "usefulness"] | None = Field(
+        None, description="Sort by a judge score, lowest first (unjudged last)."
+    )
 
 
 class CompletionEdit(Schema):

@@ -26,6 +26,9 @@ MAX_EXISTING_IN_PROMPT = 60
 # One question/answer/evidence triple in the reply, with its JSON punctuation.
 PAIR_TOKENS = 90
 REPLY_OVERHEAD_TOKENS = 10
+# The judge pass: its instructions, and one pair's scores and reasons in its reply.
+JUDGE_OVERHEAD_TOKENS = 250
+JUDGE_SCORE_TOKENS = 60
 
 Price = tuple[Decimal, Decimal]  # per 1M prompt and completion tokens (masscer.lib.pricing)
 
@@ -88,10 +91,12 @@ def estimate(
     max_tokens: int | None = None,
     price: Price | None = None,
     projected: bool = False,
+    judge: bool = False,
 ) -> Estimate:
     """The estimate for `count` completions over chunks of these sizes.
 
     `caps` (one per chunk) switches to the mining plan: a chunk gives at most its cap.
+    `judge`: every generation call is followed by a judge call over its pairs.
     """
     per_call = max(1, pairs_per_call)
     quotas = allocate_capped(count, caps) if caps is not None else allocate(count, chunk_tokens)
@@ -99,7 +104,7 @@ def estimate(
     for tokens, quota in zip(chunk_tokens, quotas, strict=True):
         if quota <= 0:
             continue
-        calls_max += calls_budget(quota, per_call=per_call, calls_per_batch=calls_per_batch)
+        calls_max += calls_budget(quota, per_call=per_call, calls_per_batch=calls_per_batch) * (2 if judge else 1)
         left = quota
         while left > 0:
             pairs = min(per_call, left)
@@ -107,6 +112,10 @@ def estimate(
             prompt += PROMPT_OVERHEAD_TOKENS + tokens + min(made, MAX_EXISTING_IN_PROMPT) * QUESTION_TOKENS
             reply = REPLY_OVERHEAD_TOKENS + pairs * PAIR_TOKENS
             completion += min(reply, max_tokens) if max_tokens else reply
+            if judge:
+                calls += 1
+                prompt += JUDGE_OVERHEAD_TOKENS + tokens + pairs * PAIR_TOKENS
+                completion += REPLY_OVERHEAD_TOKENS + pairs * JUDGE_SCORE_TOKENS
             made += pairs
             left -= pairs
     cost = None

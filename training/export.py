@@ -254,6 +254,8 @@ def record_line(completion: Completion) -> dict[str, Any]:
         "locator": chunk.locator,
         "chunk_text": chunk.text,
         "redacted": completion.redacted,
+        # {"faithfulness", "answerability", "usefulness": 1-5, "reasons": {...}}, or None: not judged.
+        "judge": completion.judge,
         "reviewed_at": completion.reviewed_at.isoformat() if completion.reviewed_at else None,
         "created_at": completion.created_at.isoformat(),
     }

@@ -93,6 +93,22 @@ class TrainForm(forms.Form):
         help_text="Stop the job cleanly once its model calls have cost this much. Empty: no limit.",
         widget=forms.NumberInput(attrs={"placeholder": "no limit", "step": "0.01"}),
     )
+    judge = forms.BooleanField(
+        label="Judge each pair",
+        required=False,
+        help_text=(
+            "A second model call scores each pair on faithfulness, answerability and usefulness; "
+            "pairs below the threshold are replaced. About doubles the calls."
+        ),
+    )
+    judge_threshold = forms.IntegerField(
+        label="Lowest faithfulness kept",
+        min_value=1,
+        max_value=5,
+        initial=4,
+        required=False,
+        help_text="1–5: pairs the judge scores below this are rejected and made again.",
+    )
     instructions = forms.CharField(
         required=False,
         max_length=4000,
@@ -120,6 +136,11 @@ class TrainForm(forms.Form):
         if not conversations:
             del self.fields["style"]
             del self.fields["redact"]
+        self.fields["judge"].initial = settings.MASSCER_JUDGE_DEFAULT
+        if settings.MASSCER_LLM_MODE != "chat":
+            # The judge needs a chat model (services.jobs refuses it otherwise).
+            del self.fields["judge"]
+            del self.fields["judge_threshold"]
         if not settings.MASSCER_LLM_PRICES.strip():
             # Without prices nothing is costed, so a budget could never stop anything.
             del self.fields["budget"]
@@ -145,6 +166,8 @@ class TrainForm(forms.Form):
         params["style"] = data.get("style") or TrainingJob.Style.SYNTHESIZE
         params["redact"] = bool(data.get("redact"))
         params["budget"] = data.get("budget")
+        params["judge"] = bool(data.get("judge"))
+        params["judge_threshold"] = data.get("judge_threshold") or 4
         return params
 
 

@@ -13,7 +13,7 @@ validation, storing, counters, feedback).
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from django.conf import settings
@@ -26,7 +26,7 @@ from masscer.lib.tokens import count_tokens
 
 from . import hotsql
 from .models import TrainingJob, WorkItem
-from .services import replies, retry, state
+from .services import judging, replies, retry, state
 
 # Token estimates reserved in the shared tokens-per-minute limit before a call.
 PROMPT_OVERHEAD_TOKENS = 400
@@ -117,6 +117,7 @@ def _run_claimed(item: WorkItem, claim: int, counts: tuple[int, int], attempt: i
     llm.warm_up(config)  # before the first slot, not between the slot and the call
     slots = endpoint.call_slots(job.model)
     source_tokens = (count_tokens(source) if job.redact else item.chunk.token_count) + PROMPT_OVERHEAD_TOKENS
+    judge = _judge_call(item, claim, config, params, source, source_tokens, limiter, slots) if job.judge else None
     first_call = True
     while replies.wants_more(item, progress, budget):
         if first_call:
@@ -170,10 +171,33 @@ def _run_claimed(item: WorkItem, claim: int, counts: tuple[int, int], attempt: i
             return "failed-permanent"
         if limiter is not None:
             limiter.tighten(reply.headers)
-        stored = replies.reply_absorb(item, claim, reply, asked, progress, source)
+        stored = replies.reply_absorb(item, claim, reply, asked, progress, source, judge=judge)
         if stored < 0:
             return "lost-lease"
     return state.item_finish(item, claim, progress)
+
+
+def _judge_call(
+    item: WorkItem,
+    claim: int,
+    config: llm.LLMConfig,
+    params: llm.GenParams,
+    source: str,
+    source_tokens: int,
+    limiter: ratelimit.RateLimiter | None,
+    slots: concurrency.CallSlots | None,
+) -> judging.JudgeCall:
+    """The judge pass's model call, behind the same rate limit and call slots as generation."""
+
+    def call(pairs: Sequence[llm.Pair]) -> llm.JudgeReply:
+        with _call_slot(slots, item, claim):
+            _wait_for_slot(limiter, item, claim, source_tokens + len(pairs) * TOKENS_PER_PAIR * 2)
+            reply = llm.judge_pairs(config, source=source, pairs=pairs, params=params)
+        if limiter is not None:
+            limiter.tighten(reply.headers)
+        return reply
+
+    return call
 
 
 def _spare(

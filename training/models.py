@@ -118,6 +118,10 @@ class TrainingJob(models.Model):
     style = models.CharField(max_length=20, choices=Style.choices, default=Style.SYNTHESIZE)
     mode = models.CharField(max_length=10, choices=Mode.choices, default=Mode.LIVE)
     redact = models.BooleanField(default=False)
+    # The judge pass (services.judging): each accepted pair is scored 1-5; a pair whose
+    # faithfulness is below `judge_threshold` is rejected and topped up like any other.
+    judge = models.BooleanField(default=False)
+    judge_threshold = models.PositiveSmallIntegerField(default=4)
     model = models.CharField(max_length=200)
     temperature = models.FloatField(null=True, blank=True)
     top_p = models.FloatField(null=True, blank=True)
@@ -324,6 +328,9 @@ class Completion(models.Model):
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING, db_index=True)
     model = models.CharField(max_length=200, blank=True)
     redacted = models.BooleanField(default=False)
+    # The judge's scores: {"faithfulness", "answerability", "usefulness": 1-5, "reasons": {...}},
+    # or null when the pair was not judged.
+    judge = models.JSONField(null=True, blank=True)
     edited = models.BooleanField(default=False)
     original_question = models.TextField(blank=True)
     original_answer = models.TextField(blank=True)

@@ -6,7 +6,7 @@ from typing import Any
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db.models import Prefetch, QuerySet
+from django.db.models import F, Prefetch, QuerySet
 from django.http import HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -27,7 +27,9 @@ from .review import assignments_set_rule
 from .selectors import completions_for, jobs_for
 from .services import completion_review, completions_review_bulk
 
-FILTER_KEYS = ("status", "job", "agent", "source_type", "document", "conversation", "q")
+FILTER_KEYS = ("status", "job", "agent", "source_type", "document", "conversation", "q", "judge_below", "order")
+# The judge's criteria the queue sorts by (lowest score first).
+ORDERS = ("faithfulness", "answerability", "usefulness")
 JOB_CHOICES = 50
 NOT_A_REVIEWER = "Only reviewers and admins of a workspace can approve or reject its completions."
 
@@ -42,6 +44,10 @@ def review_filters(data: QueryDict) -> dict[str, Any]:
             filters[key] = ""
     if filters["status"] and filters["status"] not in Completion.Status.values:
         filters["status"] = Completion.Status.PENDING
+    if filters["judge_below"] not in ("2", "3", "4", "5"):
+        filters["judge_below"] = ""  # "below 1" would match nothing; anything else is no filter
+    if filters["order"] not in ORDERS:
+        filters["order"] = ""
     return filters
 
 
@@ -53,6 +59,10 @@ def _with_rules(rows: QuerySet[Completion]) -> QuerySet[Completion]:
 
 def review_rows(user: Any, filters: dict[str, Any]) -> QuerySet[Completion]:
     rows = completions_for(user=user, filters=filters).select_related("chunk__document", "chunk__conversation")
+    if filters.get("order"):
+        # Lowest score first: what most needs a reviewer's eye; unjudged ones last.
+        score = F(f"judge__{filters['order']}")
+        return _with_rules(rows).order_by(score.asc(nulls_last=True), "created_at", "id")
     return _with_rules(rows).order_by("created_at", "id")
 
 
@@ -94,6 +104,7 @@ def review_queue(request: HttpRequest) -> HttpResponse:
         "page": page,
         "cards": [_card_context(c, reviewer_ids, agent_ids) for c in page],
         "filters": filters,
+        "judge_orders": ORDERS,
         "status_choice": request.GET.get("status") or Completion.Status.PENDING,
         "statuses": Completion.Status.choices,
         "jobs": jobs_for(user=request.user).select_related(None).only("pk", "created_at")[:JOB_CHOICES],

@@ -4,8 +4,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import Q, QuerySet
+from django.db.models import F, Q, QuerySet
 
+from masscer.lib.llm.prompts import JUDGE_CRITERIA
 from workspaces.selectors import visible_to
 
 from .models import Chunk, Completion, TrainingJob, WorkItem
@@ -27,7 +28,8 @@ def jobs_for(*, user: AbstractBaseUser) -> QuerySet[TrainingJob]:
 
 def completions_for(*, user: AbstractBaseUser, filters: dict[str, Any] | None = None) -> QuerySet[Completion]:
     """Completions the user may see, with optional filters: status, job, agent, source type, document,
-    conversation, model, q (search in question and answer)."""
+    conversation, model, q (search in question and answer), judge_below (judged with faithfulness
+    below it), judged (whether the judge scored it) and order (a judge criterion: lowest first)."""
     rows = visible_to(Completion.objects.all(), user=user, path="job__workspace")
     filters = {key: value for key, value in (filters or {}).items() if value not in (None, "")}
     if "status" in filters:
@@ -48,7 +50,20 @@ def completions_for(*, user: AbstractBaseUser, filters: dict[str, Any] | None = 
         rows = rows.filter(model=filters["model"])
     if "q" in filters:
         rows = rows.filter(Q(question__icontains=filters["q"]) | Q(answer__icontains=filters["q"]))
-    return rows.select_related("chunk", "job", "reviewed_by").order_by("-created_at", "-id")
+    rows = _judge_filters(rows, filters).select_related("chunk", "job", "reviewed_by")
+    if filters.get("order") in JUDGE_CRITERIA:
+        # Lowest score first (what a reviewer checks first); unjudged completions last.
+        score = F(f"judge__{filters['order']}")
+        return rows.order_by(score.asc(nulls_last=True), "-created_at", "-id")
+    return rows.order_by("-created_at", "-id")
+
+
+def _judge_filters(rows: QuerySet[Completion], filters: dict[str, Any]) -> QuerySet[Completion]:
+    if "judge_below" in filters:
+        rows = rows.filter(judge__faithfulness__lt=int(filters["judge_below"]))
+    if "judged" in filters:
+        rows = rows.filter(judge__isnull=not filters["judged"])
+    return rows
 
 
 def chunks_for_document(*, document: Any) -> QuerySet[Chunk]:

@@ -31,6 +31,8 @@ REASON_LABELS = {
     "budget_exhausted": "the job reached its cost budget",
     "quota_moved": "pairs a chunk could not make were asked of other chunks with unused text",
     "chunks_exhausted": "every chunk was exhausted: none had unused text left for the missing pairs",
+    "judge_low": "the judge scored the pair's faithfulness below the job's threshold",
+    "judge_unchecked": "the budget ran out before the judge could score the pairs (not stored)",
 }
 
 

@@ -137,6 +137,7 @@ def _estimate(sources: Sources, data: QueryDict | dict[str, Any]) -> dict[str, A
         max_tokens=_number(data.get("max_tokens"), int),
         price=estimating.price_for(settings.MASSCER_LLM_PRICES, model),
         projected=projected,
+        judge=bool(data.get("judge")) and settings.MASSCER_LLM_MODE == "chat",
     )
     context["mine"] = mine
     return context
@@ -203,7 +204,11 @@ def job_new(request: HttpRequest) -> HttpResponse:
             messages.success(request, f"Started job {job.pk}: {what}.")
             url = reverse("training:job", args=[job.pk])
             return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
-    data = form.data if form.is_bound else {"count": form.fields["count"].initial, "style": "synthesize"}
+    data = form.data if form.is_bound else {
+        "count": form.fields["count"].initial,
+        "style": "synthesize",
+        "judge": "on" if "judge" in form.fields and form.fields["judge"].initial else "",
+    }
     context = {"form": form, "sources": sources, **_estimate(sources, data)}
     template = "training/_train_form.html" if request.htmx else "training/train.html"
     return render(request, template, context, status=400 if form.errors else 200)

@@ -92,6 +92,13 @@ lines, default 0, are answered; the rest get ``batch_expired`` errors).
 Uploaded files and batches are listed by :meth:`FakeLLMServer.batches` and
 ``GET /_fake/state``; other API requests in ``api_calls``.
 
+Judge requests (``masscer.lib.llm.judge``, recognised by the ``<pairs_to_judge>``
+block of ``masscer.lib.llm.prompts``) take only judge behaviours: kind ``judge``
+(``low``: a marker string; each pair whose question, answer or evidence holds it
+scores ``score``, default 1, on every criterion, the others 5), or any kind with
+``"judge": true`` (e.g. ``http_error``, ``invalid_json``). Without one every pair
+scores 5; generation behaviours are never used up by judge requests.
+
 Server settings: ``latency`` (seconds added to every generation call),
 ``capacity`` (max in-flight generation calls; beyond it 429 with
 Retry-After: 1), ``rpm`` (sliding 60 s window; 429 with Retry-After),

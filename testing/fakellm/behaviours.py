@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .chat import chat_reply, conversational, transcript_reply
+from .judge import judge_text
 from .pairs import make_pairs
 from .prompts import PromptInfo
 
@@ -40,6 +41,7 @@ KINDS = frozenset(
         "reject_stream_options",
         "batch_failed",
         "batch_expired",
+        "judge",
     }
 )
 # Taken when a batch is created, never by a single call.
@@ -109,6 +111,11 @@ def _applies(behaviour: Mapping[str, Any], call: _Call) -> bool:
         return False
     match = behaviour.get("match")
     if match is not None and str(match) not in call.info.prompt:
+        return False
+    # Judge requests take only judge behaviours (kind "judge", or any kind with "judge": true),
+    # so a script for generation calls is not used up by the judge pass.
+    judging = call.info.judged is not None
+    if judging != (behaviour["kind"] == "judge" or bool(behaviour.get("judge"))):
         return False
     endpoint = behaviour.get("endpoint")
     if endpoint in API_ENDPOINTS or call.endpoint in API_ENDPOINTS:
@@ -253,6 +260,8 @@ def _generate_text(
 ) -> tuple[str, str | None, int]:
     """Return (content, finish_reason, pairs_returned) for content behaviours."""
     kind = behaviour["kind"]
+    if call.info.judged is not None and kind in ("good", "judge"):
+        return judge_text(behaviour, call.info.judged), "stop", len(call.info.judged)
     if conversational(call.info) and kind not in ("invalid_json", "never", "raw"):
         return _chat_text(behaviour, call)
     if kind in ("invalid_json", "never"):

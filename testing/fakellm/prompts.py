@@ -10,6 +10,7 @@ changes the fake too.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from masscer.lib.llm.prompts import (
     COUNT_LABEL,
     EXISTING_CLOSE,
     EXISTING_OPEN,
+    JUDGE_CLOSE,
+    JUDGE_OPEN,
     OVERLAP_QUOTE_CLOSE,
     OVERLAP_RULE,
     QUESTION_LABEL,
@@ -53,6 +56,7 @@ def _overlap_pattern() -> re.Pattern[str]:
 
 
 _OVERLAP_RULE = _overlap_pattern()
+_JUDGE_BLOCK = _fenced(JUDGE_OPEN, JUDGE_CLOSE)
 _REFERENCE_BLOCK = _fenced(REFERENCE_OPEN, REFERENCE_CLOSE, closer_on_its_line=False)
 _TRANSCRIPT_USER = re.compile(rf"^{re.escape(USER_LABEL)}[ \t]?(.*)$", re.MULTILINE)
 
@@ -70,6 +74,8 @@ class PromptInfo:
     existing: tuple[str, ...]
     # The quoted end of the passage the source repeats from the previous chunk, if the prompt says so.
     overlap_tail: str | None = None
+    # A judge request (``masscer.lib.llm.judge``): the pairs to score, else None.
+    judged: tuple[dict[str, Any], ...] | None = None
 
 
 def read_prompt(prompt: str) -> PromptInfo:
@@ -93,7 +99,19 @@ def read_prompt(prompt: str) -> PromptInfo:
         count=int(counts[-1]) if counts else None,
         existing=existing,
         overlap_tail=next((m.group(2) for m in _OVERLAP_RULE.finditer(outside)), None),
+        judged=_judged(outside),
     )
+
+
+def _judged(outside: str) -> tuple[dict[str, Any], ...] | None:
+    blocks = _JUDGE_BLOCK.findall(outside)
+    if not blocks:
+        return None
+    try:
+        items = json.loads(blocks[-1].replace("&lt;", "<").replace("&gt;", ">"))
+    except ValueError:
+        return ()
+    return tuple(item for item in items if isinstance(item, dict)) if isinstance(items, list) else ()
 
 
 def _chat_prompt(body: Mapping[str, Any]) -> str:

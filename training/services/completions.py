@@ -30,6 +30,7 @@ def store_completions(
     close: bool = False,
     samples: Sequence[dict[str, str]] | None = None,
     duplicates: list[str] | None = None,
+    judged: Sequence[dict[str, object] | None] | None = None,
 ) -> int:
     """Store accepted pairs for a claimed work item in one short transaction; the number stored.
 
@@ -51,7 +52,7 @@ def store_completions(
     `agent_ids` the job's agents (each saves a query); `close` closes the item as done in
     the same transaction and counts it in the job's `chunks_done`. `samples`, when given,
     replace the item's rejected-reply samples (the caller holds the claim, so it has the
-    current list and adds to it).
+    current list and adds to it). `judged`, when given, holds each pair's judge scores.
     """
     merged = Counter(item.reasons or {})
     merged.update(reasons)
@@ -68,6 +69,7 @@ def store_completions(
                 evidence=evidence,
                 model=model,
                 redacted=redacted,
+                judge=judged[offset] if judged is not None else None,
             )
             for offset, (question, answer, evidence) in enumerate(pairs)
         ]

@@ -58,6 +58,20 @@ def _check_mode(mode: str) -> None:
         )
 
 
+def _judge_setting(judge: bool | None, threshold: int, mode: str) -> bool:
+    """Whether the job has the judge pass: as asked, else the default where it can run."""
+    if not 1 <= threshold <= 5:
+        raise ValidationError("The judge threshold must be between 1 and 5.", code="judge_threshold")
+    available = mode == TrainingJob.Mode.LIVE and settings.MASSCER_LLM_MODE == "chat"
+    if judge is None:
+        return settings.MASSCER_JUDGE_DEFAULT and available
+    if judge and mode == TrainingJob.Mode.BATCH:
+        raise ValidationError("The judge pass is not available in batch mode yet; use live mode.", code="judge")
+    if judge and not available:
+        raise ValidationError("The judge pass needs a chat model endpoint (MASSCER_LLM_MODE=chat).", code="judge")
+    return judge
+
+
 def _check_active_jobs(owner: AbstractBaseUser) -> None:
     limit = settings.MASSCER_MAX_ACTIVE_JOBS_PER_USER
     active = TrainingJob.objects.filter(
@@ -97,14 +111,19 @@ def job_create(
     redact: bool = False,
     budget: Decimal | None = None,
     mode: str = TrainingJob.Mode.LIVE,
+    judge: bool | None = None,
+    judge_threshold: int = 4,
 ) -> TrainingJob:
     """Create a queued job and send it to the workers after commit.
 
     `mode="batch"` sends the model calls through the provider's batches API (cheaper,
-    results within 24 hours; chat endpoints only).
+    results within 24 hours; chat endpoints only). `judge` (None: MASSCER_JUDGE_DEFAULT
+    where available) scores each pair and rejects those with faithfulness below
+    `judge_threshold` (`services.judging`; live mode only for now).
     """
     _check_count(count)
     _check_mode(mode)
+    judge = _judge_setting(judge, judge_threshold, mode)
     _check_active_jobs(owner)
     if not documents and not conversations:
         raise ValidationError("Choose at least one document or conversation to train with.", code="sources")
@@ -137,6 +156,8 @@ def job_create(
         redact=redact,
         budget=budget,
         mode=mode,
+        judge=judge,
+        judge_threshold=judge_threshold,
         enqueued_at=timezone.now(),
     )
     job.documents.set(documents)
@@ -285,6 +306,8 @@ def job_summary(job: TrainingJob) -> dict[str, Any]:
         "completion_tokens": job.completion_tokens,
         "elapsed_seconds": elapsed,
         "cost": float(job.cost),
+        "judge": job.judge,
+        "judge_threshold": job.judge_threshold,
         "error": job.error or None,
     }
 

@@ -28,7 +28,7 @@ from .. import questions
 from ..models import Chunk, Completion, TrainingJob, WorkItem
 from ..planning import calls_budget
 from ..validation import Candidate, QuestionIndex, add_samples, pair_text, screen, shorten
-from . import completions
+from . import completions, judging
 from .chunks import user_turns
 
 logger = logging.getLogger(__name__)
@@ -94,9 +94,11 @@ def wants_more(item: WorkItem, progress: Progress, budget: int) -> bool:
 
 
 def item_calls_budget(item: WorkItem) -> int:
-    return calls_budget(
+    budget = calls_budget(
         item.quota, per_call=settings.MASSCER_PAIRS_PER_CALL, calls_per_batch=settings.MASSCER_CALLS_PER_BATCH
     )
+    # A judged reply costs two calls (generation and judge), both counted on the item.
+    return budget * 2 if item.job.judge else budget
 
 
 # --- what a run knows between calls ------------------------------------------------------------
@@ -191,16 +193,25 @@ def prompt_questions(progress: Progress) -> list[str]:
 # --- the call's counters ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass
 class _CallCounters:
-    """What one model call adds to the work item's and the job's counters."""
+    """What one model call (and its judge call, if any) adds to the work item's and the job's counters."""
 
     prompt_tokens: int
     completion_tokens: int
     cost: Decimal
+    calls: int = 1
+
+    def add(self, other: _CallCounters) -> None:
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        self.cost += other.cost
+        self.calls += other.calls
 
 
-def _call_counters(item: WorkItem, reply: llm.Reply, price_factor: Decimal = Decimal(1)) -> _CallCounters:
+def _call_counters(
+    item: WorkItem, reply: llm.Reply | llm.JudgeReply, price_factor: Decimal = Decimal(1)
+) -> _CallCounters:
     usage = reply.usage
     cost = call_cost(parse_prices(settings.MASSCER_LLM_PRICES), reply.model or item.job.model, *usage_pair(usage))
     return _CallCounters(usage.prompt_tokens, usage.completion_tokens, (cost or Decimal(0)) * price_factor)
@@ -208,9 +219,9 @@ def _call_counters(item: WorkItem, reply: llm.Reply, price_factor: Decimal = Dec
 
 def _record_call(item: WorkItem, counters: _CallCounters) -> None:
     """Count a model call on its own (normally `store_completions` counts it with its pairs)."""
-    WorkItem.objects.filter(pk=item.pk).update(calls=F("calls") + 1, unavailable_since=None)
+    WorkItem.objects.filter(pk=item.pk).update(calls=F("calls") + counters.calls, unavailable_since=None)
     TrainingJob.objects.filter(pk=item.job_id).update(
-        calls=F("calls") + 1,
+        calls=F("calls") + counters.calls,
         prompt_tokens=F("prompt_tokens") + counters.prompt_tokens,
         completion_tokens=F("completion_tokens") + counters.completion_tokens,
         cost=F("cost") + counters.cost,
@@ -228,20 +239,23 @@ def reply_absorb(
     progress: Progress,
     source: str,
     price_factor: Decimal = Decimal(1),
+    judge: judging.JudgeCall | None = None,
 ) -> int:
     """Screen a reply and store what passes; the call is counted exactly once either way.
 
-    `price_factor` scales the call's cost (batch calls are billed at a discount).
+    `price_factor` scales the call's cost (batch calls are billed at a discount). With
+    `judge`, the pairs that pass validation are judged in one more call (counted with this
+    one) and those below the job's threshold are rejected (`services.judging`).
     """
     counters = _call_counters(item, reply, price_factor)
     try:
-        stored, accepted, reasons = _screen_and_store(item, claim, reply, asked, progress, source, counters)
+        stored, accepted, reasons = _screen_and_store(item, claim, reply, asked, progress, source, counters, judge)
     except Exception:
         _record_call(item, counters)  # store_completions' transaction (and its count) rolled back
         raise
     if stored < 0:
         _record_call(item, counters)  # nothing was written, the call still happened
-    item.calls += 1
+    item.calls += counters.calls
     item.unavailable_since = None
     if stored > 0:
         progress.made += stored
@@ -276,6 +290,7 @@ def _screen_and_store(
     progress: Progress,
     source: str,
     counters: _CallCounters,
+    judge: judging.JudgeCall | None = None,
 ) -> tuple[int, list[Candidate], Counter[str]]:
     # The reply is in hand (and paid for): a database away for a moment must not lose it.
     _through_outage(lambda: progress_refresh(item, progress))
@@ -303,6 +318,14 @@ def _screen_and_store(
     if reply.finish_reason == "length":
         reasons["truncated"] += 1
         progress.per_call = max(1, asked // 2)
+    scores: list[dict[str, object] | None] | None = None
+    if judge is not None and accepted:  # the judge pass (services.judging), counted with this call
+        verdicts = judging.judge_candidates(item, accepted, call=judge, spent=counters.cost)
+        if verdicts.reply is not None:
+            counters.add(_call_counters(item, verdicts.reply))
+        judging.account(verdicts, reasons, rejected, progress.rejected_duplicates)
+        progress.budget_exhausted = progress.budget_exhausted or verdicts.over_budget
+        accepted, scores = verdicts.kept, verdicts.scores
     # A few rejected replies go to the job page; the item is ours (claimed), so its own
     # copy of the samples is current, and they are written with the call's counters.
     samples = add_samples(item.samples or [], _rejections(reply, rejected, reasons))
@@ -320,10 +343,11 @@ def _screen_and_store(
             item=item,
             claim=claim,
             pairs=[(c.question, c.answer, c.evidence) for c in accepted],
+            judged=scores,
             model=reply.model,
             redacted=item.job.redact,
             reasons=reasons,
-            calls=1,
+            calls=counters.calls,
             prompt_tokens=counters.prompt_tokens,
             completion_tokens=counters.completion_tokens,
             cost=counters.cost,
@@ -364,6 +388,8 @@ def _feedback(reply: llm.Reply, reasons: Counter[str], asked: int, accepted: int
             problems.append("some questions repeated earlier ones")
         if reasons.get("empty_field"):
             problems.append("some pairs had an empty field")
+        if reasons.get("judge_low"):
+            problems.append("some answers were not supported by their evidence and the source")
         if problems:
             return "In your previous reply " + "; ".join(problems) + "."
     return None

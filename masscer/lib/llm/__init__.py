@@ -10,8 +10,8 @@ comes in as dataclasses.
 Layout (each module imports only those before it): ``types`` (config, params, pairs, usage,
 replies, :class:`PairRequest`), ``prompts`` (the prompt format, the one place it lives),
 ``errors`` (classification, retry-after, key scrubbing), ``parsing`` (reading replies),
-``client`` (the SDK client and the request parameters), ``pairs`` (generate), ``chat`` (chat and
-streaming), ``embeddings`` and ``batch``.  Import the public names from here:
+``client`` (the SDK client and the request parameters), ``pairs`` (generate), ``judge`` (score
+pairs), ``chat`` (chat and streaming), ``embeddings`` and ``batch``.  Import the public names from here:
 ``from masscer.lib.llm import generate_pairs``.  Module state lives once, where it is used:
 the client cache in ``client``, the response-format levels in ``pairs``, the servers without
 stream usage in ``chat``; patch a name in the module that looks it up.  (``llm.chat`` is the
@@ -36,6 +36,7 @@ from .chat import CHAT_ROLES, chat, chat_stream
 from .client import check_endpoint, warm_up
 from .embeddings import embed
 from .errors import LLMError, LLMPermanentError, LLMTransientError, parse_retry_after
+from .judge import JudgeReply, JudgeScore, judge_pairs, parse_judge_scores
 from .pairs import build_chat_request, generate_pairs, pair_request
 from .parsing import parse_block_pairs, parse_json_pairs
 from .prompts import REFERENCE_CLOSE, REFERENCE_OPEN, reference_block
@@ -68,6 +69,8 @@ __all__ = [
     "ChatDelta",
     "ChatReply",
     "GenParams",
+    "JudgeReply",
+    "JudgeScore",
     "LLMConfig",
     "LLMError",
     "LLMPermanentError",
@@ -87,9 +90,11 @@ __all__ = [
     "check_endpoint",
     "embed",
     "generate_pairs",
+    "judge_pairs",
     "pair_request",
     "parse_block_pairs",
     "parse_json_pairs",
+    "parse_judge_scores",
     "parse_retry_after",
     "reference_block",
     "warm_up",

@@ -53,6 +53,13 @@ class _message:  # noqa: N801 - a tiny adapter, used like a function
         self.tool_call_id = parsed.tool_call_id
 
 
+def _judge_on(options: dict[str, Any]) -> bool:
+    """Whether the job would judge its pairs (as `services.jobs` decides it)."""
+    if options.get("judge") is not None:
+        return bool(options["judge"])
+    return settings.MASSCER_JUDGE_DEFAULT and not options["batch"] and settings.MASSCER_LLM_MODE == "chat"
+
+
 def print_estimate(command: Any, paths: list[Path], options: dict[str, Any], suffixes: set[str]) -> None:
     chunks = [c for p in paths for c in chunks_of(p, conversation=p.suffix.lower() in suffixes)]
     model = options["model"] or settings.MASSCER_LLM_MODEL
@@ -68,6 +75,7 @@ def print_estimate(command: Any, paths: list[Path], options: dict[str, Any], suf
         caps=[user_turns(text) for _, text in chunks] if options["style"] == "mine" else None,
         max_tokens=options["max_tokens"],
         price=price,
+        judge=_judge_on(options),
     )
     summary = {
         "requested": result.requested,

@@ -1,6 +1,7 @@
 """`manage.py train PATH --count N --agent SLUG`: queue a job and follow it to the end."""
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -57,6 +58,20 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--redact", action="store_true", help="mask e-mails, phone and card numbers before the model sees text"
+        )
+        parser.add_argument(
+            "--judge",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="score each pair with a judge call and replace those below the threshold "
+            "(default: on unless the model is the embedded one; live mode only)",
+        )
+        parser.add_argument(
+            "--judge-threshold",
+            type=int,
+            default=4,
+            dest="judge_threshold",
+            help="the lowest judge faithfulness (1-5) a pair may have (default 4)",
         )
         parser.add_argument(
             "--batch",
@@ -129,6 +144,8 @@ class Command(BaseCommand):
             stop=options["stop"],
             instructions=options["instructions"],
             mode=TrainingJob.Mode.BATCH if options["batch"] else TrainingJob.Mode.LIVE,
+            judge=options["judge"],
+            judge_threshold=options["judge_threshold"],
         )
 
     def _import(self, user: Any, path: Path) -> list[Any]:

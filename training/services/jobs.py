@@ -58,7 +58,7 @@ def _check_mode(mode: str) -> None:
         )
 
 
-def _judge_setting(judge: bool | None, threshold: int, mode: str) -> bool:
+def job_judge_setting(judge: bool | None, threshold: int, mode: str) -> bool:
     """Whether the job has the judge pass: as asked, else the default where it can run."""
     if not 1 <= threshold <= 5:
         raise ValidationError("The judge threshold must be between 1 and 5.", code="judge_threshold")
@@ -123,7 +123,7 @@ def job_create(
     """
     _check_count(count)
     _check_mode(mode)
-    judge = _judge_setting(judge, judge_threshold, mode)
+    judge = job_judge_setting(judge, judge_threshold, mode)
     _check_active_jobs(owner)
     if not documents and not conversations:
         raise ValidationError("Choose at least one document or conversation to train with.", code="sources")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.management.base import CommandError
 
 from conversations.chunking import message_chunk_specs
@@ -14,6 +15,8 @@ from conversations.importers import ImportFormatError, parse
 from masscer.lib.extract import ExtractionError, extract_isolated
 from masscer.lib.tokens import chunk_pages
 from training.estimate import estimate, price_for, user_turns
+from training.models import TrainingJob
+from training.services.jobs import job_judge_setting
 
 
 def chunks_of(path: Path, *, conversation: bool) -> list[tuple[int, str]]:
@@ -54,10 +57,12 @@ class _message:  # noqa: N801 - a tiny adapter, used like a function
 
 
 def _judge_on(options: dict[str, Any]) -> bool:
-    """Whether the job would judge its pairs (as `services.jobs` decides it)."""
-    if options.get("judge") is not None:
-        return bool(options["judge"])
-    return settings.MASSCER_JUDGE_DEFAULT and not options["batch"] and settings.MASSCER_LLM_MODE == "chat"
+    """Whether the job would judge its pairs (the rule `job_create` applies; a refusal is said here too)."""
+    mode = TrainingJob.Mode.BATCH if options["batch"] else TrainingJob.Mode.LIVE
+    try:
+        return job_judge_setting(options.get("judge"), options.get("judge_threshold") or 4, mode)
+    except ValidationError as exc:
+        raise CommandError(" ".join(exc.messages)) from exc
 
 
 def print_estimate(command: Any, paths: list[Path], options: dict[str, Any], suffixes: set[str]) -> None:

@@ -204,6 +204,7 @@ def _request(
         source_kind=item.chunk.source_type,
         style=job.style,
         overlap_chars=replies.source_overlap(item, source),
+        guidance=replies.job_guidance(job, item),
     )
     return asked, request
 

@@ -113,6 +113,7 @@ def _run_claimed(item: WorkItem, claim: int, counts: tuple[int, int], attempt: i
     config, params = endpoint.llm_config(), replies.job_params(job)
     source = replies.model_source(item)
     overlap = replies.source_overlap(item, source)
+    guidance = replies.job_guidance(job, item)
     limiter = endpoint.model_limiter(job.model)
     llm.warm_up(config)  # before the first slot, not between the slot and the call
     slots = endpoint.call_slots(job.model)
@@ -161,6 +162,7 @@ def _run_claimed(item: WorkItem, claim: int, counts: tuple[int, int], attempt: i
                         source_kind=item.chunk.source_type,
                         style=job.style,
                         overlap_chars=overlap,
+                        guidance=guidance,
                     )
         except llm.LLMTransientError as exc:
             _handle_transient(item, claim, exc, attempt, limiter)

@@ -129,6 +129,14 @@ class TrainingJob(models.Model):
     frequency_penalty = models.FloatField(null=True, blank=True)
     stop = models.JSONField(default=list, blank=True)
     instructions = models.TextField(blank=True)
+    # Question types and their shares, e.g. {"factual": 2, "procedural": 1} (`question_types`);
+    # empty: factual only. N is spread over them with the largest-remainder rule.
+    question_types = models.JSONField(default=dict, blank=True)
+    # Who the questions are for (a persona line) and how hard they are ("", easy, medium, hard).
+    audience = models.CharField(max_length=200, blank=True)
+    difficulty = models.CharField(max_length=10, blank=True)
+    # Up to this many approved completions of the job's agents go into the prompt as examples.
+    seed_examples = models.PositiveSmallIntegerField(default=0)
 
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED, db_index=True)
     error = models.TextField(blank=True)
@@ -197,7 +205,11 @@ class WorkItem(models.Model):
         CANCELLED = "cancelled", "Cancelled"
 
     job = models.ForeignKey(TrainingJob, on_delete=models.CASCADE, related_name="work_items")
+    # The first chunk of the item's text; `span` consecutive chunks of the same source from it.
     chunk = models.ForeignKey(Chunk, on_delete=models.CASCADE, related_name="work_items")
+    span = models.PositiveSmallIntegerField(default=1)
+    # The kind of question this item asks for (a key of `question_types.QUESTION_TYPES`).
+    question_type = models.CharField(max_length=20, default="factual")
     quota = models.PositiveIntegerField()
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING, db_index=True)
     made = models.PositiveIntegerField(default=0)
@@ -223,7 +235,9 @@ class WorkItem(models.Model):
 
     class Meta:
         ordering = ["job", "chunk__index"]
-        constraints = [models.UniqueConstraint(fields=["job", "chunk"], name="workitem_unique_job_chunk")]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "chunk", "question_type"], name="workitem_unique_job_chunk_type")
+        ]
         indexes = [models.Index(fields=["status", "lease_expires_at"])]
 
     def __str__(self) -> str:
@@ -328,6 +342,8 @@ class Completion(models.Model):
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING, db_index=True)
     model = models.CharField(max_length=200, blank=True)
     redacted = models.BooleanField(default=False)
+    # The kind of question (copied from its work item); "" for completions made before types.
+    question_type = models.CharField(max_length=20, blank=True, default="", db_index=True)
     # The judge's scores: {"faithfulness", "answerability", "usefulness": 1-5, "reasons": {...}},
     # or null when the pair was not judged.
     judge = models.JSONField(null=True, blank=True)
@@ -348,7 +364,10 @@ class Completion(models.Model):
     class Meta:
         ordering = ["job_id", "chunk_id", "ordinal"]
         constraints = [
-            models.UniqueConstraint(fields=["job", "chunk", "ordinal"], name="completion_unique_job_chunk_ordinal"),
+            # One work item writes a (job, chunk, question type)'s ordinals.
+            models.UniqueConstraint(
+                fields=["job", "chunk", "question_type", "ordinal"], name="completion_unique_job_chunk_type_ordinal"
+            ),
             # The duplicate check and the insert as one step: a worker whose check ran before
             # another stored the same question has its row skipped (`hotsql.insert`'s `skip_on`).
             models.UniqueConstraint(fields=["job", "question_key"], name="completion_unique_job_question_key"),

@@ -58,7 +58,9 @@ def store_completions(
     merged.update(reasons)
     with transaction.atomic():
         if start is None:
-            start = Completion.objects.filter(job_id=item.job_id, chunk_id=item.chunk_id).count()
+            start = Completion.objects.filter(
+                job_id=item.job_id, chunk_id=item.chunk_id, question_type=item.question_type
+            ).count()
         rows = [
             Completion(
                 job_id=item.job_id,
@@ -69,6 +71,7 @@ def store_completions(
                 evidence=evidence,
                 model=model,
                 redacted=redacted,
+                question_type=item.question_type,
                 judge=judged[offset] if judged is not None else None,
             )
             for offset, (question, answer, evidence) in enumerate(pairs)

@@ -22,6 +22,7 @@ from workspaces.services import workspace_for_write
 
 from ..models import Chunk, TrainingJob, WorkItem
 from ..planning import allocate, allocate_capped
+from ..question_types import type_counts
 from ..review import require_material_change
 from ..tasks import generate_task, job_prepare_task
 from .chunks import chunks_ensure_for_conversation, chunks_ensure_for_document, user_turns
@@ -249,23 +250,30 @@ def job_prepare(*, job_id: int) -> None:
     _plan(job, chunks)
 
 
-def _quotas(job: TrainingJob, chunks: list[Chunk]) -> list[int]:
+def _quotas(job: TrainingJob, chunks: list[Chunk], count: int) -> list[int]:
     if job.style == TrainingJob.Style.MINE:
-        return allocate_capped(job.requested_count, [user_turns(chunk) for chunk in chunks])
-    return allocate(job.requested_count, [chunk.token_count for chunk in chunks])
+        return allocate_capped(count, [user_turns(chunk) for chunk in chunks])
+    return allocate(count, [chunk.token_count for chunk in chunks])
+
+
+def plan_items(job: TrainingJob, chunks: list[Chunk], counts: dict[str, int], now: Any) -> list[WorkItem]:
+    """The work items (unsaved) that ask `chunks` for `counts` pairs of each question type."""
+    items = []
+    for question_type, count in counts.items():
+        quotas = _quotas(job, chunks, count)
+        items.extend(
+            WorkItem(job=job, chunk=chunk, quota=quota, question_type=question_type, enqueued_at=now)
+            for chunk, quota in zip(chunks, quotas, strict=True)
+            if quota > 0
+        )
+    return items
 
 
 def _plan(job: TrainingJob, chunks: list[Chunk]) -> None:
-    quotas = _quotas(job, chunks)
-    if not any(quotas):
+    items = plan_items(job, chunks, type_counts(job.question_types or {}, job.requested_count), timezone.now())
+    if not items:
         job_fail(job_id=job.pk, error="The conversations contain no user questions to mine.")
         return
-    now = timezone.now()
-    items = [
-        WorkItem(job=job, chunk=chunk, quota=quota, enqueued_at=now)
-        for chunk, quota in zip(chunks, quotas, strict=True)
-        if quota > 0
-    ]
     with transaction.atomic():
         WorkItem.objects.bulk_create(items, ignore_conflicts=True)
         job_transition(job.pk, [Status.CHUNKING], Status.GENERATING, chunks_total=len(items))

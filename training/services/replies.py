@@ -54,6 +54,11 @@ def job_params(job: TrainingJob) -> llm.GenParams:
     )
 
 
+def job_guidance(job: TrainingJob, item: WorkItem) -> llm.Guidance:
+    """The item's kind of question and the job's audience, difficulty, template and examples."""
+    return llm.Guidance(question_type=item.question_type, audience=job.audience, difficulty=job.difficulty)
+
+
 def usage_pair(usage: llm.Usage) -> tuple[int, int]:
     return usage.prompt_tokens, usage.completion_tokens
 

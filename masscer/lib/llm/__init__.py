@@ -41,12 +41,14 @@ from .pairs import build_chat_request, generate_pairs, pair_request
 from .parsing import parse_block_pairs, parse_json_pairs
 from .prompts import REFERENCE_CLOSE, REFERENCE_OPEN, reference_block
 from .types import (
+    DEFAULT_GUIDANCE,
     MODES,
     SOURCE_KINDS,
     STYLES,
     ChatDelta,
     ChatReply,
     GenParams,
+    Guidance,
     LLMConfig,
     Pair,
     PairRequest,
@@ -77,6 +79,8 @@ __all__ = [
     "LLMTransientError",
     "Pair",
     "PairRequest",
+    "Guidance",
+    "DEFAULT_GUIDANCE",
     "Reply",
     "Usage",
     "batch_cancel",

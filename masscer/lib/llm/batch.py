@@ -33,7 +33,7 @@ from .errors import (
 )
 from .pairs import FORMAT_LEVELS, build_chat_request, chat_reply, downgrade_format_level, format_level
 from .parsing import as_int, as_text, namespace
-from .types import DEFAULT_PARAMS, GenParams, LLMConfig, Reply
+from .types import DEFAULT_GUIDANCE, DEFAULT_PARAMS, GenParams, Guidance, LLMConfig, Reply
 
 BATCH_ENDPOINT = "/v1/chat/completions"
 BATCH_WINDOW = "24h"
@@ -59,6 +59,7 @@ class BatchItem:
     source_kind: str = "document"
     style: str = "synthesize"
     overlap_chars: int = 0
+    guidance: Guidance = DEFAULT_GUIDANCE
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,7 @@ def batch_jsonl(config: LLMConfig, items: Sequence[BatchItem]) -> bytes:
             source_kind=item.source_kind,
             style=item.style,
             overlap_chars=item.overlap_chars,
+            guidance=item.guidance,
         )
         line = {"custom_id": item.custom_id, "method": "POST", "url": BATCH_ENDPOINT, "body": body}
         lines.append(json.dumps(line, ensure_ascii=False))

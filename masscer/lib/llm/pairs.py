@@ -37,10 +37,12 @@ from .prompts import (
     system_message,
 )
 from .types import (
+    DEFAULT_GUIDANCE,
     DEFAULT_PARAMS,
     SOURCE_KINDS,
     STYLES,
     GenParams,
+    Guidance,
     LLMConfig,
     Pair,
     PairRequest,
@@ -65,6 +67,7 @@ def generate_pairs(
     source_kind: str = "document",
     style: str = "synthesize",
     overlap_chars: int = 0,
+    guidance: Guidance = DEFAULT_GUIDANCE,
 ) -> Reply:
     """Ask the model once for exactly ``count`` pairs grounded in ``source``.
 
@@ -87,6 +90,7 @@ def generate_pairs(
         source_kind=source_kind,
         style=style,
         overlap_chars=overlap_chars,
+        guidance=guidance,
     )
     if config.mode == "completion":
         return _generate_completion(config, request)
@@ -105,6 +109,7 @@ def build_chat_request(
     source_kind: str = "document",
     style: str = "synthesize",
     overlap_chars: int = 0,
+    guidance: Guidance = DEFAULT_GUIDANCE,
 ) -> dict[str, Any]:
     """The Chat Completions request body ``generate_pairs`` would send in chat mode.
 
@@ -122,6 +127,7 @@ def build_chat_request(
         source_kind=source_kind,
         style=style,
         overlap_chars=overlap_chars,
+        guidance=guidance,
     )
     return _chat_body(request, format_level(format_key(config, request.model)))
 
@@ -138,6 +144,7 @@ def pair_request(
     source_kind: str,
     style: str,
     overlap_chars: int = 0,
+    guidance: Guidance = DEFAULT_GUIDANCE,
 ) -> PairRequest:
     """The validated request (ValueError for a bad count, kind or style)."""
     if count < 1:
@@ -163,6 +170,7 @@ def pair_request(
         schema_counts=config.schema_counts,
         # Only a repeat that leaves some of the source its own is worth saying.
         overlap_chars=overlap_chars if 0 < overlap_chars < len(source.rstrip()) else 0,
+        guidance=guidance,
     )
 
 

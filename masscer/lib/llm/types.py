@@ -75,6 +75,27 @@ class Reply:
 
 
 @dataclass(frozen=True)
+class Guidance:
+    """What a job says about the pairs beyond the source and the count: the kind of question,
+    who asks it and how hard, the prompt template and the style examples.
+
+    ``question_type`` is a key of ``prompts.QUESTION_TYPE_RULES``; ``template_system`` and
+    ``template_user`` are a prompt template's texts ("" = the built-in prompt); ``examples``
+    are (question, answer, evidence) pairs shown as examples of style.
+    """
+
+    question_type: str = "factual"
+    audience: str = ""
+    difficulty: str = ""
+    template_system: str = ""
+    template_user: str = ""
+    examples: tuple[tuple[str, str, str], ...] = ()
+
+
+DEFAULT_GUIDANCE = Guidance()
+
+
+@dataclass(frozen=True)
 class PairRequest:
     """One pair-generation request, validated, its untrusted texts neutralised (see ``pair_request``)."""
 
@@ -90,6 +111,7 @@ class PairRequest:
     schema_counts: bool = False
     # Leading characters of ``source`` that repeat the end of the previous chunk.
     overlap_chars: int = 0
+    guidance: Guidance = DEFAULT_GUIDANCE
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,9 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
-LLM_CONCURRENCY ?= 16
+# The llm worker (make worker-llm): a green pool, each model call in flight a greenlet (B9).
+LLM_POOL ?= gevent
+LLM_CONCURRENCY ?= 64
 PG_TEST_URL ?= postgres://postgres@127.0.0.1:5432/masscer
 # Development is the opt-in: the settings default to production (DEBUG off, a secret key
 # required), and every target here runs the development setup unless told otherwise.
@@ -19,17 +21,24 @@ export DJANGO_DEBUG ?= 1
 # MASSCER_LLM_BASE_URL set, the model is that endpoint's and the embedded one is not started.
 # The embedded model serves one call at a time, so the llm worker then runs one thread
 # (more would only queue at the model and run into its timeout).
-# With another endpoint the llm worker runs as many threads as the endpoint takes calls at
-# once (MASSCER_LLM_MAX_CONCURRENCY), at least 16: fewer left its capacity unused (B9).
+# With another endpoint the llm worker is the Procfile's green pool (-P gevent): one OS thread
+# holds as many calls in flight as the endpoint takes at once (MASSCER_LLM_MAX_CONCURRENCY,
+# else 64), each a greenlet with its own database connection (B9 in BENCHMARKS.md).
+# On SQLite (no DATABASE_URL) that worker uses threads instead: a greenlet waiting on SQLite's
+# write lock would block the whole process, the holder of the lock included.
+# MASSCER_LLM_POOL and MASSCER_LLM_WORKER_CONCURRENCY override the pool and its size.
 run: setup
 	@# The last run's model-call counters (masscer.metrics): the whole stack starts afresh.
 	@rm -rf var/metrics
 	@if [ -z "$$MASSCER_LLM_BASE_URL" ]; then \
-		MASSCER_LLM_WORKER_THREADS=$${MASSCER_LLM_WORKER_THREADS:-1} $(VENV)/bin/honcho start -f Procfile; \
+		MASSCER_LLM_POOL=$${MASSCER_LLM_POOL:-threads} MASSCER_LLM_WORKER_CONCURRENCY=$${MASSCER_LLM_WORKER_CONCURRENCY:-1} \
+			$(VENV)/bin/honcho start -f Procfile; \
 	else \
 		echo "Model endpoint: $$MASSCER_LLM_BASE_URL (the embedded model is not started)"; \
-		threads=$${MASSCER_LLM_WORKER_THREADS:-$$($(PY) -c 'import os; print(max(16, int(os.environ.get("MASSCER_LLM_MAX_CONCURRENCY") or 0)))')}; \
-		MASSCER_LLM_WORKER_THREADS=$$threads $(VENV)/bin/honcho start -f Procfile web ingest llm beat; \
+		calls=$${MASSCER_LLM_WORKER_CONCURRENCY:-$$($(PY) -c 'import os; print(int(os.environ.get("MASSCER_LLM_MAX_CONCURRENCY") or 0) or 64)')}; \
+		case "$$DATABASE_URL" in postgres*) pool=gevent ;; *) pool=threads ;; esac; \
+		MASSCER_LLM_POOL=$${MASSCER_LLM_POOL:-$$pool} MASSCER_LLM_WORKER_CONCURRENCY=$$calls \
+			$(VENV)/bin/honcho start -f Procfile web ingest llm beat; \
 	fi
 
 setup: $(STAMP) migrate demo
@@ -65,7 +74,7 @@ worker-ingest: $(STAMP)
 	$(VENV)/bin/celery -A masscer worker -Q ingest -n ingest@%h --loglevel INFO
 
 worker-llm: $(STAMP)
-	$(VENV)/bin/celery -A masscer worker -Q llm -P threads -c $(LLM_CONCURRENCY) -n llm@%h --loglevel INFO
+	$(VENV)/bin/celery -A masscer worker -Q llm -P $(LLM_POOL) -c $(LLM_CONCURRENCY) -n llm@%h --loglevel INFO
 
 beat: $(STAMP)
 	$(VENV)/bin/celery -A masscer beat --loglevel INFO -s var/celerybeat-schedule

@@ -2,7 +2,8 @@
 
 Run from the project root::
 
-    .venv/bin/python bench/capacity_bench.py [--repeat 3] [--threads 32] [--write]
+    .venv/bin/python bench/capacity_bench.py [--repeat 5] [--write]
+    .venv/bin/python bench/capacity_bench.py --pool threads --concurrency 32 [--llm-processes 2]
 
 What it does, all isolated from the development data:
 
@@ -11,14 +12,22 @@ What it does, all isolated from the development data:
   database number on the shared Redis is not enough, the test suite flushes some of them;
 * the fake OpenAI-compatible server with 4 s per call and a capacity of 64 calls at once;
 * the ``ingest`` and ``llm`` workers with the Procfile's own command lines (only the
-  interpreter is this one), with ``MASSCER_LLM_MAX_CONCURRENCY=64``; ``--threads 32`` sets
-  ``MASSCER_LLM_WORKER_THREADS`` (the llm worker's ``-P threads -c``) for the comparison;
+  interpreter is this one), with ``MASSCER_LLM_MAX_CONCURRENCY=64``; for a comparison,
+  ``--pool`` and ``--concurrency`` set ``MASSCER_LLM_POOL`` and ``MASSCER_LLM_WORKER_CONCURRENCY``
+  (the llm worker's ``-P`` and ``-c``; ``--threads T`` is ``--pool threads --concurrency T``) and
+  ``--llm-processes K`` starts K llm workers from the same line;
 * ``manage.py train GeoTopo-komprimiert.pdf --count 300 --agent bench --json``, timed from the
   moment it is started to the moment it returns.
 
 Capacity bound = time before the first model call (extraction + chunking, measured) +
 ceil(calls / 64) × 4 s; efficiency = bound / wall. Exact duplicates are completions of the job
 whose question and answer are both identical to another's.
+
+What explains a gap (the "GIL queue": replies that arrive together each need some CPU in the
+llm worker, one after the other in one process): the llm workers' CPU seconds per answered
+call, the machine's busy cores during the run (other programs count too), and per reply the
+delay from the fake sending it to its pairs being stored (the completions' ``created_at``; a
+call is matched to its work item by the hash of the source in its prompt).
 """
 
 from __future__ import annotations
@@ -26,9 +35,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
+import os
 import shlex
 import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -56,10 +67,11 @@ from benchlib import (
     update_benchmarks_md,
     wait_for_ready,
 )
-from throughput_bench import in_flight_profile
+from throughput_bench import CpuSampler, in_flight_profile, process_cpu_seconds
 
 from testing.fakellm import FakeLLMClient
 from testing.processes import child_env, free_port, manage, start_redis
+from testing.procfile import procfile_command, procfile_line
 
 DEFAULT_SOURCE = PROJECT_ROOT.parent / "shared" / "samples" / "pdf" / "GeoTopo-komprimiert.pdf"
 PG_DATABASE = "masscer_capacity"
@@ -70,22 +82,35 @@ workers started by the Procfile's own command lines (`MASSCER_LLM_MAX_CONCURRENC
 the fake model server (4 s per call, 64 calls at once, 429 beyond). Wall = `train` start → end.
 Capacity bound = time before the first model call + ceil(calls / 64) × 4 s; efficiency = bound / wall.
 """
-PROCFILE_WORKERS = ("ingest", "llm")
-_DEFAULTED = re.compile(r"\$\{(\w+):-([^}]*)\}")
 
-# Runs in `manage.py shell -c`: the job's timestamps and its exact duplicate pairs.
+# Runs in `manage.py shell -c`: the job's timestamps, its exact duplicate pairs, and what
+# matches a call to the moments its pairs were stored: the chunks of the work item whose source
+# (hashed as the fake hashes it) the call carried, and each completion's chunk and created_at.
 _JOB_SCRIPT = r"""
 import json
 from django.db.models import Count
-from training.models import Completion, TrainingJob
+from testing.fakellm.prompts import source_hash
+from training.models import Chunk, Completion, TrainingJob, WorkItem
+from training.services.replies import model_source
 job = TrainingJob.objects.get(pk=JOB_ID)
 groups = Completion.objects.filter(job=job).values("question", "answer").annotate(n=Count("id"))
+sources = {}
+for item in WorkItem.objects.filter(job=job).select_related("chunk", "job"):
+    chunk = item.chunk
+    span = Chunk.objects.filter(
+        document_id=chunk.document_id, conversation_id=chunk.conversation_id,
+        index__gte=chunk.index, index__lt=chunk.index + max(1, getattr(item, "span", 1)),
+    ).values_list("id", flat=True)
+    sources.setdefault(source_hash(model_source(item)), []).extend(span)
+stored = [[c, t.timestamp()] for c, t in Completion.objects.filter(job=job).values_list("chunk_id", "created_at")]
 print(json.dumps({
     "status": job.status,
     "created": job.created_count,
     "rows": Completion.objects.filter(job=job).count(),
     "duplicates": sum(g["n"] - 1 for g in groups if g["n"] > 1),
     "started_at": job.started_at.timestamp() if job.started_at else None,
+    "sources": sources,
+    "stored": stored,
 }))
 """
 
@@ -104,6 +129,10 @@ class Run:
     duplicates: int
     capacity: int
     latency: float
+    llm_cpu: float  # CPU seconds of the llm worker process(es) during the run
+    busy_cores: float | None  # the machine's busy cores during the run (everything on it)
+    store_delays: list[float]  # per matched reply: fake sent it -> its pairs stored (s)
+    ramp: float  # first call started -> the first wave full (min(capacity, calls) started)
 
     @property
     def bound(self) -> float:
@@ -113,35 +142,29 @@ class Run:
     def efficiency(self) -> float:
         return self.bound / self.wall if self.wall > 0 else 0.0
 
+    @property
+    def cpu_per_call(self) -> float:
+        return self.llm_cpu / self.calls if self.calls else 0.0
+
 
 # --- the Procfile's workers -----------------------------------------------------------------------
 
 
-def procfile_command(name: str, env: dict[str, str]) -> list[str]:
-    """The Procfile's command for process `name`, with ${VAR:-default} expanded from `env` and
-    this interpreter in place of `.venv/bin/...`."""
-    for line in (PROJECT_ROOT / "Procfile").read_text().splitlines():
-        key, _, command = line.partition(":")
-        if key.strip() == name:
-            expanded = _DEFAULTED.sub(lambda m: env.get(m.group(1)) or m.group(2), command)
-            words = shlex.split(expanded)
-            if words[0].endswith("/celery"):
-                return [sys.executable, "-m", "celery", *words[1:]]
-            return [sys.executable, *words[1:]] if words[0].endswith("/python") else words
-    raise BenchError(f"the Procfile has no {name!r} process")
-
-
-def start_procfile_worker(stack: Stack, name: str, env: dict[str, str], log: Path) -> None:
-    import subprocess
-
+def start_procfile_worker(
+    stack: Stack, name: str, env: dict[str, str], log: Path, *, node: str | None = None
+) -> subprocess.Popen[bytes]:
+    """Start the Procfile's process `name` (as node `node`@host, when given) and wait until it is ready."""
     command = procfile_command(name, env)
-    print(f"{name}: {shlex.join(command)}", file=sys.stderr)
+    if node is not None:
+        command = [f"{node}@%h" if word == f"{name}@%h" else word for word in command]
+    print(f"{node or name}: {shlex.join(command)}", file=sys.stderr)
     output = open(log, "ab")  # noqa: SIM115
     process = subprocess.Popen(
         command, cwd=PROJECT_ROOT, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
     )
-    stack.add(name, process)
-    wait_for_ready(log, process, name)
+    stack.add(node or name, process)
+    wait_for_ready(log, process, node or name)
+    return process
 
 
 # --- one stack, one or more runs -------------------------------------------------------------------
@@ -152,6 +175,7 @@ class Setup:
     env: dict[str, str]
     client: FakeLLMClient
     llm_log: Path
+    llm_pids: list[int]
 
 
 def private_redis(stack: Stack, workdir: Path) -> str:
@@ -171,21 +195,39 @@ def start_stack(args: argparse.Namespace, workdir: Path, stack: Stack) -> Setup:
     broker = private_redis(stack, workdir)
     options = ["--latency", f"{args.latency:g}", "--capacity", str(args.capacity)]
     fake_url = start_fake(stack, logs / "fake.log", options)
-    extra = {"MASSCER_LLM_WORKER_THREADS": str(args.threads)} if args.threads else {}
     env = child_env(
         **bench_env(database_url, fake_url, workdir),
         CELERY_BROKER_URL=broker,
         MASSCER_RATELIMIT_REDIS_URL=broker,
         MASSCER_LLM_MAX_CONCURRENCY=str(args.capacity),
-        **extra,
     )
-    if not args.threads:
-        env.pop("MASSCER_LLM_WORKER_THREADS", None)  # the Procfile's default, not the shell's
+    # The Procfile's defaults unless the comparison names a pool or a concurrency, not the shell's.
+    for name, value in llm_overrides(args).items():
+        env.pop(name, None)
+        if value:
+            env[name] = value
     print(f"database {database_url}, broker {broker}, fake {fake_url}", file=sys.stderr)
     migrate(env)
-    for name in PROCFILE_WORKERS:
-        start_procfile_worker(stack, name, env, logs / f"{name}.log")
-    return Setup(env, FakeLLMClient(fake_url, timeout=60), logs / "llm.log")
+    start_procfile_worker(stack, "ingest", env, logs / "ingest.log")
+    llm_log = logs / "llm.log"
+    if args.llm_processes == 1:
+        pids = [start_procfile_worker(stack, "llm", env, llm_log).pid]
+    else:
+        pids = [
+            start_procfile_worker(stack, "llm", env, llm_log, node=f"llm{number}").pid
+            for number in range(1, args.llm_processes + 1)
+        ]
+    return Setup(env, FakeLLMClient(fake_url, timeout=60), llm_log, pids)
+
+
+def llm_overrides(args: argparse.Namespace) -> dict[str, str]:
+    """The Procfile llm line's variables this run sets ("" = the Procfile's default)."""
+    pool, concurrency = ("threads", args.threads) if args.threads else (args.pool, args.concurrency)
+    return {
+        "MASSCER_LLM_POOL": pool or "",
+        "MASSCER_LLM_WORKER_CONCURRENCY": str(concurrency or ""),
+        "MASSCER_LLM_WORKER_THREADS": "",  # the old name (Makefile before B9's pool change)
+    }
 
 
 def job_figures(job_id: int, env: dict[str, str]) -> dict[str, Any]:
@@ -195,18 +237,39 @@ def job_figures(job_id: int, env: dict[str, str]) -> dict[str, Any]:
     return json.loads(shell.stdout.strip().splitlines()[-1])
 
 
+def store_delays(calls: list[dict[str, Any]], job: dict[str, Any], latency: float) -> list[float]:
+    """Per answered call whose work item is known by its source hash: the fake sent the reply ->
+    the first of its item's completions stored after that (delays of a latency or more belong to
+    a later reply of the item: the pairs of this one were all turned down, so it is left out)."""
+    stored: dict[int, list[float]] = {}
+    for chunk_id, created in job["stored"]:
+        stored.setdefault(chunk_id, []).append(created)
+    delays = []
+    for call in calls:
+        chunks = job["sources"].get(call.get("source_hash") or "")
+        if call.get("status") != 200 or not chunks or not call.get("ended"):
+            continue
+        after = [t for chunk in chunks for t in stored.get(chunk, ()) if t >= call["ended"] - 0.05]
+        if after and min(after) - call["ended"] < latency:
+            delays.append(max(0.0, min(after) - call["ended"]))
+    return delays
+
+
 def one_run(args: argparse.Namespace, setup: Setup, source: Path) -> Run:
     setup.client.reset()
+    cpu_before = sum(process_cpu_seconds(pid) for pid in setup.llm_pids)
     began = time.time()
-    trained = train(source, args.count, args.timeout, setup.env)
+    with CpuSampler() as sampler:
+        trained = train(source, args.count, args.timeout, setup.env)
     wall = time.time() - began
+    llm_cpu = sum(process_cpu_seconds(pid) for pid in setup.llm_pids) - cpu_before
     summary = train_summary(trained, setup.llm_log)
     job = job_figures(summary["job_id"], setup.env)
     calls = [c for c in setup.client.calls(brief=True) if c.get("endpoint") in ("chat", "completion")]
     if not calls:
         raise BenchError(f"the fake saw no model call; llm worker log:\n{tail(setup.llm_log)}")
-    first = min(c["started"] for c in calls)
-    last = max(c["ended"] or c["started"] for c in calls)
+    starts = sorted(c["started"] for c in calls)
+    first, last = starts[0], max(c["ended"] or c["started"] for c in calls)
     peak, mean, _ = in_flight_profile(calls, first, last, args.capacity)
     state = setup.client.state()
     return Run(
@@ -222,6 +285,10 @@ def one_run(args: argparse.Namespace, setup: Setup, source: Path) -> Run:
         duplicates=job["duplicates"],
         capacity=args.capacity,
         latency=args.latency,
+        llm_cpu=llm_cpu,
+        busy_cores=sampler.busy_cores(began, began + wall),
+        store_delays=store_delays(calls, job, args.latency),
+        ramp=starts[min(args.capacity, len(starts)) - 1] - first,
     )
 
 
@@ -252,33 +319,67 @@ def median_run(runs: list[Run]) -> Run:
     return sorted(runs, key=lambda r: r.wall)[(len(runs) - 1) // 2]
 
 
-def llm_worker_label(threads: int) -> str:
-    if threads:
-        return f"-P threads -c {threads} (MASSCER_LLM_WORKER_THREADS={threads})"
-    command = next(line for line in (PROJECT_ROOT / "Procfile").read_text().splitlines() if line.startswith("llm:"))
-    return "as the Procfile: " + command.partition(":")[2].strip()
+def variant(args: argparse.Namespace) -> str | None:
+    """What this run changes in the Procfile's llm worker, e.g. "-P threads -c 32 × 2"; None: nothing."""
+    overrides = {k: v for k, v in llm_overrides(args).items() if v}
+    if not overrides and args.llm_processes == 1:
+        return None
+    pool = overrides.get("MASSCER_LLM_POOL", "(Procfile)")
+    concurrency = overrides.get("MASSCER_LLM_WORKER_CONCURRENCY", "(Procfile)")
+    return f"-P {pool} -c {concurrency}" + (f" × {args.llm_processes}" if args.llm_processes > 1 else "")
+
+
+def llm_worker_label(args: argparse.Namespace) -> str:
+    command = procfile_line("llm")
+    changed = variant(args)
+    return f"as the Procfile: {command}" if changed is None else f"{changed} (Procfile line: {command})"
+
+
+def busy_label(busy_cores: float | None) -> str:
+    return "?" if busy_cores is None else f"{busy_cores:.2f} of {os.cpu_count()} cores during the run (all programs)"
+
+
+def delays_label(delays: list[float], calls: int) -> str:
+    if not delays:
+        return f"no reply matched to its stored pairs (of {calls})"
+    ordered = sorted(delays)
+    p90 = ordered[min(len(ordered) - 1, math.ceil(0.9 * len(ordered)) - 1)]
+    return (
+        f"median {statistics.median(ordered) * 1000:.0f} ms, p90 {p90 * 1000:.0f} ms, "
+        f"max {ordered[-1] * 1000:.0f} ms ({len(ordered)} of {calls} replies matched)"
+    )
 
 
 def table(runs: list[Run], args: argparse.Namespace) -> list[tuple[str, str]]:
     r = median_run(runs)
     waves = math.ceil(r.calls / r.capacity)
     rows = [
-        ("llm worker", llm_worker_label(args.threads)),
+        ("llm worker", llm_worker_label(args)),
         ("model", f"fake, {r.latency:g} s per call, {r.capacity} at once; MASSCER_LLM_MAX_CONCURRENCY={r.capacity}"),
         ("wall", f"{r.wall:.2f} s (`train` start → end)" + (f"; median of {len(runs)}" if len(runs) > 1 else "")),
         ("delivered", f"{r.delivered}/{r.requested} (job {r.status})"),
         ("calls", f"{r.calls} answered, {r.rejected} rejected (429)"),
         ("in flight", f"max {r.max_in_flight}, mean {r.mean_in_flight:.1f} over the call window"),
         ("before first call", f"{r.to_first_call:.2f} s (extraction, chunking, queueing)"),
+        ("first call → end", f"{r.wall - r.to_first_call:.2f} s (bound {r.bound - r.to_first_call:g} s)"),
+        ("first wave", f"call {min(r.capacity, r.calls + r.rejected)} started {r.ramp:.2f} s after the first"),
         (
             "capacity bound",
             f"{r.bound:.2f} s = {r.to_first_call:.2f} + ceil({r.calls}/{r.capacity})={waves} × {r.latency:g}",
         ),
         ("efficiency", f"{r.efficiency:.0%} (bound / wall)"),
         ("exact duplicates", str(r.duplicates)),
+        (
+            "llm worker CPU",
+            f"{r.llm_cpu:.2f} s = {r.cpu_per_call * 1000:.0f} ms per answered call, "
+            f"{args.llm_processes} process(es)",
+        ),
+        ("reply sent → pairs stored", delays_label(r.store_delays, r.calls)),
+        ("machine busy", busy_label(r.busy_cores)),
     ]
     if len(runs) > 1:
-        rows.append(("runs", ", ".join(f"{x.wall:.1f} s {x.delivered}/{x.requested}" for x in runs)))
+        each = (f"{x.wall:.1f} s {x.delivered}/{x.requested} {x.cpu_per_call * 1000:.0f} ms CPU/call" for x in runs)
+        rows.append(("runs", ", ".join(each)))
     return rows
 
 
@@ -287,7 +388,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--count", "-n", type=int, default=300, help="completions asked (N)")
     add("--latency", type=float, default=4.0, help="seconds per model call")
     add("--capacity", type=int, default=64, help="calls the fake takes at once; also MASSCER_LLM_MAX_CONCURRENCY")
-    add("--threads", type=int, default=0, help="llm worker threads (-P threads -c T); default: the Procfile's")
+    add("--threads", type=int, default=0, help="shorthand for --pool threads --concurrency T")
+    add("--pool", choices=("threads", "gevent", "solo"), default="", help="llm worker pool; default: the Procfile's")
+    add("--concurrency", type=int, default=0, help="llm worker -c; default: the Procfile's")
+    add("--llm-processes", type=int, default=1, help="llm workers started from the Procfile's line")
     add("--source", default=str(DEFAULT_SOURCE), help="document to train with")
     add("--pg-database", default=PG_DATABASE, help="PostgreSQL database (dropped and recreated)")
     add("--timeout", type=float, default=600, help="give up on a job after this long")
@@ -300,9 +404,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=1, help="runs; the median wall is reported")
     parser.add_argument("--write", action="store_true", help="write the section to BENCHMARKS.md")
     args = parser.parse_args(argv)
-    if min(args.count, args.repeat, args.capacity) < 1 or args.latency <= 0 or args.threads < 0:
-        parser.error("count, repeat, capacity and latency must be positive")
+    check_arguments(parser, args)
     return args
+
+
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if min(args.count, args.repeat, args.capacity, args.llm_processes) < 1 or args.latency <= 0:
+        parser.error("count, repeat, capacity, llm-processes and latency must be positive")
+    if args.threads < 0 or args.concurrency < 0:
+        parser.error("threads and concurrency must not be negative")
+    if args.threads and (args.pool or args.concurrency):
+        parser.error("--threads T is --pool threads --concurrency T: give one or the other")
+
+
+def command_options(args: argparse.Namespace) -> str:
+    """The options that reproduce this run's variant and repeat count."""
+    options = f" --threads {args.threads}" if args.threads else ""
+    options += f" --pool {args.pool}" if args.pool else ""
+    options += f" --concurrency {args.concurrency}" if args.concurrency else ""
+    options += f" --llm-processes {args.llm_processes}" if args.llm_processes > 1 else ""
+    return options + (f" --repeat {args.repeat}" if args.repeat > 1 else "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -321,13 +442,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         return 1
     rows = table(runs, args)
-    title = "Capacity (B9)" + (f", llm -P threads -c {args.threads}" if args.threads else ", Procfile workers")
-    print_table(title, rows)
+    changed = variant(args)
+    print_table("Capacity (B9), " + (f"llm {changed}" if changed else "Procfile workers"), rows)
     if args.write:
-        heading = "### " + ("Procfile workers" if not args.threads else f"llm worker -P threads -c {args.threads}")
-        command = ".venv/bin/python bench/capacity_bench.py"
-        command += f" --threads {args.threads}" if args.threads else ""
-        command += f" --repeat {args.repeat}" if args.repeat > 1 else ""
+        heading = "### " + (f"llm worker {changed}" if changed else "Procfile workers")
+        command = ".venv/bin/python bench/capacity_bench.py" + command_options(args)
         block = markdown_block(heading, rows, command + " --write")
         update_benchmarks_md(block, heading, section_heading=SECTION, intro=SECTION_INTRO, before="### Findings")
         print(f"\nupdated {BENCHMARKS_MD.name} ({SECTION}, {heading})")

@@ -45,7 +45,16 @@ from benchlib import (
     print_table,
     update_benchmarks_md,
 )
-from capacity_bench import Run, Setup, add_arguments, median_run, one_run, start_stack
+from capacity_bench import (
+    Run,
+    Setup,
+    add_arguments,
+    check_arguments,
+    llm_worker_label,
+    median_run,
+    one_run,
+    start_stack,
+)
 from throughput_bench import in_flight_profile
 
 from masscer.lib.llm.prompts import SOURCE_CLOSE, SOURCE_OPEN
@@ -199,9 +208,11 @@ def table(args: argparse.Namespace, ours: list[Run], peers: list[PeerRun]) -> li
             "synthetic-data-kit calls",
             f"{peer.calls}; in flight max {peer.max_in_flight}, mean {peer.mean_in_flight:.1f}",
         ),
+        ("this project llm worker", llm_worker_label(args)),
         ("this project wall", spread([r.wall for r in ours]) + f" (before first call {us.to_first_call:.1f} s)"),
         ("this project delivered", f"{us.delivered}/{args.count} (exact duplicates {us.duplicates})"),
         ("this project calls", f"{us.calls}; in flight max {us.max_in_flight}, mean {us.mean_in_flight:.1f}"),
+        ("this project efficiency", f"{us.efficiency:.0%} of the capacity bound ({us.bound:.1f} s)"),
         ("wall ratio", f"{ratio:.2f} (peer / ours; above 1: this project is faster)"),
     ]
 
@@ -213,8 +224,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sdk-venv", default=str(PROJECT_ROOT / "var" / "bench" / "sdk-venv"))
     parser.add_argument("--write", action="store_true", help="write the result to BENCHMARKS.md")
     args = parser.parse_args(argv)
-    if min(args.count, args.repeat, args.capacity) < 1 or args.latency <= 0 or args.threads < 0:
-        parser.error("count, repeat, capacity and latency must be positive")
+    check_arguments(parser, args)
     return args
 
 

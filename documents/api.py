@@ -43,6 +43,8 @@ class DocumentOut(Schema):
     status: str
     error: str
     page_count: int
+    # Pages read so far (of page_count) while the document is being extracted.
+    pages_extracted: int
     token_count: int
     chunk_count: int
     created_at: datetime

@@ -41,9 +41,17 @@ class Document(models.Model):
     sha256 = models.CharField(max_length=64, db_index=True)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.UPLOADED, db_index=True)
     error = models.TextField(blank=True)
+    # Pages in the file: known (from the PDF's page tree) as soon as extraction starts.
     page_count = models.PositiveIntegerField(default=0)
+    # Pages stored so far: they are stored as they are read, so work can start on the first
+    # pages of a long PDF (the text is final only once the document is ready).
+    pages_extracted = models.PositiveIntegerField(default=0)
     token_count = models.PositiveIntegerField(default=0)
+    # Set when the document is ready and split (training.services.chunks).
     chunk_count = models.PositiveIntegerField(default=0)
+    # Its chunks so far were made from the first pages while it was being read; the rest are
+    # made once it is ready (training.services.chunks).
+    chunks_partial = models.BooleanField(default=False)
     lease_expires_at: models.DateTimeField[datetime | None, datetime | None] = models.DateTimeField(
         null=True, blank=True
     )
@@ -57,6 +65,13 @@ class Document(models.Model):
 
     def __str__(self) -> str:
         return self.title
+
+    @property
+    def progress_label(self) -> str:
+        """"p. 12 of 117" while its pages are being read, else ""."""
+        if self.status != self.Status.EXTRACTING or not self.page_count:
+            return ""
+        return f"p. {self.pages_extracted} of {self.page_count}"
 
 
 class Page(models.Model):

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO
@@ -16,7 +18,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from masscer.leases import heartbeat
-from masscer.lib.extract import Extracted, ExtractionError, extract_isolated
+from masscer.lib.extract import Extracted, ExtractionError, PageSink, extract_isolated
 from masscer.lib.tokens import count_tokens
 from workspaces.models import Workspace
 from workspaces.permissions import require_change
@@ -130,25 +132,36 @@ class _ExtractionLease:
         return renewed == 1
 
 
+@transaction.atomic
 def document_fail(*, document_id: int, error: str) -> None:
-    Document.objects.filter(pk=document_id).exclude(status=Document.Status.READY).update(
-        status=Document.Status.FAILED, error=error, lease_expires_at=None
+    """Mark the document failed; the pages stored while it was read go (a failed document has
+    no text), `pages_extracted` stays to tell how far it got."""
+    failed = (
+        Document.objects.filter(pk=document_id)
+        .exclude(status=Document.Status.READY)
+        .update(status=Document.Status.FAILED, error=error, lease_expires_at=None)
     )
+    if failed:
+        Page.objects.filter(document_id=document_id).delete()
 
 
-def document_extract(*, document_id: int) -> Document:
+def document_extract(*, document_id: int, on_progress: Callable[[], None] | None = None) -> Document:
     """Extract pages of an uploaded document; a no-op if another worker has it or it is done.
 
     The extraction runs in a child process with CPU and memory limits, so a hostile
-    file fails the document, not the worker.
+    file fails the document, not the worker. Pages are stored as the child reads them
+    (`pages_extracted` of `page_count`), and `on_progress()` is called after each stored
+    batch, so a caller can start on the first pages of a long PDF; the document is ready,
+    with its final text, only when the whole file was read.
     """
     lease = _claim_for_extraction(document_id)
     if lease is None:
         return Document.objects.get(pk=document_id)
     document = Document.objects.get(pk=document_id)
+    writer = _PageWriter(document_id, on_progress)
     try:
         with heartbeat().hold(("document", document_id), _ExtractionLease(document_id, lease).renew):
-            extracted = _extract(document)
+            extracted = _extract(document, writer.add)
     except ExtractionError as exc:
         document_fail(document_id=document_id, error=str(exc))
         return Document.objects.get(pk=document_id)
@@ -160,7 +173,7 @@ def document_extract(*, document_id: int) -> Document:
     return Document.objects.get(pk=document_id)
 
 
-def _extract(document: Document) -> Extracted:
+def _extract(document: Document, on_pages: PageSink) -> Extracted:
     return extract_isolated(
             document.file.path,
             filename=document.filename,
@@ -170,19 +183,62 @@ def _extract(document: Document) -> Extracted:
             memory_bytes=settings.MASSCER_EXTRACT_MEMORY_BYTES,
             # Counted inside the limited child, which stops at the limit.
             max_tokens=settings.MASSCER_MAX_DOCUMENT_TOKENS,
+            on_pages=on_pages,
         )
+
+
+class _PageWriter:
+    """Stores the pages the extraction child reports, a batch at a time (at most every
+    FLUSH_SECONDS, so a small file costs one write and a long PDF shows its progress).
+
+    Writes are idempotent (a page is stored once; a second extraction after a lost lease
+    reads the same text) and only while the document is being extracted.
+    """
+
+    FLUSH_SECONDS = 0.25
+
+    def __init__(self, document_id: int, on_progress: Callable[[], None] | None) -> None:
+        self.document_id = document_id
+        self.on_progress = on_progress
+        self.waiting: list[Page] = []
+        self.flushed_at = time.monotonic()
+
+    def add(self, total: int, first: int, texts: list[str]) -> None:
+        self.waiting.extend(
+            Page(document_id=self.document_id, number=number, text=text)
+            for number, text in enumerate(texts, start=first)
+        )
+        last = first + len(texts) - 1
+        if last >= total or time.monotonic() - self.flushed_at >= self.FLUSH_SECONDS:
+            self._flush(total, last)
+
+    def _flush(self, total: int, last: int) -> None:
+        with transaction.atomic():
+            extracting = Document.objects.filter(pk=self.document_id, status=Document.Status.EXTRACTING)
+            if extracting.exists():
+                Page.objects.bulk_create(self.waiting, ignore_conflicts=True)
+                extracting.update(page_count=total)
+                extracting.filter(pages_extracted__lt=last).update(pages_extracted=last)
+        self.waiting = []
+        self.flushed_at = time.monotonic()
+        if self.on_progress is not None:
+            self.on_progress()
 
 
 @transaction.atomic
 def _store_pages(document: Document, kind: str, title: str, pages: list[str], tokens: int) -> None:
-    Page.objects.filter(document=document).delete()
+    """Make the document ready with its final text: the pages not stored while it was read
+    are added (those that were are the same text: extraction is deterministic)."""
+    Page.objects.filter(document=document, number__gt=len(pages)).delete()
     Page.objects.bulk_create(
-        [Page(document=document, number=number, text=text) for number, text in enumerate(pages, start=1)]
+        [Page(document=document, number=number, text=text) for number, text in enumerate(pages, start=1)],
+        ignore_conflicts=True,
     )
     fields: dict[str, object] = {
         "status": Document.Status.READY,
         "kind": kind,
         "page_count": len(pages),
+        "pages_extracted": len(pages),
         "token_count": tokens,
         "lease_expires_at": None,
     }

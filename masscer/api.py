@@ -28,6 +28,7 @@ from conversations.api import router as conversations_router
 from documents.api import router as documents_router
 from masscer.lib import jsonsafe
 from training.api import router as training_router
+from training.template_api import router as templates_router
 from workspaces.api import router as workspaces_router
 from workspaces.services import api_token_authenticate
 
@@ -159,4 +160,5 @@ api.add_router("/documents", documents_router)
 api.add_router("/conversations", conversations_router)
 api.add_router("/agents", agents_router)
 api.add_router("", training_router)
+api.add_router("", templates_router)
 api.add_router("", workspaces_router)

@@ -8,6 +8,8 @@ from typing import Any
 from celery import Celery
 from celery.signals import setup_logging, task_postrun, task_prerun, worker_init
 
+from masscer.lib.green import green_process
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "masscer.settings")
 
 app = Celery("masscer")
@@ -63,6 +65,24 @@ def _close_old_connections(sender: Any = None, **kwargs: Any) -> None:
     from django.db import close_old_connections
 
     close_old_connections()
+
+
+@task_postrun.connect
+def _close_greenlet_connections(sender: Any = None, **kwargs: Any) -> None:
+    """Under `-P gevent` close the task's own database connections when it ends.
+
+    Django keeps a connection per thread, and there a thread is a greenlet, one per task: its
+    connection is not reused by the next task but lingered until garbage collection, and 64
+    calls in flight ran PostgreSQL out of connections ("too many clients") within a job.
+    Closed, it goes back to the worker's connection pool (settings: PostgreSQL in a green process).
+    """
+    request = getattr(sender, "request", None)
+    if not green_process() or (request is not None and getattr(request, "is_eager", False)):
+        return
+    from django.db import connections
+
+    connections.close_all()
+
 
 @worker_init.connect
 def _warm_up_model_client(**kwargs: Any) -> None:

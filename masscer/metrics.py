@@ -2,10 +2,11 @@
 
 Two kinds, kept apart so that both are right with several web and worker processes:
 
-- Per-call counters (calls by outcome, tokens, latency) are counted in whichever process
-  makes the call, mostly llm workers, in prometheus_client's multiprocess mode: each process
-  writes its counts to files in PROMETHEUS_MULTIPROC_DIR (set by the settings) and /metrics
-  adds up every file there. Every process that is to be counted must share that directory.
+- Per-call counters (calls by outcome, tokens, latency; pair generation and the judge pass
+  in families of their own) are counted in whichever process makes the call, mostly llm
+  workers, in prometheus_client's multiprocess mode: each process writes its counts to
+  files in PROMETHEUS_MULTIPROC_DIR (set by the settings) and /metrics adds up every file
+  there. Every process that is to be counted must share that directory.
 - Everything the database or the broker knows (jobs and completions by status, failed
   extractions, queue depth) is read when /metrics is scraped (`StateCollector`), so it
   needs no process to keep count.
@@ -73,13 +74,32 @@ MODEL_TOKENS = Counter(
 MODEL_CALL_SECONDS = Histogram(
     "masscer_model_call_seconds", "Latency of live pair-generation calls.", ["outcome"], buckets=LATENCY_BUCKETS
 )
+# The judge pass (#15) in families of its own, so that the pair-generation series keep their
+# meaning: every request the endpoint saw is the sum of the two.
+JUDGE_CALLS = Counter(
+    "masscer_judge_calls",
+    "Judge-pass model calls by outcome (as for pair generation) and mode (live or batch).",
+    ["outcome", "mode"],
+)
+JUDGE_TOKENS = Counter(
+    "masscer_judge_tokens", "Tokens of judge-pass calls, by kind (prompt or completion).", ["kind", "mode"]
+)
+JUDGE_CALL_SECONDS = Histogram(
+    "masscer_judge_call_seconds", "Latency of live judge-pass calls.", ["outcome"], buckets=LATENCY_BUCKETS
+)
+# What a call is for -> its (calls, tokens, latency) families.
+FAMILIES = {
+    "generate": (MODEL_CALLS, MODEL_TOKENS, MODEL_CALL_SECONDS),
+    "judge": (JUDGE_CALLS, JUDGE_TOKENS, JUDGE_CALL_SECONDS),
+}
+Result = llm.Reply | llm.JudgeReply | BaseException
 
 
 # --- recording model calls -------------------------------------------------------------------
 
 
-def call_outcome(result: llm.Reply | BaseException) -> str:
-    if isinstance(result, llm.Reply):
+def call_outcome(result: Result) -> str:
+    if isinstance(result, llm.Reply | llm.JudgeReply):
         if result.finish_reason == "length":  # cut off (and so, often, unparsable too)
             return "truncated"
         return "invalid_output" if result.parse_error else "ok"
@@ -88,41 +108,47 @@ def call_outcome(result: llm.Reply | BaseException) -> str:
     return "permanent_error" if isinstance(result, llm.LLMPermanentError) else "error"
 
 
-def record_call(result: llm.Reply | BaseException, *, seconds: float | None = None, mode: str = "live") -> None:
-    """Count one model call: its outcome, its tokens (a reply's), its latency (when timed)."""
+def record_call(
+    result: Result, *, seconds: float | None = None, mode: str = "live", purpose: str = "generate"
+) -> None:
+    """Count one model call: its outcome, its tokens (a reply's), its latency (when timed).
+
+    `purpose` is "generate" (pair generation) or "judge" (the judge pass).
+    """
     try:
-        _count_call(result, seconds, mode)
+        _count_call(result, seconds, mode, purpose)
     except Exception:  # counting must never cost a paid reply (a full disk, an unwritable folder)
         logger.warning("could not count a model call in the metrics", exc_info=True)
 
 
-def _count_call(result: llm.Reply | BaseException, seconds: float | None, mode: str) -> None:
+def _count_call(result: Result, seconds: float | None, mode: str, purpose: str) -> None:
+    calls, tokens, latency = FAMILIES[purpose]
     outcome = call_outcome(result)
-    MODEL_CALLS.labels(outcome=outcome, mode=mode).inc()
-    if isinstance(result, llm.Reply):
-        MODEL_TOKENS.labels(kind="prompt", mode=mode).inc(result.usage.prompt_tokens)
-        MODEL_TOKENS.labels(kind="completion", mode=mode).inc(result.usage.completion_tokens)
+    calls.labels(outcome=outcome, mode=mode).inc()
+    if isinstance(result, llm.Reply | llm.JudgeReply):
+        tokens.labels(kind="prompt", mode=mode).inc(result.usage.prompt_tokens)
+        tokens.labels(kind="completion", mode=mode).inc(result.usage.completion_tokens)
     if seconds is not None:
-        MODEL_CALL_SECONDS.labels(outcome=outcome).observe(seconds)
+        latency.labels(outcome=outcome).observe(seconds)
 
 
 @dataclass
 class Call:
-    reply: llm.Reply | None = None
+    reply: llm.Reply | llm.JudgeReply | None = None
 
 
 @contextmanager
-def model_call() -> Iterator[Call]:
+def model_call(purpose: str = "generate") -> Iterator[Call]:
     """Time the model call in the block and count it: set `call.reply` to the reply, or let the error out."""
     call = Call()
     started = time.perf_counter()
     try:
         yield call
     except Exception as exc:
-        record_call(exc, seconds=time.perf_counter() - started)
+        record_call(exc, seconds=time.perf_counter() - started, purpose=purpose)
         raise
     if call.reply is not None:
-        record_call(call.reply, seconds=time.perf_counter() - started)
+        record_call(call.reply, seconds=time.perf_counter() - started, purpose=purpose)
 
 
 # --- what the record says, read at scrape time ------------------------------------------------
@@ -229,8 +255,9 @@ def exposition() -> bytes:
     if directory and os.path.isdir(directory):
         MultiProcessCollector(registry, path=directory)
     else:  # counters of this process alone (multiprocess mode off)
-        for metric in (MODEL_CALLS, MODEL_TOKENS, MODEL_CALL_SECONDS):
-            registry.register(metric)
+        for family in FAMILIES.values():
+            for metric in family:
+                registry.register(metric)
     registry.register(StateCollector())
     return generate_latest(registry)
 

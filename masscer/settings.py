@@ -15,6 +15,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from masscer import localmodel
+from masscer.lib.green import green_process
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -180,6 +181,20 @@ def _database() -> dict:
     else:
         # Parallel PostgreSQL test runs on one server each need a database name of their own.
         config["TEST"] = {"NAME": env_str("MASSCER_TEST_DB_NAME", f"test_{config['NAME']}")}
+        if green_process():
+            # Under `celery worker -P gevent` each task is a greenlet with a connection of its own
+            # (Django's are per thread) that ends with it (masscer.celery): a pool hands the
+            # connections on from task to task instead of connecting for each one, one after the
+            # other in the hub (about 4 ms each; 64 tasks starting together waited 0.3 s, B9).
+            # Django's pool excludes persistent connections; a pooled connection is checked as it
+            # is handed out, so one broken by a database restart costs no task.
+            config["CONN_MAX_AGE"] = 0
+            config["CONN_HEALTH_CHECKS"] = True
+            config.setdefault("OPTIONS", {})["pool"] = {
+                "min_size": 2,
+                "max_size": env_int("MASSCER_DB_POOL_MAX", 100),
+                "timeout": 30,
+            }
     return config
 
 
@@ -379,6 +394,15 @@ MASSCER_CHUNK_OVERLAP = env_int("MASSCER_CHUNK_OVERLAP", 80)
 MASSCER_MAX_COMPLETIONS_PER_JOB = env_int("MASSCER_MAX_COMPLETIONS_PER_JOB", 5000)
 MASSCER_MAX_ACTIVE_JOBS_PER_USER = env_int("MASSCER_MAX_ACTIVE_JOBS_PER_USER", 5)
 MASSCER_PAIRS_PER_CALL = env_int("MASSCER_PAIRS_PER_CALL", 10)
+# A work item covers consecutive chunks of one document (its span) so that one call asks for
+# at least this many pairs where chunks are small for their share of N: fewer, fuller calls
+# (training.planning.plan_spans). 1 keeps one chunk per item whenever N allows it.
+MASSCER_MIN_PAIRS_PER_CALL = env_int("MASSCER_MIN_PAIRS_PER_CALL", 5)
+# The most tokens of source text one call carries (a span never grows beyond it). The embedded
+# model's 4k context holds one chunk and a reply, so it keeps one chunk per item.
+MASSCER_SPAN_MAX_TOKENS = env_int(
+    "MASSCER_SPAN_MAX_TOKENS", MASSCER_CHUNK_TOKENS if _EMBEDDED_MODEL else 4 * MASSCER_CHUNK_TOKENS
+)
 # Once a job's pending work items are no more than its running ones (its last wave of
 # calls), each call asks for one pair more than its chunk still needs: a rejected pair then
 # costs no second call, which would run alone after everything else (false turns this off).

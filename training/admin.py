@@ -31,13 +31,15 @@ from django.utils.html import format_html_join
 
 from agents.models import Agent
 from agents.selectors import agents_for
-from masscer.admin_common import ReadOnlyAdmin
+from masscer.admin_common import ReadOnly, ReadOnlyAdmin
 from masscer.views import id_or_none
 from workspaces.permissions import NotAllowed
 from workspaces.selectors import review_workspace_ids, visible_to, workspace_ids_of
 
 from . import review, services
-from .models import Assignment, Chunk, Completion, TrainingJob, WorkItem
+from .models import Assignment, Chunk, Completion, PromptTemplate, PromptTemplateVersion, TrainingJob, WorkItem
+from .question_types import QUESTION_TYPES, type_filter
+from .services.spans import span_label
 
 
 @admin.register(TrainingJob)
@@ -82,11 +84,16 @@ class TrainingJobAdmin(ReadOnlyAdmin):
 
 @admin.register(WorkItem)
 class WorkItemAdmin(ReadOnlyAdmin):
-    list_display = ["id", "job", "chunk", "quota", "made", "calls", "status", "lease_expires_at"]
+    list_display = ["id", "job", "chunks", "quota", "made", "calls", "status", "lease_expires_at"]
     list_filter = ["status"]
     list_select_related = ["job", "chunk"]
     raw_id_fields = ["job", "chunk"]
     workspace_path = "job__workspace"
+
+    @admin.display(description="chunks")
+    def chunks(self, obj: WorkItem) -> str:
+        # An item reads `span` chunks from its first one (`services.spans`).
+        return f"{span_label(obj)} of {obj.chunk.source_label}"
 
 
 @admin.register(Chunk)
@@ -99,6 +106,25 @@ class ChunkAdmin(ReadOnlyAdmin):
         # A chunk's workspace is its document's or its conversation's.
         mine = workspace_ids_of(user=user)
         return rows.filter(Q(document__workspace__in=mine) | Q(conversation__workspace__in=mine))
+
+
+class PromptTemplateVersionInline(ReadOnly, admin.TabularInline):
+    model = PromptTemplateVersion
+    fields = ["number", "created_by", "created_at", "system", "user"]
+    readonly_fields = fields
+    extra = 0
+
+
+@admin.register(PromptTemplate)
+class PromptTemplateAdmin(ReadOnlyAdmin):
+    """Templates and their versions, read only: they are written on the template pages and the API
+    (`services.templates`), where the texts are checked and every save is a new version."""
+
+    list_display = ["id", "name", "workspace", "owner", "agent", "is_default", "archived", "created_at"]
+    list_filter = ["is_default", "archived"]
+    list_select_related = ["workspace", "owner", "agent"]
+    raw_id_fields = ["workspace", "owner", "agent"]
+    inlines = [PromptTemplateVersionInline]
 
 
 # --- completion filters --------------------------------------------------------------------
@@ -180,6 +206,19 @@ class JudgeFilter(admin.SimpleListFilter):
         return queryset
 
 
+class QuestionTypeFilter(admin.SimpleListFilter):
+    title = "question type"
+    parameter_name = "question_type"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return list(QUESTION_TYPES.items())
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Completion]) -> QuerySet[Completion]:
+        if self.value() in QUESTION_TYPES:
+            return queryset.filter(question_type__in=type_filter(self.value() or ""))
+        return queryset
+
+
 # --- the completion admin ----------------------------------------------------------------------
 
 
@@ -220,16 +259,16 @@ class CompletionAdmin(admin.ModelAdmin):
     list_display_links = ["id"]
     list_editable = ["question", "answer", "status"]
     list_filter = ["status", AgentFilter, JobFilter, SourceTypeFilter, "model", "created_at", "edited",
-                   DuplicateFilter, JudgeFilter]
+                   DuplicateFilter, JudgeFilter, QuestionTypeFilter]
     list_select_related = ["job", "chunk", "chunk__document", "chunk__conversation", "reviewed_by"]
     list_per_page = 50
     search_fields = ["question", "answer"]
     date_hierarchy = "created_at"
     fields = ["question", "answer", "status", "evidence", "source", "chunk_text", "agent_names", "job", "model",
-              "judge", "edited", "original_question", "original_answer", "redacted", "duplicate_of", "reviewed_by",
-              "reviewed_at", "created_at"]
-    readonly_fields = ["evidence", "source", "chunk_text", "agent_names", "job", "model", "judge", "edited",
-                       "original_question", "original_answer", "redacted", "duplicate_of", "reviewed_by",
+              "question_type", "judge", "edited", "original_question", "original_answer", "redacted", "duplicate_of",
+              "reviewed_by", "reviewed_at", "created_at"]
+    readonly_fields = ["evidence", "source", "chunk_text", "agent_names", "job", "model", "question_type", "judge",
+                       "edited", "original_question", "original_answer", "redacted", "duplicate_of", "reviewed_by",
                        "reviewed_at", "created_at"]
     action_form = CompletionActionForm
     actions = ["approve", "reject", "assign", "unassign", "regenerate", "flag_duplicates", "keep_one", "merge"]

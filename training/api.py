@@ -32,8 +32,10 @@ from workspaces.selectors import workspaces_for
 
 from . import conversation_export, export, review
 from .models import Assignment, Completion, TrainingJob
-from .selectors import completions_for, jobs_for
+from .question_types import AUDIENCE_MAX_CHARS, QUESTION_TYPES, known_type
+from .selectors import completions_for, jobs_for, jobs_with_type_mix
 from .services import completion_review, job_cancel, job_create, job_retry, job_summary
+from .services.jobs import MAX_SEED_EXAMPLES
 
 router = Router()
 
@@ -62,6 +64,18 @@ class JobIn(Schema):
         None, description="Score each pair with a judge call (default: on unless the model is the embedded one)."
     )
     judge_threshold: int = Field(4, ge=1, le=5, description="Pairs with judge faithfulness below this are replaced.")
+    question_types: dict[str, int] | None = Field(
+        None,
+        max_length=len(QUESTION_TYPES),
+        description="Kinds of question and their shares, e.g. {\"factual\": 2, \"procedural\": 1}; N is spread "
+        f"over them by the largest remainder (default: factual only). Kinds: {', '.join(QUESTION_TYPES)}.",
+    )
+    audience: Text = Field("", max_length=AUDIENCE_MAX_CHARS, description="Who asks the questions (a persona line).")
+    difficulty: Literal["", "easy", "medium", "hard"] = ""
+    template: Text = Field("", max_length=200, description="A prompt template of the workspace, by name.")
+    seed_examples: int = Field(
+        0, ge=0, le=MAX_SEED_EXAMPLES, description="Approved completions of the agents shown as examples of style."
+    )
 
 
 class JobOut(Schema):
@@ -96,6 +110,16 @@ class JobOut(Schema):
     style: str
     judge: bool
     judge_threshold: int
+    question_types: dict[str, int] = Field(..., description="The kinds of question asked and their shares.")
+    type_mix: dict[str, dict[str, int]] = Field(
+        ..., description='Per kind of question, the pairs asked and made: {"factual": {"asked": 4, "made": 4}}.'
+    )
+    audience: str
+    difficulty: str
+    seed_examples: int
+    template: dict[str, Any] | None = Field(
+        ..., description='The prompt template version used: {"name", "version"}; null: the built-in prompt.'
+    )
     created_at: datetime
     finished_at: datetime | None
 
@@ -106,23 +130,35 @@ class JobOut(Schema):
 
     @staticmethod
     def resolve_requested(obj: TrainingJob) -> int:
-        return job_summary(obj)["requested"]
+        return _summary(obj)["requested"]
 
     @staticmethod
     def resolve_completions_created(obj: TrainingJob) -> int:
-        return job_summary(obj)["completions_created"]
+        return _summary(obj)["completions_created"]
 
     @staticmethod
     def resolve_model_calls(obj: TrainingJob) -> int:
-        return job_summary(obj)["model_calls"]
+        return _summary(obj)["model_calls"]
 
     @staticmethod
     def resolve_elapsed_seconds(obj: TrainingJob) -> float | None:
-        return job_summary(obj)["elapsed_seconds"]
+        return _summary(obj)["elapsed_seconds"]
 
     @staticmethod
     def resolve_error(obj: TrainingJob) -> str | None:
-        return job_summary(obj)["error"]
+        return _summary(obj)["error"]
+
+    @staticmethod
+    def resolve_question_types(obj: TrainingJob) -> dict[str, int]:
+        return _summary(obj)["question_types"]
+
+    @staticmethod
+    def resolve_type_mix(obj: TrainingJob) -> dict[str, dict[str, int]]:
+        return _summary(obj)["type_mix"]
+
+    @staticmethod
+    def resolve_template(obj: TrainingJob) -> dict[str, Any] | None:
+        return _summary(obj)["template"]
 
     @staticmethod
     def resolve_owner(obj: TrainingJob) -> str | None:
@@ -141,8 +177,17 @@ class JobOut(Schema):
         return [row.pk for row in obj.agents.all()]
 
 
+def _summary(job: TrainingJob) -> dict[str, Any]:
+    """`job_summary` once per job object (several fields are read from it)."""
+    summary = job.__dict__.get("_api_summary")
+    if summary is None:
+        summary = job.__dict__["_api_summary"] = job_summary(job)
+    return summary
+
+
 def _jobs(request: HttpRequest) -> QuerySet[TrainingJob]:
-    return jobs_for(user=user_of(request)).prefetch_related("documents", "conversations", "agents")
+    rows = jobs_with_type_mix(jobs_for(user=user_of(request))).select_related("prompt_template__template")
+    return rows.prefetch_related("documents", "conversations", "agents")
 
 
 @router.post("/jobs", response={201: JobOut, **ERRORS}, tags=["jobs"])
@@ -158,7 +203,8 @@ def jobs_create(request: HttpRequest, payload: JobIn) -> Status[dict[str, Any]]:
         conversations=all_or_404(conversations_for(user=user), payload.conversations, "conversation"),
         agents=all_or_404(agents_for(user=user), payload.agents, "agent"),
         **payload.model_dump(include={"model", "temperature", "top_p", "max_tokens", "frequency_penalty", "stop",
-                                      "instructions", "style", "redact", "judge", "judge_threshold"}),
+                                      "instructions", "style", "redact", "judge", "judge_threshold",
+                                      "question_types", "audience", "difficulty", "template", "seed_examples"}),
     )
     return Status(201, _jobs(request).get(pk=job.pk))
 
@@ -214,6 +260,9 @@ class CompletionOut(Schema):
     original_question: str
     original_answer: str
     redacted: bool
+    question_type: str | None = Field(
+        ..., description="The kind of question (factual, procedural, ...); null for completions made before types."
+    )
     judge: dict[str, Any] | None = Field(
         ..., description='Judge scores {"faithfulness", "answerability", "usefulness": 1-5, "reasons"}, or null.'
     )
@@ -225,6 +274,10 @@ class CompletionOut(Schema):
     reviewed_by: str | None
     reviewed_at: datetime | None
     created_at: datetime
+
+    @staticmethod
+    def resolve_question_type(obj: Completion) -> str | None:
+        return obj.question_type or None
 
     @staticmethod
     def resolve_source_type(obj: Completion) -> str:
@@ -264,6 +317,7 @@ class CompletionFilters(Schema):
     document: Id | None = None
     conversation: Id | None = None
     model: Text | None = Field(None, max_length=200)
+    question_type: Text | None = Field(None, max_length=20, description="Only this kind of question (factual, ...).")
     q: Text | None = Field(None, max_length=500, description="Search in question and answer.")
     duplicates: bool | None = Field(None, description="Only completions flagged as near-duplicates.")
     judge_below: int | None = Field(None, ge=1, le=5, description="Only those judged with faithfulness below this.")
@@ -313,6 +367,8 @@ def _completion(request: HttpRequest, completion_id: int) -> Completion:
 @paginate(IdsFirstPage)
 def completions_list(request: HttpRequest, filters: Query[CompletionFilters]) -> QuerySet[Completion]:
     values = filters.model_dump(exclude_none=True)
+    if "question_type" in values:
+        known_type(values["question_type"])  # a typo is a 400, not an empty list
     duplicates = values.pop("duplicates", None)
     rows = _completions(request, values)
     if duplicates is not None:
@@ -444,6 +500,7 @@ class ExportQuery(Schema):
     seed: int = Field(0, ge=0, le=2**31 - 1)
     part: Literal["train", "validation"] = "train"
     max_tokens: int = Field(export.MAX_EXAMPLE_TOKENS, ge=1, le=10_000_000)
+    question_type: Text = Field("", max_length=20, description="Only this kind of question (factual, ...); empty: all.")
 
 
 class ExportReportOut(Schema):
@@ -454,7 +511,9 @@ class ExportReportOut(Schema):
     skipped_examples: list[dict[str, Any]]
 
 
-def _export_agent(request: HttpRequest, agent_id: int) -> Agent:
+def _export_agent(request: HttpRequest, agent_id: int, query: ExportQuery) -> Agent:
+    if query.question_type:
+        known_type(query.question_type)  # a 400 now, not an error half-way through a streamed file
     return get_or_404(agents_for(user=user_of(request)), agent_id, "agent")
 
 
@@ -471,10 +530,10 @@ def agents_export(request: HttpRequest, agent_id: Id, query: Query[ExportQuery])
 
     OpenAI examples that fail the format check are left out; `/export/report` says which and why.
     """
-    agent = _export_agent(request, agent_id)
+    agent = _export_agent(request, agent_id, query)
     lines = export.export_lines(
         agent=agent, fmt=query.format, status=query.status, part=query.part, split=query.split, seed=query.seed,
-        max_tokens=query.max_tokens,
+        max_tokens=query.max_tokens, question_type=query.question_type,
     )
     download = export.export_file(fmt=query.format, stem=agent.slug, part=query.part if query.split else "")
     return StreamingHttpResponse(
@@ -487,10 +546,10 @@ def agents_export(request: HttpRequest, agent_id: Id, query: Query[ExportQuery])
 @router.get("/agents/{int:agent_id}/export/report", response={200: ExportReportOut, **ERRORS}, tags=["agents"])
 def agents_export_report(request: HttpRequest, agent_id: Id, query: Query[ExportQuery]) -> dict[str, Any]:
     """What an export would write per part, and what it would skip and why."""
-    agent = _export_agent(request, agent_id)
+    agent = _export_agent(request, agent_id, query)
     report = export.export_report(
         agent=agent, fmt=query.format, status=query.status, split=query.split, seed=query.seed,
-        max_tokens=query.max_tokens,
+        max_tokens=query.max_tokens, question_type=query.question_type,
     )
     return report.as_dict()
 

@@ -9,6 +9,12 @@ storing, call, token and cost counters, feedback), at MASSCER_BATCH_PRICE_FACTOR
 price. Items
 still short go into the next round (top-ups), within the same calls budget as live.
 
+The judge pass (`services.judging`): a round's validated pairs wait for the judge in the
+item (`batch_state["held"]`), and the next round carries a judge request for them
+alongside the item's next generation request (which asks only for what the waiting pairs
+do not cover). Taking that round in judges them first: the kept ones are stored, the low
+ones are rejected and topped up like any other rejection, so the job makes exactly N.
+
 Errors: a result line with a transient error, a request the batch never answered (a
 failed or expired batch) and submit/poll failures are retried with backoff until the
 model has been unreachable for MASSCER_MODEL_UNREACHABLE_SECONDS; permanent errors fail
@@ -27,8 +33,9 @@ dispatch and the sweeper call).
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.conf import settings
@@ -41,7 +48,7 @@ from masscer.lib import llm
 
 from . import questions
 from .models import BatchRound, Completion, TrainingJob, WorkItem
-from .services import replies, retry, state
+from .services import judging, replies, retry, spans, state
 from .services.rounds import batch_poll_schedule, batch_round_open
 
 logger = logging.getLogger(__name__)
@@ -121,7 +128,15 @@ def _stop(round_: BatchRound) -> None:
 class _Planned:
     item_id: int
     asked: int
-    request: llm.BatchItem
+    request: llm.BatchItem | llm.JudgeItem
+    judged: int = 0  # a judge request: how many pairs it scores
+
+    @property
+    def entry(self) -> dict[str, int]:
+        """What `BatchRound.requests` keeps of the request."""
+        if self.judged:
+            return {"item": self.item_id, "judge": self.judged}
+        return {"item": self.item_id, "asked": self.asked}
 
 
 def _submit(job: TrainingJob, round_: BatchRound) -> str:
@@ -143,7 +158,7 @@ def _submit(job: TrainingJob, round_: BatchRound) -> str:
     except (llm.LLMPermanentError, ValueError) as exc:
         _fail_round(job, round_, str(exc))
         return "failed-permanent"
-    requests = {p.request.custom_id: {"item": p.item_id, "asked": p.asked} for p in planned}
+    requests = {p.request.custom_id: p.entry for p in planned}
     # A worker that dies between the two calls above and this update leaves the round
     # pending: it is submitted again and the orphaned batch is never read.
     _release(
@@ -185,13 +200,33 @@ def _plan_requests(job: TrainingJob, round_: BatchRound) -> list[_Planned]:
             if not replies.wants_more(item, progress, replies.item_calls_budget(item)):
                 _finish_item(item, progress)
                 continue
-            planned.append(_Planned(item.pk, *_request(job, round_, item, progress, params)))
+            if progress.held:
+                planned.append(_judge_request(job, round_, item, progress, params))
+            if replies.wants_pairs(item, progress, replies.item_calls_budget(item)):
+                planned.append(_Planned(item.pk, *_request(job, round_, item, progress, params)))
+
+
+def _judge_request(
+    job: TrainingJob, round_: BatchRound, item: WorkItem, progress: replies.Progress, params: llm.GenParams
+) -> _Planned:
+    """The judge request for the pairs waiting for the judge in `item`."""
+    pairs = tuple(llm.Pair(c.question, c.answer, c.evidence) for c in progress.held)
+    custom_id = f"job{job.pk}-round{round_.number}-item{item.pk}-judge"
+    request = llm.JudgeItem(
+        custom_id=custom_id,
+        source=replies.model_source(item),
+        pairs=pairs,
+        params=params,
+        question_type=item.question_type,
+    )
+    return _Planned(item.pk, 0, request, judged=len(pairs))
 
 
 def _request(
     job: TrainingJob, round_: BatchRound, item: WorkItem, progress: replies.Progress, params: llm.GenParams
 ) -> tuple[int, llm.BatchItem]:
-    asked = min(item.quota - progress.made, progress.per_call)
+    # The pairs waiting for the judge count as made unless it rejects them (then a top-up).
+    asked = min(item.quota - progress.made - len(progress.held), progress.per_call)
     source = replies.model_source(item)
     request = llm.BatchItem(
         custom_id=f"job{job.pk}-round{round_.number}-item{item.pk}",
@@ -233,8 +268,9 @@ def _poll(job: TrainingJob, round_: BatchRound) -> str:
 
 
 def _ingest(job: TrainingJob, round_: BatchRound, polled: llm.BatchState) -> str:
+    judged = {custom_id: int(entry["judge"]) for custom_id, entry in round_.requests.items() if "judge" in entry}
     try:
-        results = dict(llm.batch_results(endpoint.llm_config(), polled, model=job.model))
+        results = dict(llm.batch_results(endpoint.llm_config(), polled, model=job.model, judged=judged))
     except llm.LLMTransientError as exc:
         return _retry_later(job, round_, exc)
     except (llm.LLMPermanentError, ValueError) as exc:
@@ -243,12 +279,8 @@ def _ingest(job: TrainingJob, round_: BatchRound, polled: llm.BatchState) -> str
     unanswered = llm.LLMTransientError(_unanswered(polled))
     questions = _JobQuestions.load(job.pk)
     transient: list[llm.LLMTransientError] = []
-    for custom_id, entry in round_.requests.items():
-        outcome = results.get(custom_id, unanswered)
-        if _take_in(round_, int(entry["item"]), int(entry["asked"]), outcome, questions) and isinstance(
-            outcome, llm.LLMTransientError
-        ):
-            transient.append(outcome)
+    for item_id, answers in _answers(round_.requests, results, unanswered).items():
+        transient += _take_in(round_, item_id, answers, questions)
     error = f"{len(transient)} request(s) to retry: {transient[0]}" if transient else ""
     BatchRound.objects.filter(pk=round_.pk, status=Round.INGESTING).update(
         status=Round.INGESTED, lease_expires_at=None, finished_at=timezone.now(), error=error
@@ -264,49 +296,119 @@ def _unanswered(polled: llm.BatchState) -> str:
     )
 
 
+@dataclass
+class _Answers:
+    """What a round brought back for one item: its generation result and its judge result."""
+
+    asked: int = 0
+    reply: llm.Reply | llm.LLMError | None = None
+    judged: llm.JudgeReply | llm.LLMError | None = None
+
+
+def _answers(
+    requests: dict[str, dict[str, int]],
+    results: dict[str, llm.Reply | llm.JudgeReply | llm.LLMError],
+    unanswered: llm.LLMTransientError,
+) -> dict[int, _Answers]:
+    by_item: dict[int, _Answers] = {}
+    for custom_id, entry in requests.items():
+        answers = by_item.setdefault(int(entry["item"]), _Answers())
+        outcome = results.get(custom_id, unanswered)
+        if "judge" in entry:
+            answers.judged = outcome  # type: ignore[assignment]
+        else:
+            answers.asked, answers.reply = int(entry["asked"]), outcome  # type: ignore[assignment]
+    return by_item
+
+
 def _take_in(
-    round_: BatchRound,
-    item_id: int,
-    asked: int,
-    outcome: llm.Reply | llm.LLMError,
-    questions: _JobQuestions,
-) -> bool:
-    """Take one result in for its item, once; False if the item had taken it in already."""
+    round_: BatchRound, item_id: int, answers: _Answers, questions: _JobQuestions
+) -> list[llm.LLMTransientError]:
+    """Take a round's results in for their item, once (nothing if it had taken them in
+    already); the transient errors among them, which the next round backs off for."""
+    outcome = answers.reply
     with transaction.atomic():
         claim = state.item_claim_pending(item_id, round_number=round_.number)
         if claim is None:
-            return False
+            return []
         item = WorkItem.objects.select_related("job", "chunk").get(pk=item_id)
-        if isinstance(outcome, llm.Reply):
-            _take_reply(item, claim, asked, outcome, questions)
+        progress = questions.progress(item)
+        transient: list[llm.LLMTransientError] = []
+        since = None
+        if answers.judged is not None:
+            since = _take_judgement(item, claim, answers.judged, progress, questions, round_.failures)
+            if since is not None:
+                transient.append(answers.judged)  # type: ignore[arg-type]
+        if outcome is None or isinstance(outcome, llm.Reply):
+            _take_reply(item, claim, answers.asked, outcome, progress, questions, since)
         elif isinstance(outcome, llm.LLMPermanentError):
             state.item_fail_model(item, claim, str(outcome))
         else:
+            transient.append(outcome)  # type: ignore[arg-type]
             since = item.unavailable_since or timezone.now()
             failure = retry.unreachable(since, outcome)
             if failure is not None:
                 state.item_fail_model(item, claim, failure)
             else:
                 _release_item(item, claim, unavailable_since=since)
-    metrics.record_call(outcome, mode="batch")  # once per result, like the item's counters
-    return True
+    # Once per result, like the item's counters.
+    if answers.judged is not None:
+        metrics.record_call(answers.judged, mode="batch", purpose="judge")
+    if outcome is not None:
+        metrics.record_call(outcome, mode="batch")
+    return transient
 
 
-def _take_reply(item: WorkItem, claim: int, asked: int, reply: llm.Reply, questions: _JobQuestions) -> None:
-    progress = questions.progress(item)
-    stored = replies.reply_absorb(item, claim, reply, asked, progress, replies.model_source(item), price_factor())
+def _take_judgement(
+    item: WorkItem,
+    claim: int,
+    outcome: llm.JudgeReply | llm.LLMError,
+    progress: replies.Progress,
+    questions: _JobQuestions,
+    failures: int,
+) -> datetime | None:
+    """Judge the item's waiting pairs with the round's answer and store those it keeps; if the
+    answer was a transient error (they wait another round), since when the model is unavailable."""
+    if not progress.held:
+        return None
+    call = judging.Answered(item, outcome, sent=list(progress.held), attempt=failures)
+    stored = replies.held_absorb(item, claim, progress, replies.model_source(item), call, price_factor())
     if stored > 0:
         questions.stored()
+    deferred = progress.deferred
+    return deferred.since if deferred is not None and deferred.error is not None else None
+
+
+def _take_reply(
+    item: WorkItem,
+    claim: int,
+    asked: int,
+    reply: llm.Reply | None,
+    progress: replies.Progress,
+    questions: _JobQuestions,
+    unavailable_since: datetime | None = None,
+) -> None:
+    """Take the item's generation reply in (none: the round judged its pairs only), then
+    close the item or hand it to the next round with what that round needs to know."""
+    stored = 0
+    if reply is not None:
+        judge = judging.later if item.job.judge else None
+        source = replies.model_source(item)
+        stored = replies.reply_absorb(item, claim, reply, asked, progress, source, price_factor(), judge=judge)
+        if stored > 0:
+            questions.stored()
     carried = {
         "feedback": progress.feedback,
         "per_call": progress.per_call,
         "rejected": progress.rejected_duplicates[-replies.MAX_EXISTING_IN_PROMPT:],
+        **judging.held_state(progress.held, progress.held_model),
     }
     if stored >= 0 and not replies.wants_more(item, progress, replies.item_calls_budget(item)):
         state.item_close_done(item, claim, progress)
         WorkItem.objects.filter(pk=item.pk).update(batch_state=carried)
     else:
-        _release_item(item, claim, batch_state=carried)
+        fields = {"unavailable_since": unavailable_since} if unavailable_since is not None else {}
+        _release_item(item, claim, batch_state=carried, **fields)
 
 
 def _next_round(job: TrainingJob, round_: BatchRound, transient: list[llm.LLMTransientError]) -> None:
@@ -352,6 +454,10 @@ def _settle_pending(job: TrainingJob, *, budget_exhausted: bool) -> None:
     for item, claim in state.items_claim_pending(job.pk):
         progress = questions.progress(item)
         progress.budget_exhausted = budget_exhausted
+        if progress.held:  # they could not be judged within the budget: not stored
+            reasons = Counter(item.reasons or {})
+            reasons["judge_unchecked"] += len(progress.held)
+            item.reasons = dict(reasons)
         state.item_close_done(item, claim, progress)
 
 
@@ -384,17 +490,24 @@ class _JobQuestions(questions.JobQuestions):
 
     def progress(self, item: WorkItem) -> replies.Progress:
         """What a live run of this item would know, with the state carried from its last reply."""
-        own = self.chunk_questions(item.chunk_id)
+        chunk_ids = spans.span_source(item).chunk_ids
+        own = self.own(chunk_ids, item.question_type)
         carried = item.batch_state or {}
+        held, held_model = judging.held_load(item)
         return replies.Progress(
+            held=held,
+            held_model=held_model,
             index=self.index,
             seen_completion_id=self.cursor,
             chunk_questions=own,
-            other_questions=self.others(item.chunk_id, replies.MAX_EXISTING_IN_PROMPT),
+            other_questions=self.others(chunk_ids, item.question_type, replies.MAX_EXISTING_IN_PROMPT),
             made=len(own),
             per_call=max(1, int(carried.get("per_call") or settings.MASSCER_PAIRS_PER_CALL)),
             feedback=carried.get("feedback"),
             rejected_duplicates=list(carried.get("rejected") or []),
+            chunk_id=item.chunk_id,
+            chunk_ids=chunk_ids,
+            question_type=item.question_type,
         )
 
     def stored(self) -> None:

@@ -1,21 +1,23 @@
 """What a job will cost before it runs: chunks used, model calls, tokens and money (pure, no database).
 
-The numbers follow the planner and the generation loop: N is spread over the chunks like
-`planning.allocate` does (or capped by the user questions for "mine"), each chunk asks for
-at most `pairs_per_call` pairs per call, and every call sends the chunk, the fixed prompt
-and up to 60 earlier questions (so the model does not repeat them). Calls that must be
+The numbers follow the planner and the generation loop: a document's chunks are grouped into
+spans like `planning.group_spans` does (at least `min_pairs` per call within `span_tokens`), N
+is spread over the spans like `planning.allocate` does (or over the chunks, capped by the user
+questions, for "mine"), each span asks for at most `pairs_per_call` pairs per call, and every
+call sends the span's text, the fixed prompt and up to 60 earlier questions (so the model does
+not repeat them). Calls that must be
 repeated (invalid output, duplicates) are not counted; `calls_max` is the hard bound.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
 from masscer.lib.pricing import MILLION, parse_prices
 
-from .planning import allocate, allocate_capped, calls_budget
+from .planning import allocate, allocate_capped, calls_budget, group_spans
 
 # Tokens of the instructions, rules and reply format around the source text.
 PROMPT_OVERHEAD_TOKENS = 320
@@ -92,18 +94,30 @@ def estimate(
     price: Price | None = None,
     projected: bool = False,
     judge: bool = False,
+    sources: Sequence[Hashable | None] | None = None,
+    min_pairs: int = 1,
+    span_tokens: int = 0,
 ) -> Estimate:
     """The estimate for `count` completions over chunks of these sizes.
 
     `caps` (one per chunk) switches to the mining plan: a chunk gives at most its cap.
-    `judge`: every generation call is followed by a judge call over its pairs.
+    `judge`: every generation call is followed by a judge call over its pairs. `sources` (one
+    per chunk, in order; None for a chunk that is never grouped, as a conversation's) lets
+    consecutive chunks of one source share a call, with `min_pairs` and `span_tokens` as
+    MASSCER_MIN_PAIRS_PER_CALL and MASSCER_SPAN_MAX_TOKENS; without it every chunk is asked alone.
     """
     per_call = max(1, pairs_per_call)
-    quotas = allocate_capped(count, caps) if caps is not None else allocate(count, chunk_tokens)
+    if caps is not None:
+        spans = [range(i, i + 1) for i in range(len(chunk_tokens))]
+        quotas = allocate_capped(count, caps)
+    else:
+        spans = _spans(count, chunk_tokens, sources, min(min_pairs, per_call), span_tokens)
+        quotas = allocate(count, [sum(chunk_tokens[span.start : span.stop]) for span in spans])
     calls = calls_max = prompt = completion = made = 0
-    for tokens, quota in zip(chunk_tokens, quotas, strict=True):
+    for span, quota in zip(spans, quotas, strict=True):
         if quota <= 0:
             continue
+        tokens = sum(chunk_tokens[span.start : span.stop])
         calls_max += calls_budget(quota, per_call=per_call, calls_per_batch=calls_per_batch) * (2 if judge else 1)
         left = quota
         while left > 0:
@@ -125,7 +139,7 @@ def estimate(
         requested=count,
         planned=sum(quotas),
         chunks_total=len(chunk_tokens),
-        chunks_used=sum(1 for quota in quotas if quota > 0),
+        chunks_used=sum(len(span) for span, quota in zip(spans, quotas, strict=True) if quota > 0),
         calls=calls,
         calls_max=calls_max,
         prompt_tokens=prompt,
@@ -133,3 +147,13 @@ def estimate(
         cost=cost,
         projected=projected,
     )
+
+
+def _spans(
+    count: int, chunk_tokens: Sequence[int], sources: Sequence[Hashable | None] | None, min_pairs: int, span_tokens: int
+) -> list[range]:
+    """The spans the planner would make (`services.jobs`): one chunk each without `sources`."""
+    if sources is None:
+        return [range(i, i + 1) for i in range(len(chunk_tokens))]
+    keys = [((source, 0) if source is not None else (None, i), i) for i, source in enumerate(sources)]
+    return group_spans(chunk_tokens, keys, count=count, min_pairs=min_pairs, max_tokens=span_tokens)

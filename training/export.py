@@ -33,6 +33,7 @@ from django.db.models import Count, Prefetch, QuerySet
 
 from .models import Assignment, Completion
 from .openai_check import MAX_EXAMPLE_TOKENS, SKIP_LABELS, openai_problems
+from .question_types import QUESTION_TYPES, type_filter
 
 FORMATS = ("openai-jsonl", "records", "alpaca", "sharegpt", "csv")
 STATUSES = ("approved", "pending", "rejected", "all")
@@ -128,17 +129,22 @@ def export_file(*, fmt: str, stem: str, part: str = "") -> ExportFile:
 # --- rows -------------------------------------------------------------------------------------
 
 
-def agent_completions(*, agent: Any, status: str = "approved") -> QuerySet[Completion]:
+def agent_completions(*, agent: Any, status: str = "approved", question_type: str = "") -> QuerySet[Completion]:
+    """The agent's completions of `status` ("all": any) and, if given, of one kind of question."""
     if status not in STATUSES:
         raise ValueError(f"Unknown status {status!r}; use one of {', '.join(STATUSES)}.")
+    if question_type and question_type not in QUESTION_TYPES:
+        raise ValueError(f"Unknown question type {question_type!r}; use one of {', '.join(QUESTION_TYPES)}.")
     rows = Completion.objects.filter(assignments__agent=agent)
     if status != "all":
         rows = rows.filter(status=status)
+    if question_type:
+        rows = rows.filter(question_type__in=type_filter(question_type))
     return rows.order_by("pk")
 
 
-def _rows(agent: Any, fmt: str, status: str) -> Iterator[Completion]:
-    rows = agent_completions(agent=agent, status=status)
+def _rows(agent: Any, fmt: str, status: str, question_type: str) -> Iterator[Completion]:
+    rows = agent_completions(agent=agent, status=status, question_type=question_type)
     if fmt in ("openai-jsonl", "alpaca", "sharegpt"):
         rows = rows.select_related("chunk").only(
             "pk", "question", "answer", "chunk__document_id", "chunk__conversation_id"
@@ -168,7 +174,7 @@ class SplitPlan:
         return "validation" if source_key(completion) in self.validation else "train"
 
 
-def split_plan(*, agent: Any, status: str, fraction: float, seed: int) -> SplitPlan:
+def split_plan(*, agent: Any, status: str, fraction: float, seed: int, question_type: str = "") -> SplitPlan:
     """Choose the validation sources: shuffled with `seed`, taken until `fraction` of the rows.
 
     With two or more sources each side gets at least one; with one source everything is
@@ -177,7 +183,9 @@ def split_plan(*, agent: Any, status: str, fraction: float, seed: int) -> SplitP
     if not 0 < fraction < 1:
         raise ValueError("The validation fraction must be between 0 and 1 (e.g. 0.1).")
     counts: Counter[str] = Counter()
-    grouped = agent_completions(agent=agent, status=status).values("chunk__document_id", "chunk__conversation_id")
+    grouped = agent_completions(agent=agent, status=status, question_type=question_type).values(
+        "chunk__document_id", "chunk__conversation_id"
+    )
     for row in grouped.annotate(n=Count("pk")).order_by():
         if row["chunk__document_id"]:
             counts[f"document:{row['chunk__document_id']}"] += row["n"]
@@ -254,6 +262,8 @@ def record_line(completion: Completion) -> dict[str, Any]:
         "locator": chunk.locator,
         "chunk_text": chunk.text,
         "redacted": completion.redacted,
+        # The kind of question (factual, procedural, ...), or None: made before question types.
+        "question_type": completion.question_type or None,
         # {"faithfulness", "answerability", "usefulness": 1-5, "reasons": {...}}, or None: not judged.
         "judge": completion.judge,
         "reviewed_at": completion.reviewed_at.isoformat() if completion.reviewed_at else None,
@@ -366,21 +376,25 @@ def export_stream(
     seed: int = 0,
     max_tokens: int = MAX_EXAMPLE_TOKENS,
     report: ExportReport | None = None,
+    question_type: str = "",
 ) -> Iterator[tuple[str, str]]:
     """Yield `(part, text)` pieces in one pass over the rows; part is "train" or "validation".
 
     Without a split everything is "train". Concatenating one part's pieces gives its file.
+    `question_type` keeps one kind of question ("": all).
     """
     if fmt not in FORMATS:
         raise ValueError(f"Unknown format {fmt!r}; use one of {', '.join(FORMATS)}.")
     report = report if report is not None else ExportReport()
-    plan = split_plan(agent=agent, status=status, fraction=split, seed=seed) if split else None
+    plan = None
+    if split:
+        plan = split_plan(agent=agent, status=status, fraction=split, seed=seed, question_type=question_type)
     parts = PARTS if plan else ("train",)
     writers = {part: FORMATTERS[fmt](agent.system_prompt, max_tokens, report) for part in parts}
     seen_sources: dict[str, set[str]] = {part: set() for part in parts}
     for part in parts:
         yield part, writers[part].head()
-    for completion in _rows(agent, fmt, status):
+    for completion in _rows(agent, fmt, status, question_type):
         part = plan.part_of(completion) if plan else "train"
         text = writers[part].item(completion)
         if text is not None:
@@ -404,6 +418,7 @@ def export_lines(
     seed: int = 0,
     max_tokens: int = MAX_EXAMPLE_TOKENS,
     report: ExportReport | None = None,
+    question_type: str = "",
 ) -> Iterator[str]:
     """The text of one output (the whole export, or one side of a split), piece by piece.
 
@@ -412,7 +427,8 @@ def export_lines(
     if part not in PARTS:
         raise ValueError(f"Unknown part {part!r}; use train or validation.")
     for piece_part, text in export_stream(
-        agent=agent, fmt=fmt, status=status, split=split, seed=seed, max_tokens=max_tokens, report=report
+        agent=agent, fmt=fmt, status=status, split=split, seed=seed, max_tokens=max_tokens, report=report,
+        question_type=question_type,
     ):
         if piece_part == part and text:
             yield text
@@ -420,12 +436,13 @@ def export_lines(
 
 def export_report(
     *, agent: Any, fmt: str = "openai-jsonl", status: str = "approved", max_tokens: int = MAX_EXAMPLE_TOKENS,
-    split: float = 0.0, seed: int = 0,
+    split: float = 0.0, seed: int = 0, question_type: str = "",
 ) -> ExportReport:
     """Run an export without keeping its output, for the report alone."""
     report = ExportReport()
     for _ in export_stream(
-        agent=agent, fmt=fmt, status=status, split=split, seed=seed, max_tokens=max_tokens, report=report
+        agent=agent, fmt=fmt, status=status, split=split, seed=seed, max_tokens=max_tokens, report=report,
+        question_type=question_type,
     ):
         pass
     return report

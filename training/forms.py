@@ -8,11 +8,15 @@ from django.conf import settings
 from django.db.models import QuerySet
 
 from .models import Completion, TrainingJob
+from .question_types import AUDIENCE_MAX_CHARS, DEFAULT_TYPE, DIFFICULTIES, MAX_SHARE, QUESTION_TYPES
+from .services.jobs import MAX_SEED_EXAMPLES
 
 if TYPE_CHECKING:
     from agents.models import Agent
 
 MAX_STOPS = 4
+# The Train dialog's share input of a question type is named this plus the type's key.
+TYPE_PREFIX = "type_"
 
 
 class TrainForm(forms.Form):
@@ -109,6 +113,32 @@ class TrainForm(forms.Form):
         required=False,
         help_text="1–5: pairs the judge scores below this are rejected and made again.",
     )
+    audience = forms.CharField(
+        required=False,
+        max_length=AUDIENCE_MAX_CHARS,
+        widget=forms.TextInput(attrs={"placeholder": "e.g. new customers of a bank"}),
+        help_text="Who asks the questions: they are written the way this reader would ask them.",
+    )
+    difficulty = forms.ChoiceField(
+        choices=list(DIFFICULTIES.items()),
+        required=False,
+        help_text="Easy: one plainly stated fact; hard: details, conditions, several statements combined.",
+    )
+    template = forms.ChoiceField(
+        label="Prompt template",
+        required=False,
+        choices=[],  # set per request: the workspace's templates (`templates.template_choices`)
+        help_text="The prompts the model is given; a template can be edited under Prompt templates.",
+    )
+    seed_examples = forms.IntegerField(
+        label="Seed examples",
+        min_value=0,
+        max_value=MAX_SEED_EXAMPLES,
+        initial=0,
+        required=False,
+        help_text=f"Show the model up to this many approved completions of the agents as examples of style "
+        f"(0–{MAX_SEED_EXAMPLES}).",
+    )
     instructions = forms.CharField(
         required=False,
         max_length=4000,
@@ -116,8 +146,22 @@ class TrainForm(forms.Form):
         help_text="Optional: audience, language, tone or topics to focus on.",
     )
 
-    def __init__(self, *args: Any, agents: QuerySet[Agent], conversations: bool, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        agents: QuerySet[Agent],
+        conversations: bool,
+        template_choices: list[tuple[str, str]] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
+        template_field = self.fields["template"]
+        assert isinstance(template_field, forms.ChoiceField)
+        template_field.choices = template_choices or [("", "Built-in prompt")]
+        for key, label in QUESTION_TYPES.items():  # one share per kind of question
+            self.fields[TYPE_PREFIX + key] = forms.IntegerField(
+                label=label, min_value=0, max_value=MAX_SHARE, required=False, initial=int(key == DEFAULT_TYPE)
+            )
         limit = settings.MASSCER_MAX_COMPLETIONS_PER_JOB
         # The limit is a setting, read per form (the field keeps its place in the order).
         self.fields["count"] = forms.IntegerField(
@@ -145,6 +189,18 @@ class TrainForm(forms.Form):
             # Without prices nothing is costed, so a budget could never stop anything.
             del self.fields["budget"]
 
+    def type_fields(self) -> list[forms.BoundField]:
+        """The share inputs, one per kind of question, in `QUESTION_TYPES` order."""
+        return [self[TYPE_PREFIX + key] for key in QUESTION_TYPES]
+
+    def _shares(self) -> dict[str, int] | None:
+        """The shares typed (an empty input is 0); None when none was given: factual only.
+        All zero is left to `job_create`, which refuses it."""
+        shares = {key: self.cleaned_data.get(TYPE_PREFIX + key) for key in QUESTION_TYPES}
+        if all(share is None for share in shares.values()):
+            return None
+        return {key: share or 0 for key, share in shares.items()}
+
     def clean_stop(self) -> list[str]:
         stops = [line.strip("\r") for line in self.cleaned_data["stop"].splitlines() if line.strip()]
         if len(stops) > MAX_STOPS:
@@ -168,6 +224,11 @@ class TrainForm(forms.Form):
         params["budget"] = data.get("budget")
         params["judge"] = bool(data.get("judge"))
         params["judge_threshold"] = data.get("judge_threshold") or 4
+        params["question_types"] = self._shares()
+        params["audience"] = data.get("audience") or ""
+        params["difficulty"] = data.get("difficulty") or ""
+        params["template"] = data.get("template") or ""
+        params["seed_examples"] = data.get("seed_examples") or 0
         return params
 
 

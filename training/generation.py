@@ -22,11 +22,10 @@ from django.utils import timezone
 from masscer import endpoint, logs, metrics
 from masscer.leases import heartbeat
 from masscer.lib import concurrency, llm, ratelimit
-from masscer.lib.tokens import count_tokens
 
 from . import hotsql
 from .models import TrainingJob, WorkItem
-from .services import judging, replies, retry, state
+from .services import judging, replies, retry, spans, state
 
 # Token estimates reserved in the shared tokens-per-minute limit before a call.
 PROMPT_OVERHEAD_TOKENS = 400
@@ -41,13 +40,25 @@ class RetryLater(Exception):
         self.countdown = countdown
 
 
+def _rate_wait(limiter: ratelimit.RateLimiter | None, tokens: int) -> float | None:
+    """Take a place in the shared rate limit and wait for it; the seconds to come back after
+    instead, if the line is too long."""
+    if limiter is None:
+        return None
+    decision = limiter.take(tokens=tokens, max_wait=settings.MASSCER_RATELIMIT_MAX_WAIT)
+    return None if decision.reserved else decision.wait
+
+
 def _wait_for_slot(limiter: ratelimit.RateLimiter | None, item: WorkItem, claim: int, tokens: int) -> None:
     """Take a place in the shared rate limit and wait for it; hand the work back if the line is long."""
-    if limiter is None:
-        return
-    decision = limiter.take(tokens=tokens, max_wait=settings.MASSCER_RATELIMIT_MAX_WAIT)
-    if not decision.reserved:
-        _hand_back(item, claim, decision.wait, f"waiting {decision.wait:.1f} s for the rate limit")
+    wait = _rate_wait(limiter, tokens)
+    if wait is not None:
+        _hand_back(item, claim, wait, f"waiting {wait:.1f} s for the rate limit")
+
+
+def _slot_wait(slots: concurrency.CallSlots) -> tuple[float, str]:
+    """When to come back when no call slot came free in time, and why."""
+    return random.uniform(1.0, 3.0), f"waiting for one of the {slots.limit} model call slots"
 
 
 @contextmanager
@@ -59,7 +70,7 @@ def _call_slot(slots: concurrency.CallSlots | None, item: WorkItem, claim: int) 
     try:
         token = slots.take(settings.MASSCER_RATELIMIT_MAX_WAIT)
     except concurrency.NoSlot as exc:
-        _hand_back(item, claim, random.uniform(1.0, 3.0), f"waiting for one of the {slots.limit} model call slots")
+        _hand_back(item, claim, *_slot_wait(slots))
         raise AssertionError("unreachable") from exc
     try:
         yield
@@ -83,10 +94,29 @@ def _handle_transient(
         state.job_finish_if_done(job_id=item.job_id)
         return
     countdown = retry.backoff(attempt, exc.retry_after)
-    if exc.status_code == 429 and exc.retry_after and limiter is not None:
-        limiter.block(exc.retry_after)  # the provider said wait: every worker waits
+    _block_if_told(exc, limiter)
     # Hand the item back; the retry (or, if that message is lost, the sweeper) claims it again.
     _hand_back(item, claim, countdown, str(exc), unavailable_since=since)
+
+
+def _block_if_told(exc: llm.LLMTransientError, limiter: ratelimit.RateLimiter | None) -> None:
+    if exc.status_code == 429 and exc.retry_after and limiter is not None:
+        limiter.block(exc.retry_after)  # the provider said wait: every worker waits
+
+
+def _hand_back_if_held(
+    item: WorkItem, claim: int, progress: replies.Progress, limiter: ratelimit.RateLimiter | None
+) -> None:
+    """Hand the item back when pairs wait for a judge call that cannot be made now; they are
+    judged first when it comes back (`services.judging`)."""
+    deferred = progress.deferred
+    if deferred is None:
+        return
+    fields: dict[str, object] = {}
+    if deferred.error is not None:
+        _block_if_told(deferred.error, limiter)
+        fields["unavailable_since"] = deferred.since
+    _hand_back(item, claim, deferred.countdown, f"the judge call waits: {deferred}", **fields)
 
 
 def work_item_run(*, item_id: int, attempt: int = 0) -> str:
@@ -105,7 +135,7 @@ def work_item_run(*, item_id: int, attempt: int = 0) -> str:
 def _run_claimed(item: WorkItem, claim: int, counts: tuple[int, int], attempt: int) -> str:
     open_items: tuple[int, int] | None = counts
     job = item.job
-    if job.status != TrainingJob.Status.GENERATING:
+    if job.status not in TrainingJob.ITEMS_RUN:
         state.item_close(item.pk, claim, WorkItem.Status.CANCELLED)
         return "job-not-running"
     progress = replies.progress_load(item)
@@ -117,8 +147,8 @@ def _run_claimed(item: WorkItem, claim: int, counts: tuple[int, int], attempt: i
     limiter = endpoint.model_limiter(job.model)
     llm.warm_up(config)  # before the first slot, not between the slot and the call
     slots = endpoint.call_slots(job.model)
-    source_tokens = (count_tokens(source) if job.redact else item.chunk.token_count) + PROMPT_OVERHEAD_TOKENS
-    judge = _judge_call(item, claim, config, params, source, source_tokens, limiter, slots) if job.judge else None
+    source_tokens = spans.span_source(item).tokens + PROMPT_OVERHEAD_TOKENS
+    judge = _judge_call(item, config, params, source, source_tokens, limiter, slots, attempt) if job.judge else None
     first_call = True
     while replies.wants_more(item, progress, budget):
         if first_call:
@@ -134,6 +164,14 @@ def _run_claimed(item: WorkItem, claim: int, counts: tuple[int, int], attempt: i
             if not running:
                 state.item_close(item.pk, claim, WorkItem.Status.CANCELLED)
                 return "job-not-running"
+        if progress.held and judge is not None:
+            # Paid pairs an earlier judge call could not take (no slot in time, a transient
+            # error): judged before anything else is asked (over budget: not stored).
+            first_call = False
+            if replies.held_absorb(item, claim, progress, source, judge) < 0:
+                return "lost-lease"
+            _hand_back_if_held(item, claim, progress, limiter)
+            continue
         if over_budget:
             progress.budget_exhausted = True
             break
@@ -176,25 +214,50 @@ def _run_claimed(item: WorkItem, claim: int, counts: tuple[int, int], attempt: i
         stored = replies.reply_absorb(item, claim, reply, asked, progress, source, judge=judge)
         if stored < 0:
             return "lost-lease"
+        _hand_back_if_held(item, claim, progress, limiter)
     return state.item_finish(item, claim, progress)
 
 
 def _judge_call(
     item: WorkItem,
-    claim: int,
     config: llm.LLMConfig,
     params: llm.GenParams,
     source: str,
     source_tokens: int,
     limiter: ratelimit.RateLimiter | None,
     slots: concurrency.CallSlots | None,
+    attempt: int,
 ) -> judging.JudgeCall:
-    """The judge pass's model call, behind the same rate limit and call slots as generation."""
+    """The judge pass's model call, behind the same rate limit and call slots as generation.
+
+    When it cannot be made now (no call slot or rate-limit place in time, a transient error)
+    it raises `judging.JudgeDeferred` rather than handing the item back at once: the reply's
+    pairs are kept in the item first (`replies.reply_absorb`), then `_hand_back_if_held`.
+    """
 
     def call(pairs: Sequence[llm.Pair]) -> llm.JudgeReply:
-        with _call_slot(slots, item, claim):
-            _wait_for_slot(limiter, item, claim, source_tokens + len(pairs) * TOKENS_PER_PAIR * 2)
-            reply = llm.judge_pairs(config, source=source, pairs=pairs, params=params)
+        token = None
+        if slots is not None:
+            try:
+                token = slots.take(settings.MASSCER_RATELIMIT_MAX_WAIT)
+            except concurrency.NoSlot as exc:
+                raise judging.JudgeDeferred(*_slot_wait(slots)) from exc
+        try:
+            wait = _rate_wait(limiter, source_tokens + len(pairs) * TOKENS_PER_PAIR * 2)
+            if wait is not None:
+                raise judging.JudgeDeferred(wait, f"waiting {wait:.1f} s for the rate limit")
+            with metrics.model_call("judge") as timed:  # counted by outcome, tokens and latency
+                reply = timed.reply = llm.judge_pairs(
+                    config, source=source, pairs=pairs, params=params, question_type=item.question_type
+                )
+        except llm.LLMTransientError as exc:
+            deferred = judging.transient(item, exc, attempt)
+            if isinstance(deferred, judging.JudgeDeferred):
+                raise deferred from exc
+            raise
+        finally:
+            if slots is not None and token is not None:
+                slots.give(token)
         if limiter is not None:
             limiter.tighten(reply.headers)
         return reply

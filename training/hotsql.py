@@ -53,10 +53,11 @@ def claim(item_id: int, *, now: datetime, lease_until: datetime) -> int | None:
     return int(rows[0][0]) if rows else None
 
 
-def questions_since(job_id: int, after_id: int) -> list[tuple[int, int, str]]:
-    """(id, chunk id, question) of the job's completions with an id above `after_id`, in order."""
+def questions_since(job_id: int, after_id: int) -> list[tuple[int, int, str, str]]:
+    """(id, chunk id, question type, question) of the job's completions with an id above
+    `after_id`, in order."""
     _, rows = _execute(
-        f"SELECT id, chunk_id, question FROM {_COMPLETIONS} WHERE job_id = %s AND id > %s ORDER BY id",
+        f"SELECT id, chunk_id, question_type, question FROM {_COMPLETIONS} WHERE job_id = %s AND id > %s ORDER BY id",
         [job_id, after_id],
     )
     return rows  # type: ignore[return-value]

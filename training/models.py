@@ -101,6 +101,9 @@ class TrainingJob(models.Model):
         Status.CANCELLED: set(),
     }
     FINISHED = (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
+    # Work items run while the job generates, and already while it is planned from a document
+    # still being read (`services.jobs.job_prepare`; it cannot finish before the last pass).
+    ITEMS_RUN = (Status.CHUNKING, Status.GENERATING)
 
     class Outcome(models.TextChoices):
         """How a completed job really ended (see `outcome`); other statuses are their own outcome."""
@@ -137,6 +140,11 @@ class TrainingJob(models.Model):
     difficulty = models.CharField(max_length=10, blank=True)
     # Up to this many approved completions of the job's agents go into the prompt as examples.
     seed_examples = models.PositiveSmallIntegerField(default=0)
+    # The exact prompt template version the job's prompts are built from (null: the built-in
+    # prompt). RESTRICT: a version a job used cannot be deleted, unless with the job itself.
+    prompt_template = models.ForeignKey(
+        "PromptTemplateVersion", null=True, blank=True, on_delete=models.RESTRICT, related_name="jobs"
+    )
 
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED, db_index=True)
     error = models.TextField(blank=True)
@@ -228,7 +236,9 @@ class WorkItem(models.Model):
     unavailable_since = models.DateTimeField(null=True, blank=True)
     # Batch mode: the last round whose result this item has taken in (so a round is
     # ingested once per item), and what the next request carries over from the last
-    # reply: {"feedback": str | None, "per_call": int, "rejected": [question, ...]}.
+    # reply: {"feedback": str | None, "per_call": int, "rejected": [question, ...]}. In both
+    # modes it also keeps the paid pairs waiting for the judge: "held": [[q, a, e], ...] and
+    # "held_model" (`services.judging`).
     batch_round = models.PositiveIntegerField(default=0)
     batch_state = models.JSONField(default=dict, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -409,3 +419,63 @@ class Assignment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.completion_id} → {self.agent_id}"
+
+
+class PromptTemplate(models.Model):
+    """A workspace's named prompt template (`services.templates`); its texts are versions.
+
+    The current version is the highest number; a job records the version it used. A template
+    may be the workspace's default (`is_default`) or the default of one agent's jobs (`agent`);
+    an archived template is kept for the jobs that used it but offered to no new one.
+    """
+
+    workspace = models.ForeignKey("workspaces.Workspace", on_delete=models.CASCADE, related_name="prompt_templates")
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="prompt_templates")
+    name = models.CharField(max_length=100)
+    agent = models.ForeignKey(
+        "agents.Agent", null=True, blank=True, on_delete=models.SET_NULL, related_name="prompt_templates"
+    )
+    is_default = models.BooleanField(default=False)
+    archived = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["workspace_id", "name", "id"]
+        verbose_name = "prompt template"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["workspace", "name"], condition=Q(archived=False), name="prompttemplate_unique_name"
+            ),
+            models.UniqueConstraint(
+                fields=["workspace"], condition=Q(is_default=True, archived=False), name="prompttemplate_one_default"
+            ),
+            models.UniqueConstraint(
+                fields=["agent"], condition=Q(agent__isnull=False, archived=False), name="prompttemplate_one_per_agent"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class PromptTemplateVersion(models.Model):
+    """One saved text of a template: never changed, so a job's prompt can always be told."""
+
+    template = models.ForeignKey(PromptTemplate, on_delete=models.CASCADE, related_name="versions")
+    number = models.PositiveIntegerField()
+    system = models.TextField(blank=True)
+    user = models.TextField()
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["template_id", "-number"]
+        verbose_name = "prompt template version"
+        constraints = [
+            models.UniqueConstraint(fields=["template", "number"], name="prompttemplateversion_unique_number")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.template.name} v{self.number}"

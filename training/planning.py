@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 
 
 def allocate(count: int, token_counts: Sequence[int]) -> list[int]:
@@ -88,3 +88,45 @@ def hand_on(missing: int, rooms: Sequence[int]) -> list[int]:
     for i, share in zip(eligible, _largest_remainder(missing, [rooms[i] for i in eligible]), strict=True):
         shares[i] = share
     return shares
+
+
+def group_spans(
+    token_counts: Sequence[int],
+    keys: Sequence[tuple[Hashable, int]],
+    *,
+    count: int,
+    min_pairs: int,
+    max_tokens: int,
+) -> list[range]:
+    """Positions of the chunks grouped into spans (one work item each): consecutive chunks of
+    one source, added until the span's share of `count` (in proportion to tokens, as
+    `allocate` gives it) reaches `min_pairs` or one more chunk would take it over `max_tokens`.
+
+    One call then asks for about `min_pairs` pairs or more instead of a few per chunk. Where
+    `count` is too small for that, spans grow to `max_tokens`, so the items (which `allocate`
+    spreads evenly when there are fewer pairs than spans) cover as much of the text as they
+    can. `keys` are (source, chunk index) in job order: a span never crosses a source or a gap
+    in its indexes. `max_tokens` <= 0 keeps one chunk per span.
+    """
+    chunks = len(token_counts)
+    if max_tokens <= 0 or count <= 0:
+        return [range(i, i + 1) for i in range(chunks)]
+    weights = [max(1, tokens) for tokens in token_counts]
+    per_token = count / sum(weights) if weights else 0.0
+    spans: list[range] = []
+    start = tokens = 0
+    for i, weight in enumerate(weights):
+        if i > start and _continues(keys, i) and tokens + weight <= max_tokens and tokens * per_token < min_pairs:
+            tokens += weight
+            continue
+        if i > start:
+            spans.append(range(start, i))
+        start, tokens = i, weight
+    if chunks:
+        spans.append(range(start, chunks))
+    return spans
+
+
+def _continues(keys: Sequence[tuple[Hashable, int]], i: int) -> bool:
+    """Whether the chunk at `i` is the next chunk of the same source as the one before it."""
+    return keys[i][0] == keys[i - 1][0] and keys[i][1] == keys[i - 1][1] + 1

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Collection
 
 from django.conf import settings
 
@@ -34,8 +35,9 @@ class JobQuestions:
     def __init__(self, job_id: int) -> None:
         self.job_id = job_id
         self.index = QuestionIndex(threshold=settings.MASSCER_NEAR_DUPLICATE_JACCARD)
-        self.recent: list[tuple[int, str]] = []  # (chunk id, question), oldest first
-        self.by_chunk: dict[int, list[str]] = {}
+        self.recent: list[tuple[int, str, str]] = []  # (chunk id, question type, question), oldest first
+        # By (chunk id, question type): a work item's own questions are those of its type on its chunks.
+        self.by_chunk: dict[tuple[int, str], list[str]] = {}
         self.cursor = 0
         self.agent_ids: list[int] | None = None
         self.used_at = time.monotonic()
@@ -51,23 +53,38 @@ class JobQuestions:
             return
         with self._lock:
             self.refreshed_at = time.monotonic()
-            for pk, chunk_id, question in hotsql.questions_since(self.job_id, self.cursor):
+            for pk, chunk_id, question_type, question in hotsql.questions_since(self.job_id, self.cursor):
                 self.index.add(question)
-                self.recent.append((chunk_id, question))
-                self.by_chunk.setdefault(chunk_id, []).append(question)
+                self.recent.append((chunk_id, question_type, question))
+                self.by_chunk.setdefault((chunk_id, question_type), []).append(question)
                 self.cursor = pk
             self.used_at = time.monotonic()
 
-    def chunk_questions(self, chunk_id: int) -> list[str]:
-        return list(self.by_chunk.get(chunk_id, ()))
+    def made_by_chunk(self, chunk_ids: Collection[int], question_type: str) -> dict[int, int]:
+        """How many completions of `question_type` each of `chunk_ids` has (a work item's own;
+        rows from before question types, typed "", count as every type's)."""
+        return {
+            chunk_id: len(self.by_chunk.get((chunk_id, question_type), ())) + len(self.by_chunk.get((chunk_id, ""), ()))
+            for chunk_id in chunk_ids
+        }
 
-    def others(self, chunk_id: int, limit: int) -> list[str]:
-        """The newest `limit` questions of the job's other chunks, oldest first."""
+    def own(self, chunk_ids: Collection[int], question_type: str) -> list[str]:
+        """The questions a work item of `question_type` over `chunk_ids` has made."""
+        return [
+            question
+            for chunk_id in chunk_ids
+            for kind in dict.fromkeys((question_type, ""))
+            for question in self.by_chunk.get((chunk_id, kind), ())
+        ]
+
+    def others(self, chunk_ids: Collection[int], question_type: str, limit: int) -> list[str]:
+        """The newest `limit` questions not of a work item of `question_type` over `chunk_ids`
+        (other chunks, or other types on its chunks), oldest first."""
         found: list[str] = []
-        for other_chunk, question in reversed(self.recent):
+        for chunk_id, kind, question in reversed(self.recent):
             if len(found) >= limit:
                 break
-            if other_chunk != chunk_id:
+            if chunk_id not in chunk_ids or kind not in (question_type, ""):
                 found.append(question)
         return found[::-1]
 

@@ -207,9 +207,12 @@ def completions_regenerate(*, completions: QuerySet[Completion], reviewer: Abstr
         [r[0] for r in rows if r[3] != Completion.Status.REJECTED and r[4] not in (Status.COMPLETED, Status.FAILED)],
     )
     rows = [r for r in rows if r[3] != Completion.Status.REJECTED and r[4] in (Status.COMPLETED, Status.FAILED)]
+    # A completion whose work item is gone (only made by hand) is rejected without a new one.
+    makers = _items_of([r[0] for r in rows])
     by_item: dict[tuple[int, int], int] = defaultdict(int)
-    for _, job_id, chunk_id, *_ in rows:
-        by_item[(job_id, chunk_id)] += 1
+    for pk, job_id, *_ in rows:
+        if pk in makers:
+            by_item[(job_id, makers[pk])] += 1
     now = timezone.now()
     Completion.objects.filter(pk__in=[r[0] for r in rows]).update(
         status=Completion.Status.REJECTED, reviewed_by=reviewer, reviewed_at=now
@@ -233,15 +236,35 @@ def _requeue(by_item: dict[tuple[int, int], int], now: Any) -> None:
             finished_at=None,
             shortfall=0,
         )
-    item_ids: list[int] = []
-    for (job_id, chunk_id), count in by_item.items():
-        item = WorkItem.objects.filter(job_id=job_id, chunk_id=chunk_id).only("pk").first()
-        if item is None:
-            continue
-        WorkItem.objects.filter(pk=item.pk).update(quota=F("quota") + count, **WorkItem.fresh_start(now))
-        item_ids.append(item.pk)
-    for item_id in item_ids:
+    for (_, item_id), count in by_item.items():
+        WorkItem.objects.filter(pk=item_id).update(quota=F("quota") + count, **WorkItem.fresh_start(now))
         generate_task.delay_on_commit(item_id)
+
+
+def _items_of(completion_ids: Sequence[int]) -> dict[int, int]:
+    """The work item that made each completion: of its job and question type, the one whose
+    span of chunks holds the completion's chunk (completions made before question types have
+    none: their chunk's item). Completions whose item is gone are left out."""
+    found: dict[int, int] = {}
+    source = ("chunk__document_id", "chunk__conversation_id", "chunk__source_version")
+    for batch in _batches(list(completion_ids)):
+        rows = list(
+            Completion.objects.filter(pk__in=batch).values_list(
+                "pk", "job_id", "question_type", *source, "chunk__index"
+            )
+        )
+        spans: dict[tuple[Any, ...], list[tuple[int, int, str, int]]] = defaultdict(list)
+        items = WorkItem.objects.filter(job_id__in={row[1] for row in rows}).values_list(
+            "pk", "job_id", "question_type", *source, "chunk__index", "span"
+        )
+        for pk, job_id, question_type, *where, first, span in items:
+            spans[(job_id, *where)].append((first, span, question_type, pk))
+        for pk, job_id, question_type, *where, index in rows:
+            for first, span, item_type, item_id in spans[(job_id, *where)]:
+                if first <= index < first + span and question_type in ("", item_type):
+                    found[pk] = item_id
+                    break
+    return found
 
 
 # --- near-duplicates -------------------------------------------------------------------------

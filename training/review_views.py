@@ -23,11 +23,14 @@ from workspaces.selectors import review_workspace_ids
 
 from .forms import REVIEW_ACTIONS, CompletionEditForm
 from .models import Assignment, Completion
+from .question_types import QUESTION_TYPES
 from .review import assignments_set_rule
 from .selectors import completions_for, jobs_for
 from .services import completion_review, completions_review_bulk
 
-FILTER_KEYS = ("status", "job", "agent", "source_type", "document", "conversation", "q", "judge_below", "order")
+FILTER_KEYS = (
+    "status", "job", "agent", "source_type", "document", "conversation", "question_type", "q", "judge_below", "order"
+)
 # The judge's criteria the queue sorts by (lowest score first).
 ORDERS = ("faithfulness", "answerability", "usefulness")
 JOB_CHOICES = 50
@@ -48,6 +51,8 @@ def review_filters(data: QueryDict) -> dict[str, Any]:
         filters["judge_below"] = ""  # "below 1" would match nothing; anything else is no filter
     if filters["order"] not in ORDERS:
         filters["order"] = ""
+    if filters["question_type"] not in QUESTION_TYPES:
+        filters["question_type"] = ""  # an unknown kind from a hand-edited URL: no filter
     return filters
 
 
@@ -105,6 +110,7 @@ def review_queue(request: HttpRequest) -> HttpResponse:
         "cards": [_card_context(c, reviewer_ids, agent_ids) for c in page],
         "filters": filters,
         "judge_orders": ORDERS,
+        "question_types": QUESTION_TYPES,
         "status_choice": request.GET.get("status") or Completion.Status.PENDING,
         "statuses": Completion.Status.choices,
         "jobs": jobs_for(user=request.user).select_related(None).only("pk", "created_at")[:JOB_CHOICES],

@@ -26,7 +26,7 @@ def job_prepare_task(self: Task, job_id: int) -> None:
     try:
         job_prepare(job_id=job_id)
     except JobNotReady as exc:
-        raise self.retry(countdown=2, exc=exc) from exc
+        raise self.retry(countdown=exc.countdown, exc=exc) from exc
 
 
 # The database or the broker (the rate limiter's Redis) away for a moment.

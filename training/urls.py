@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from . import export_views, review_views, views
+from . import export_views, review_views, template_views, views
 
 app_name = "training"
 urlpatterns = [
@@ -21,4 +21,9 @@ urlpatterns = [
     path("conversations/export/", export_views.conversations_export, name="conversations_export"),
     path("chunks/document/<int:pk>/", views.document_chunks, name="document_chunks"),
     path("chunks/conversation/<int:pk>/", views.conversation_chunks, name="conversation_chunks"),
+    path("templates/", template_views.template_list, name="templates"),
+    path("templates/new/", template_views.template_new, name="template_new"),
+    path("templates/<int:pk>/", template_views.template_detail, name="template"),
+    path("templates/<int:pk>/edit/", template_views.template_edit, name="template_edit"),
+    path("templates/<int:pk>/delete/", template_views.template_delete_view, name="template_delete"),
 ]

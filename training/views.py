@@ -34,10 +34,13 @@ from . import estimate as estimating
 from .forms import TrainForm
 from .models import Completion, TrainingJob, WorkItem
 from .previews import conversation_preview, conversation_shape
-from .selectors import chunks_for_conversation, chunks_for_document, job_rejected_samples, jobs_for
-from .services import job_cancel, job_create, job_retry
+from .question_types import QUESTION_TYPES
+from .selectors import chunks_for_conversation, chunks_for_document, job_rejected_samples, job_type_mix, jobs_for
+from .services import job_cancel, job_create, job_retry, templates
 
 RECENT_COMPLETIONS = 50
+# `job_create`'s error codes that name a Train dialog field (others are shown above the form).
+JOB_FIELD_ERRORS = ("count", "style", "audience", "difficulty", "template", "seed_examples")
 CHUNKS_PER_PAGE = 20
 
 
@@ -78,15 +81,17 @@ class Sources:
         return names[0] if len(names) == 1 else f"{len(names)} sources"
 
 
-def _chunk_shapes(sources: Sources) -> tuple[list[int], list[int], bool, list[str]]:
-    """Chunk sizes, user questions per chunk, whether sizes are projected, and sources not readable yet."""
+def _chunk_shapes(sources: Sources) -> tuple[list[int], list[int], bool, list[str], list[int | None]]:
+    """Chunk sizes, user questions per chunk, whether sizes are projected, sources not readable
+    yet, and each chunk's document (None for a conversation's: those are never grouped)."""
     tokens: list[int] = []
     caps: list[int] = []
+    groups: list[int | None] = []
     projected = False
     waiting: list[str] = []
     for document in sources.documents:
         stored = list(chunks_for_document(document=document).values_list("token_count", flat=True))
-        if stored:
+        if stored and not document.chunks_partial:  # partial: its first chunks only, still being read
             tokens += stored
         elif document.token_count:
             sizes = estimating.project_chunks(
@@ -97,6 +102,7 @@ def _chunk_shapes(sources: Sources) -> tuple[list[int], list[int], bool, list[st
         else:
             waiting.append(document.title)
         caps += [0] * (len(tokens) - len(caps))
+        groups += [document.pk] * (len(tokens) - len(groups))
     for conversation in sources.conversations:
         stored = list(chunks_for_conversation(conversation=conversation).values_list("token_count", "text"))
         if stored:
@@ -107,7 +113,8 @@ def _chunk_shapes(sources: Sources) -> tuple[list[int], list[int], bool, list[st
             shapes = conversation_shape(conversation)
             tokens += [shape.tokens for shape in shapes]
             caps += [shape.users for shape in shapes]
-    return tokens, caps, projected, waiting
+        groups += [None] * (len(tokens) - len(groups))
+    return tokens, caps, projected, waiting, groups
 
 
 def _number(value: Any, kind: type, default: Any = None) -> Any:
@@ -118,7 +125,7 @@ def _number(value: Any, kind: type, default: Any = None) -> Any:
 
 
 def _estimate(sources: Sources, data: QueryDict | dict[str, Any]) -> dict[str, Any]:
-    tokens, caps, projected, waiting = _chunk_shapes(sources)
+    tokens, caps, projected, waiting, groups = _chunk_shapes(sources)
     count = _number(data.get("count"), int, 0) or 0
     model = (data.get("model") or settings.MASSCER_LLM_MODEL).strip()
     context: dict[str, Any] = {"waiting": waiting, "model": model}
@@ -138,6 +145,9 @@ def _estimate(sources: Sources, data: QueryDict | dict[str, Any]) -> dict[str, A
         price=estimating.price_for(settings.MASSCER_LLM_PRICES, model),
         projected=projected,
         judge=bool(data.get("judge")) and settings.MASSCER_LLM_MODE == "chat",
+        sources=groups,
+        min_pairs=settings.MASSCER_MIN_PAIRS_PER_CALL,
+        span_tokens=settings.MASSCER_SPAN_MAX_TOKENS,
     )
     context["mine"] = mine
     return context
@@ -178,7 +188,7 @@ def _start_job(request: HttpRequest, form: TrainForm, sources: Sources, workspac
             )
     except ValidationError as exc:
         code = getattr(exc, "code", None)
-        form.add_error(code if code in ("count", "style") else None, exc)
+        form.add_error(code if code in JOB_FIELD_ERRORS else None, exc)
         return None
     except NotAllowed as exc:  # the typed name is a teammate's agent
         form.add_error("new_agent", str(exc))
@@ -196,7 +206,12 @@ def job_new(request: HttpRequest) -> HttpResponse:
     workspace_id = next(iter(sources.workspace_ids))
     # Offered: the agents the user may attach material to (job_create checks them again).
     agents = changeable(agents_for(user=request.user).filter(workspace_id=workspace_id), user=request.user)
-    form = TrainForm(posted(request), agents=agents, conversations=bool(sources.conversations))
+    form = TrainForm(
+        posted(request),
+        agents=agents,
+        conversations=bool(sources.conversations),
+        template_choices=templates.template_choices(workspace_id),
+    )
     if request.method == "POST" and form.is_valid() and not sources.failed:
         job = _start_job(request, form, sources, workspace_id)
         if job is not None:
@@ -255,10 +270,21 @@ def _job_context(job: TrainingJob) -> dict[str, Any]:
         "recent": recent,
         "reasons": reasons,
         "samples": job_rejected_samples(job=job),
+        "type_mix": _type_mix(job),
+        # Documents still being read while the job is planned from their first pages.
+        "reading": [] if job.is_finished else [d for d in job.documents.order_by("pk") if d.progress_label],
         "next_step": job.next_step,
         "can_retry": job.status == TrainingJob.Status.FAILED
         or (job.status == TrainingJob.Status.COMPLETED and job.shortfall > 0),
     }
+
+
+def _type_mix(job: TrainingJob) -> list[dict[str, Any]]:
+    """Asked and made per kind of question, for a job that chose kinds ([] for factual only)."""
+    if not job.question_types:
+        return []
+    mix = job_type_mix(job=job)
+    return [{"key": key, "label": QUESTION_TYPES.get(key, key), **counts} for key, counts in mix.items()]
 
 
 def _visible_job(request: HttpRequest, pk: int) -> TrainingJob:

@@ -18,6 +18,7 @@ from conversations.services import conversation_create
 from documents.models import Document
 from testing.members import add_member
 from training.models import Completion, TrainingJob
+from training.services.templates import template_create
 from training.tests.factories import make_agent, make_chunk, make_completions, make_document, make_job, numbered
 from training.tests.test_dedupe import ORIGINAL, PARAPHRASE
 from workspaces.models import ApiToken, Invitation
@@ -51,7 +52,12 @@ def world(alice, bob, charlie) -> dict[str, Any]:
     tokens = {user.username: api_token_create(user=user, name="tests")[1] for user in (alice, bob, charlie)}
     spare_token, _ = api_token_create(user=alice, name="spare")
     membership_invite(actor=alice, workspace=workspace, username="charlie")
+    template, spare_template = (
+        template_create(actor=alice, workspace=workspace, name=name, system="", user=TEMPLATE)
+        for name in ("House style", "Spare style")
+    )
     return {
+        "template": template, "spare_template": spare_template,
         "invitation": Invitation.objects.get(user=charlie),
         "workspace": workspace, "document": document, "spare_document": spare_document,
         "conversation": conversation, "import": background, "agent": agent, "spare_agent": spare_agent, "job": job,
@@ -76,6 +82,7 @@ def upload(name: str = "notes.txt", data: bytes = b"Some notes about refunds.") 
     return SimpleUploadedFile(name, data, content_type="text/plain")
 
 
+TEMPLATE = "{rules}\n\n{source}\n\nNumber of pairs: {count}"
 OPENAI_CHATS = json.dumps([{"messages": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hi!"}]}])
 
 
@@ -140,6 +147,15 @@ ROUTES = [
     Route("get", "/api/tokens", None, 200, 200, 200),
     Route("post", "/api/tokens", lambda w: {"name": "ci"}, 201, 201, 201),
     Route("delete", "/api/tokens/{spare_token.pk}", None, 204, 404, 404),
+    Route("get", "/api/workspaces/{workspace.pk}/templates", None, 200, 200, 404),
+    Route("post", "/api/workspaces/{workspace.pk}/templates", lambda w: {"name": "Sales style", "user": TEMPLATE},
+          201, 201, 404),
+    Route("post", "/api/workspaces/{workspace.pk}/templates/preview",
+          lambda w: {"user": TEMPLATE, "conversation": w["conversation"].pk}, 200, 200, 404),
+    Route("get", "/api/templates/{template.pk}", None, 200, 200, 404),
+    Route("post", "/api/templates/{template.pk}/versions", lambda w: {"user": TEMPLATE + "\nShort."}, 201, 403, 404),
+    Route("patch", "/api/templates/{template.pk}", lambda w: {"is_default": True}, 200, 403, 404),
+    Route("delete", "/api/templates/{spare_template.pk}", None, 200, 403, 404),
 ]
 
 
@@ -440,6 +456,7 @@ def test_the_api_never_answers_with_a_server_error(world, keep_test_connection) 
         "agent_id": world["agent"].pk, "job_id": world["job"].pk, "completion_id": world["completion"].pk,
         "token_id": world["spare_token"].pk, "import_id": world["import"].pk,
         "workspace_id": world["workspace"].pk, "invitation_id": world["invitation"].pk,
+        "template_id": world["template"].pk,
     }
     failures: list[str] = []
     operations = [result.ok() for result in schema.get_all_operations()]

@@ -170,7 +170,7 @@ def targets(*prefixes: str) -> Callable[[Import], bool]:
 
 
 def is_door(name: str) -> bool:
-    return any(part in DOOR_PARTS or part.endswith(("_views", "_urls")) for part in name.split("."))
+    return any(part in DOOR_PARTS or part.endswith(("_views", "_urls", "_api", "_forms")) for part in name.split("."))
 
 
 def is_test_code(name: str) -> bool:

@@ -97,7 +97,8 @@ block of ``masscer.lib.llm.prompts``) take only judge behaviours: kind ``judge``
 (``low``: a marker string; each pair whose question, answer or evidence holds it
 scores ``score``, default 1, on every criterion, the others 5), or any kind with
 ``"judge": true`` (e.g. ``http_error``, ``invalid_json``). Without one every pair
-scores 5; generation behaviours are never used up by judge requests.
+scores 5; generation behaviours are never used up by judge requests. Judge requests sent
+as batch lines take the same behaviours (``"endpoint": "batch"`` for batch lines only).
 
 Server settings: ``latency`` (seconds added to every generation call),
 ``capacity`` (max in-flight generation calls; beyond it 429 with

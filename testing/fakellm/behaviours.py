@@ -176,7 +176,7 @@ def _pairs_for(behaviour: Mapping[str, Any], call: _Call) -> list[dict[str, str]
         count = max(0, min(count, int(n if n is not None else 1)))
     elif kind == "extra":
         count += int(n if n is not None else 2)
-    pairs = make_pairs(source, count, call.info.existing)
+    pairs = make_pairs(source, count, call.info.existing, question_type=call.info.question_type)
     limit = int(n) if n is not None else len(pairs)
     if kind == "empty_evidence":
         for pair in pairs[:limit]:

@@ -28,6 +28,39 @@ _TEMPLATES = (
     "In what context does «{w}» appear?",
     "What information accompanies «{w}»?",
 )
+# Other kinds of question (``masscer.lib.llm.prompts.QUESTION_TYPE_RULES``): what a model
+# following the type rule would ask. Factual uses ``_TEMPLATES``.
+_TYPED_TEMPLATES: dict[str, tuple[str, ...]] = {
+    # Short on purpose (at most 7 words besides the window), like ``_TEMPLATES``: two
+    # questions of one template must stay below ``_MAX_SIMILARITY``.
+    "procedural": (
+        "How does one go about «{w}»?",
+        "What are the steps for «{w}»?",
+        "How is «{w}» carried out?",
+    ),
+    "explanatory": (
+        "Why does the text bring up «{w}»?",
+        "What is the reason for «{w}»?",
+        "Why does «{w}» matter here?",
+    ),
+    "comparison": (
+        "How does «{w}» compare with the rest?",
+        "What sets «{w}» apart from the rest?",
+        "How does «{w}» differ from its context?",
+    ),
+    "multi_hop": (
+        "How does «{w}» connect to the other section?",
+        "Across both passages, what follows from «{w}»?",
+        "What links «{w}» with the other passage?",
+    ),
+    "unanswerable": (
+        "What does «{w}» cost, per the text?",
+        "Who first proposed «{w}»?",
+        "On what date was «{w}» introduced?",
+    ),
+}
+# An unanswerable pair's answer: the source does not say, and what it does say.
+_UNANSWERED_PREFIX = "The text does not say. What it does say is: "
 _MAX_WINDOW_WORDS = 6
 _WINDOW_CONTENT_WORDS = 2
 _MAX_EVIDENCE_WORDS = 24
@@ -121,7 +154,7 @@ def _evidence(source: str, words: Sequence[_Word], start: int, end: int) -> str:
     return _span(source, words, lo, hi)
 
 
-def _answer(source: str, words: Sequence[_Word], start: int) -> str:
+def _answer(source: str, words: Sequence[_Word], start: int, prefix: str = "The text says: ") -> str:
     sentence = words[start].sentence
     hi = start
     while (
@@ -130,7 +163,7 @@ def _answer(source: str, words: Sequence[_Word], start: int) -> str:
         and hi - start < _MAX_ANSWER_WORDS - 1
     ):
         hi += 1
-    return "The text says: " + " ".join(w.text for w in words[start : hi + 1])
+    return prefix + " ".join(w.text for w in words[start : hi + 1])
 
 
 _WINDOW_QUOTE = re.compile(r"«(.*?)»")
@@ -164,14 +197,17 @@ def _distinct(question: str, taken: Sequence[_Taken]) -> bool:
 
 
 def make_pairs(
-    source: str, count: int, existing: Sequence[str] = ()
+    source: str, count: int, existing: Sequence[str] = (), *, question_type: str = "factual"
 ) -> list[dict[str, str]]:
     """``count`` pairs grounded in ``source``: verbatim evidence, distinct questions.
 
-    Questions avoid anything similar to ``existing``.  When the source is too
-    small for enough distinct questions, the rest are numbered variants (which
-    a near-duplicate filter may legitimately reject).
+    Questions avoid anything similar to ``existing`` and are of ``question_type``'s kind
+    (an unanswerable pair's answer says the text does not say; its evidence is still a
+    verbatim quote).  When the source is too small for enough distinct questions, the
+    rest are numbered variants (which a near-duplicate filter may legitimately reject).
     """
+    templates = _TYPED_TEMPLATES.get(question_type, _TEMPLATES)
+    prefix = _UNANSWERED_PREFIX if question_type == "unanswerable" else "The text says: "
     words = _words(source)
     if not words:
         return [
@@ -189,26 +225,26 @@ def make_pairs(
         if len(pairs) >= count:
             break
         window = " ".join(w.text for w in words[start:end])
-        question = _TEMPLATES[len(pairs) % len(_TEMPLATES)].format(w=window)
+        question = templates[len(pairs) % len(templates)].format(w=window)
         if not _distinct(question, taken):
             continue
         taken.append(_Taken.of(question))
-        pairs.append(_pair(source, words, start, end, question))
+        pairs.append(_pair(source, words, start, end, question, prefix))
     extra = 0
     while len(pairs) < count:
         start, end = windows[extra % len(windows)] if windows else (0, 1)
         window = " ".join(w.text for w in words[start:end])
         question = f"Question {len(pairs) + 1}: what else is said about «{window}»?"
-        pairs.append(_pair(source, words, start, end, question))
+        pairs.append(_pair(source, words, start, end, question, prefix))
         extra += 1
     return pairs
 
 
 def _pair(
-    source: str, words: Sequence[_Word], start: int, end: int, question: str
+    source: str, words: Sequence[_Word], start: int, end: int, question: str, prefix: str
 ) -> dict[str, str]:
     return {
         "question": question,
-        "answer": _answer(source, words, start),
+        "answer": _answer(source, words, start, prefix),
         "evidence": _evidence(source, words, start, end),
     }

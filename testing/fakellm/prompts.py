@@ -29,6 +29,7 @@ from masscer.lib.llm.prompts import (
     REFERENCE_OPEN,
     SOURCE_CLOSE,
     SOURCE_OPEN,
+    TYPE_LABEL,
     USER_LABEL,
 )
 
@@ -59,6 +60,8 @@ _OVERLAP_RULE = _overlap_pattern()
 _JUDGE_BLOCK = _fenced(JUDGE_OPEN, JUDGE_CLOSE)
 _REFERENCE_BLOCK = _fenced(REFERENCE_OPEN, REFERENCE_CLOSE, closer_on_its_line=False)
 _TRANSCRIPT_USER = re.compile(rf"^{re.escape(USER_LABEL)}[ \t]?(.*)$", re.MULTILINE)
+# The question-type rule line (chat mode "- Question type: key. ...", completion mode without "- ").
+_TYPE_LINE = re.compile(rf"^(?:- )?{re.escape(TYPE_LABEL)} (\w+)\.", re.MULTILINE)
 
 
 def source_hash(text: str) -> str:
@@ -76,6 +79,8 @@ class PromptInfo:
     overlap_tail: str | None = None
     # A judge request (``masscer.lib.llm.judge``): the pairs to score, else None.
     judged: tuple[dict[str, Any], ...] | None = None
+    # The kind of question the prompt asks for ("factual" when it names none).
+    question_type: str = "factual"
 
 
 def read_prompt(prompt: str) -> PromptInfo:
@@ -100,6 +105,7 @@ def read_prompt(prompt: str) -> PromptInfo:
         existing=existing,
         overlap_tail=next((m.group(2) for m in _OVERLAP_RULE.finditer(outside)), None),
         judged=_judged(outside),
+        question_type=next((m.group(1) for m in _TYPE_LINE.finditer(outside)), "factual"),
     )
 
 

@@ -488,6 +488,7 @@ class FakeLLMServer(FilesAndBatches):
             if call.info.source is not None
             else None,
             "requested_count": call.info.count,
+            "question_type": call.info.question_type,
             "existing_questions": len(call.info.existing),
             "behaviour": None,
             "status": None,

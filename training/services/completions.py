@@ -3,10 +3,11 @@ counters, in one short transaction conditional on the claim."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 
 from django.db import IntegrityError, transaction
+from django.db.models import Count
 
 from .. import hotsql
 from ..models import Assignment, Completion, WorkItem
@@ -25,12 +26,13 @@ def store_completions(
     prompt_tokens: int = 0,
     completion_tokens: int = 0,
     cost: Decimal | float = 0,
-    start: int | None = None,
+    start: int | Mapping[int, int] | None = None,
     agent_ids: Sequence[int] | None = None,
     close: bool = False,
     samples: Sequence[dict[str, str]] | None = None,
     duplicates: list[str] | None = None,
     judged: Sequence[dict[str, object] | None] | None = None,
+    chunks: Sequence[int] | None = None,
 ) -> int:
     """Store accepted pairs for a claimed work item in one short transaction; the number stored.
 
@@ -48,7 +50,11 @@ def store_completions(
     are added to the work item's and the job's counters in the same transaction (when -1
     is returned they are not: the caller records the call on its own).
 
-    `start` is the chunk's number of completions in the job when the caller knows it, and
+    `chunks`, when given, is the chunk of the item's span each pair goes to (the one its
+    evidence comes from, `spans.SpanSource.chunk_of`); else the item's own chunk. The item
+    numbers the ordinals of its question type on each chunk of its span (the spans of one type
+    are disjoint). `start` is where they go on: the chunk's number of completions of the type
+    (an int: the item's own chunk; a mapping: per chunk) when the caller knows it, and
     `agent_ids` the job's agents (each saves a query); `close` closes the item as done in
     the same transaction and counts it in the job's `chunks_done`. `samples`, when given,
     replace the item's rejected-reply samples (the caller holds the claim, so it has the
@@ -56,26 +62,27 @@ def store_completions(
     """
     merged = Counter(item.reasons or {})
     merged.update(reasons)
+    homes = list(chunks) if chunks is not None else [item.chunk_id] * len(pairs)
     with transaction.atomic():
-        if start is None:
-            start = Completion.objects.filter(
-                job_id=item.job_id, chunk_id=item.chunk_id, question_type=item.question_type
-            ).count()
-        rows = [
-            Completion(
-                job_id=item.job_id,
-                chunk_id=item.chunk_id,
-                ordinal=start + offset,
-                question=question,
-                answer=answer,
-                evidence=evidence,
-                model=model,
-                redacted=redacted,
-                question_type=item.question_type,
-                judge=judged[offset] if judged is not None else None,
+        starts = _starts(item, homes, start)
+        following = dict(starts)
+        rows = []
+        for offset, ((question, answer, evidence), chunk_id) in enumerate(zip(pairs, homes, strict=True)):
+            rows.append(
+                Completion(
+                    job_id=item.job_id,
+                    chunk_id=chunk_id,
+                    ordinal=following[chunk_id],
+                    question=question,
+                    answer=answer,
+                    evidence=evidence,
+                    model=model,
+                    redacted=redacted,
+                    question_type=item.question_type,
+                    judge=judged[offset] if judged is not None else None,
+                )
             )
-            for offset, (question, answer, evidence) in enumerate(pairs)
-        ]
+            following[chunk_id] += 1
         try:
             # No savepoint (two round trips fewer per call): an IntegrityError marks the
             # outer transaction for rollback, which happens when this block is left.
@@ -86,7 +93,7 @@ def store_completions(
             return -1
         stored = [row for row in rows if row.pk is not None]
         if len(stored) < len(rows):
-            samples = _skipped_as_duplicates(rows, start, merged, reasons, samples, item, duplicates)
+            samples = _skipped_as_duplicates(rows, starts, merged, reasons, samples, item, duplicates)
             close = False
         # The item's update comes after the rows it counts, and its condition (the claim
         # number) rolls all of them back for a worker whose lease was taken over meanwhile.
@@ -117,9 +124,25 @@ def store_completions(
     return len(stored)
 
 
+def _starts(item: WorkItem, homes: Sequence[int], start: int | Mapping[int, int] | None) -> dict[int, int]:
+    """The first free ordinal of the item's question type on each chunk the rows go to."""
+    known = {item.chunk_id: start} if isinstance(start, int) else dict(start or {})
+    unknown = set(homes) - set(known)
+    if unknown:
+        counted = (
+            Completion.objects.filter(job_id=item.job_id, chunk_id__in=unknown, question_type=item.question_type)
+            .values("chunk_id")
+            .annotate(n=Count("pk"))
+            .order_by()
+        )
+        known.update({chunk_id: 0 for chunk_id in unknown})
+        known.update({row["chunk_id"]: row["n"] for row in counted})
+    return known
+
+
 def _skipped_as_duplicates(
     rows: list[Completion],
-    start: int,
+    starts: Mapping[int, int],
     merged: Counter[str],
     reasons: Counter[str],
     samples: Sequence[dict[str, str]] | None,
@@ -128,20 +151,22 @@ def _skipped_as_duplicates(
 ) -> Sequence[dict[str, str]] | None:
     """Account for the rows the insert skipped (the job has their questions); the samples to write.
 
-    The stored rows move down to the ordinals `start`, `start + 1`, ... (the skipped ones left
-    gaps, and the next call numbers on from the chunk's count). Only this item's claim writes
-    its chunk's ordinals, and each row moves to a lower one that is free by then.
+    The stored rows of each chunk move down to the ordinals `start`, `start + 1`, ... of that
+    chunk (the skipped ones left gaps, and the next call numbers on from the chunk's count).
+    Only this item's claim writes its chunks' ordinals of its type, and each row moves to a
+    lower one that is free by then.
     """
-    ordinal = start
+    following = dict(starts)
     skipped: list[Completion] = []
     for row in rows:
         if row.pk is None:
             skipped.append(row)
             continue
+        ordinal = following[row.chunk_id]
         if row.ordinal != ordinal:
             Completion.objects.filter(pk=row.pk).update(ordinal=ordinal)
             row.ordinal = ordinal
-        ordinal += 1
+        following[row.chunk_id] += 1
     merged["duplicate"] += len(skipped)
     reasons["duplicate"] += len(skipped)
     if duplicates is not None:

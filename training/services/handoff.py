@@ -26,6 +26,7 @@ from django.utils import timezone
 from ..models import TrainingJob, WorkItem
 from ..planning import calls_budget, hand_on, pair_room
 from ..tasks import generate_task
+from .spans import SPAN_FIELDS, span_tokens
 
 if TYPE_CHECKING:
     from .replies import Progress
@@ -62,14 +63,18 @@ def _calls_left(quota: int, calls: int) -> bool:
 
 def _candidates(item: WorkItem) -> list[Receiver]:
     """The job's other items that can still give more, with their unused room (in pairs)."""
-    rows = (
+    rows = list(
         WorkItem.objects.filter(job_id=item.job_id, status__in=[WorkItem.Status.PENDING, WorkItem.Status.DONE])
+        .filter(question_type=item.question_type)  # same kind only: the job's type mix stays as asked
         .exclude(pk=item.pk)
         .order_by("chunk__document_id", "chunk__conversation_id", "chunk__index")
-        .values_list("pk", "status", "quota", "made", "calls", "reasons", "chunk__token_count")
+        .values_list("pk", "status", "quota", "made", "calls", "reasons", *SPAN_FIELDS)
     )
+    # An item's unused text is its span's: all the chunks it reads.
+    tokens_of = span_tokens((row[0], *row[6:]) for row in rows)
     found = []
-    for pk, status, quota, made, calls, reasons, tokens in rows:
+    for pk, status, quota, made, calls, reasons, *_ in rows:
+        tokens = tokens_of[pk]
         if SPENT.intersection(key for key, n in (reasons or {}).items() if n):
             continue
         if status == WorkItem.Status.DONE and (made < quota or not _calls_left(quota, calls)):
@@ -82,7 +87,7 @@ def _candidates(item: WorkItem) -> list[Receiver]:
 
 def receivers(item: WorkItem, missing: int) -> list[tuple[Receiver, int]]:
     """Who takes how many of `missing` pairs (nobody once the job has stopped)."""
-    if not TrainingJob.objects.filter(pk=item.job_id, status=TrainingJob.Status.GENERATING).exists():
+    if not TrainingJob.objects.filter(pk=item.job_id, status__in=TrainingJob.ITEMS_RUN).exists():
         return []
     candidates = _candidates(item)
     shares = hand_on(missing, [c.room for c in candidates])

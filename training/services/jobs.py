@@ -2,7 +2,9 @@
 cancel, retry, and the summary the API and the `train` command show."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+import time
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -21,11 +23,23 @@ from workspaces.permissions import require_change
 from workspaces.services import workspace_for_write
 
 from ..models import Chunk, TrainingJob, WorkItem
-from ..planning import allocate, allocate_capped
-from ..question_types import type_counts
+from ..planning import allocate, allocate_capped, group_spans
+from ..question_types import (
+    DEFAULT_TYPE,
+    MULTI_HOP,
+    MULTI_HOP_SPAN,
+    clean_audience,
+    clean_difficulty,
+    clean_types,
+    neighbour_units,
+    type_counts,
+    with_fallback,
+)
 from ..review import require_material_change
+from ..selectors import job_type_mix
 from ..tasks import generate_task, job_prepare_task
-from .chunks import chunks_ensure_for_conversation, chunks_ensure_for_document, user_turns
+from . import prepare, templates
+from .chunks import user_turns
 from .rounds import batch_round_open
 from .state import job_fail, job_finish_if_done, job_transition
 
@@ -33,10 +47,21 @@ if TYPE_CHECKING:
     from agents.models import Agent
 
 Status = TrainingJob.Status
+logger = logging.getLogger(__name__)
+# Approved completions a job may show the model as examples of style (each costs prompt tokens).
+MAX_SEED_EXAMPLES = 20
 
 
 class JobNotReady(Exception):
-    """A source is still being extracted by another worker; try again shortly."""
+    """A source is still being extracted by another worker; try again in `countdown` seconds."""
+
+    def __init__(self, message: str, *, countdown: float = 2.0) -> None:
+        super().__init__(message)
+        self.countdown = countdown
+
+
+# How often a job whose document another worker reads plans the pages read meanwhile.
+READING_POLL_SECONDS = 0.5
 
 
 def _check_count(count: int) -> None:
@@ -60,14 +85,13 @@ def _check_mode(mode: str) -> None:
 
 
 def job_judge_setting(judge: bool | None, threshold: int, mode: str) -> bool:
-    """Whether the job has the judge pass: as asked, else the default where it can run."""
+    """Whether the job has the judge pass: as asked, else the default where it can run (a chat
+    endpoint, live or batch: batch mode judges a round's pairs in the next round)."""
     if not 1 <= threshold <= 5:
         raise ValidationError("The judge threshold must be between 1 and 5.", code="judge_threshold")
-    available = mode == TrainingJob.Mode.LIVE and settings.MASSCER_LLM_MODE == "chat"
+    available = settings.MASSCER_LLM_MODE == "chat"
     if judge is None:
         return settings.MASSCER_JUDGE_DEFAULT and available
-    if judge and mode == TrainingJob.Mode.BATCH:
-        raise ValidationError("The judge pass is not available in batch mode yet; use live mode.", code="judge")
     if judge and not available:
         raise ValidationError("The judge pass needs a chat model endpoint (MASSCER_LLM_MODE=chat).", code="judge")
     return judge
@@ -92,6 +116,30 @@ def _check_same_workspace(workspace_id: int, objects: Sequence[Any], label: str)
             raise ValidationError(f"The {label} '{obj}' is not in this job's workspace.", code="forbidden")
 
 
+def _guidance_fields(
+    question_types: Mapping[str, Any] | None, style: str, audience: str, difficulty: str, seed_examples: int
+) -> dict[str, Any]:
+    """The job's question types, audience, difficulty and seed examples, checked (each door's
+    input arrives here, so a bad value gets the same message from all of them)."""
+    shares = clean_types(question_types)
+    if style == TrainingJob.Style.MINE and set(shares) - {DEFAULT_TYPE}:
+        raise ValidationError(
+            "Question types apply to the synthesize style; mine keeps the questions users really asked.",
+            code="question_types",
+        )
+    if not 0 <= seed_examples <= MAX_SEED_EXAMPLES:
+        raise ValidationError(
+            f"Seed examples must be between 0 and {MAX_SEED_EXAMPLES} (asked for {seed_examples}).",
+            code="seed_examples",
+        )
+    return {
+        "question_types": shares,
+        "audience": clean_audience(audience),
+        "difficulty": clean_difficulty(difficulty),
+        "seed_examples": seed_examples,
+    }
+
+
 @transaction.atomic
 def job_create(
     *,
@@ -114,17 +162,26 @@ def job_create(
     mode: str = TrainingJob.Mode.LIVE,
     judge: bool | None = None,
     judge_threshold: int = 4,
+    question_types: Mapping[str, Any] | None = None,
+    audience: str = "",
+    difficulty: str = "",
+    template: str = "",
+    seed_examples: int = 0,
 ) -> TrainingJob:
     """Create a queued job and send it to the workers after commit.
 
     `mode="batch"` sends the model calls through the provider's batches API (cheaper,
     results within 24 hours; chat endpoints only). `judge` (None: MASSCER_JUDGE_DEFAULT
     where available) scores each pair and rejects those with faithfulness below
-    `judge_threshold` (`services.judging`; live mode only for now).
+    `judge_threshold` (`services.judging`). `question_types` maps
+    kinds of question to shares (None: factual only; `question_types.clean_types`), `audience`
+    and `difficulty` go into the prompt, `template` names a prompt template of the workspace
+    and `seed_examples` is how many approved completions of the agents the prompt shows.
     """
     _check_count(count)
     _check_mode(mode)
     judge = job_judge_setting(judge, judge_threshold, mode)
+    guidance = _guidance_fields(question_types, style, audience, difficulty, seed_examples)
     _check_active_jobs(owner)
     if not documents and not conversations:
         raise ValidationError("Choose at least one document or conversation to train with.", code="sources")
@@ -142,6 +199,7 @@ def job_create(
         raise ValidationError(f"Unknown style {style!r}; use synthesize or mine.", code="style")
     if style == TrainingJob.Style.MINE and documents:
         raise ValidationError("The mine style works on conversations only; use synthesize for documents.")
+    chosen_template = templates.template_for_job(workspace=workspace, name=template.strip(), agents=agents)
     job = TrainingJob.objects.create(
         owner=owner,
         workspace=workspace,
@@ -159,6 +217,8 @@ def job_create(
         mode=mode,
         judge=judge,
         judge_threshold=judge_threshold,
+        **guidance,
+        prompt_template=chosen_template,
         enqueued_at=timezone.now(),
     )
     job.documents.set(documents)
@@ -213,74 +273,173 @@ def job_retry(*, actor: AbstractBaseUser, job: TrainingJob) -> bool:
     return True
 
 
-def _job_chunks(job: TrainingJob) -> list[Chunk]:
-    chunks: list[Chunk] = []
-    for document in job.documents.order_by("pk"):
-        if document.status in (Document.Status.UPLOADED, Document.Status.EXTRACTING):
-            document = document_extract(document_id=document.pk)
-        if document.status == Document.Status.EXTRACTING:
-            raise JobNotReady(f"document {document.pk} is being extracted")
-        if document.status == Document.Status.FAILED:
-            raise ValidationError(f"The document '{document.title}' could not be read: {document.error}")
-        chunks.extend(chunks_ensure_for_document(document=document))
-    for conversation in job.conversations.order_by("pk"):
-        chunks.extend(chunks_ensure_for_conversation(conversation=conversation))
-    return chunks
+def _job_chunks(job: TrainingJob) -> list[prepare.SourceChunks]:
+    """Each source's chunks as far as they are final (a document being read: its first ones)."""
+    return [prepare.document_chunks(document) for document in job.documents.order_by("pk")] + [
+        prepare.conversation_chunks(conversation) for conversation in job.conversations.order_by("pk")
+    ]
 
 
 def job_prepare(*, job_id: int) -> None:
-    """Extract and chunk the sources, plan quotas and send one task per chunk.
+    """Extract and chunk the sources, plan quotas and send one task per work item.
 
-    Idempotent: a second run (redelivery, sweeper) finds the work items already planned
-    and only re-sends the ones nobody has claimed.
+    A live job starts generating while its documents are read: each batch of pages the
+    extraction stores lets `_plan` give the new final chunks their share, and their items
+    run at once; the job stays `chunking` (and cannot finish) until the last pass has
+    planned exactly N. A document read by another worker is followed by running again
+    shortly (JobNotReady) until it is ready.
+
+    Idempotent: a second run (redelivery, sweeper) finds the work items already planned,
+    plans only chunks nobody has, and resumes a planning that was interrupted.
     """
     if not job_transition(job_id, [Status.QUEUED], Status.CHUNKING, started_at=timezone.now()):
         job = TrainingJob.objects.get(pk=job_id)
         if job.status != Status.CHUNKING:
             return
     job = TrainingJob.objects.get(pk=job_id)
+    on_progress = _ReadingPlanner(job) if job.mode == TrainingJob.Mode.LIVE else None
+    reading = job.documents.filter(status__in=[Document.Status.UPLOADED, Document.Status.EXTRACTING])
+    for document in reading.order_by("pk"):
+        document_extract(document_id=document.pk, on_progress=on_progress)
     try:
-        chunks = _job_chunks(job)
+        planned = _plan(job)
     except ValidationError as exc:
-        job_fail(job_id=job_id, error=" ".join(exc.messages))
+        _fail_preparing(job, " ".join(exc.messages))
         return
-    if not chunks:
-        job_fail(job_id=job_id, error="The sources have no text to train with.")
-        return
-    _plan(job, chunks)
+    if not planned:
+        raise JobNotReady(f"job {job_id} waits for its documents to be read", countdown=READING_POLL_SECONDS)
 
 
-def _quotas(job: TrainingJob, chunks: list[Chunk], count: int) -> list[int]:
+class _ReadingPlanner:
+    """Called by the extraction after each batch of stored pages: a planning pass at most every
+    READING_POLL_SECONDS (each splits the text read so far again, CPU the extraction child
+    could use)."""
+
+    def __init__(self, job: TrainingJob) -> None:
+        self.job = job
+        self.last = 0.0
+
+    def __call__(self) -> None:
+        if time.monotonic() - self.last >= READING_POLL_SECONDS:
+            _plan_while_reading(self.job)
+            self.last = time.monotonic()
+
+
+def _plan_while_reading(job: TrainingJob) -> None:
+    """A planning pass while a document is read; a failed pass is logged (the next one, or
+    the last, plans what it did not), never allowed to stop the extraction."""
+    try:
+        _plan(job)
+    except ValidationError:
+        pass  # a source failed: the job fails after the extraction, in job_prepare
+    except Exception:
+        logger.exception("planning pass of job %s failed; the next pass retries it", job.pk)
+
+
+def _fail_preparing(job: TrainingJob, error: str) -> None:
+    if WorkItem.objects.filter(job=job).exists():
+        error += " Completions made from what was read before are kept."
+    job_fail(job_id=job.pk, error=error)
+
+
+def _quotas(job: TrainingJob, units: list[list[Chunk]], count: int) -> list[int]:
     if job.style == TrainingJob.Style.MINE:
-        return allocate_capped(count, [user_turns(chunk) for chunk in chunks])
-    return allocate(count, [chunk.token_count for chunk in chunks])
+        return allocate_capped(count, [sum(user_turns(chunk) for chunk in unit) for unit in units])
+    return allocate(count, [sum(chunk.token_count for chunk in unit) for unit in units])
+
+
+def _units(chunks: list[Chunk], question_type: str) -> list[list[Chunk]]:
+    """The chunks one item of `question_type` reads: one, or for multi-hop two neighbours of a source."""
+    if question_type != MULTI_HOP:
+        return [[chunk] for chunk in chunks]
+    keys = [((chunk.document_id, chunk.conversation_id), chunk.index) for chunk in chunks]
+    return [[chunks[i] for i in unit] for unit in neighbour_units(keys, MULTI_HOP_SPAN)]
+
+
+def _spans(job: TrainingJob, chunks: list[Chunk], count: int) -> list[list[Chunk]]:
+    """Consecutive chunks of a document grouped so that one item asks for at least
+    MASSCER_MIN_PAIRS_PER_CALL pairs within MASSCER_SPAN_MAX_TOKENS (`planning.group_spans`).
+
+    Mining keeps one chunk per item (a quota is capped by its chunk's user questions), and so
+    do conversations: each chunk repeats the conversation's system prompt as its context.
+    """
+    if job.style == TrainingJob.Style.MINE:
+        return [[chunk] for chunk in chunks]
+    # A conversation chunk is a source of its own here: it never joins a span.
+    keys = [((chunk.document_id, 0 if chunk.document_id else chunk.pk), chunk.index) for chunk in chunks]
+    spans = group_spans(
+        [chunk.token_count for chunk in chunks],
+        keys,
+        count=count,
+        min_pairs=min(settings.MASSCER_MIN_PAIRS_PER_CALL, settings.MASSCER_PAIRS_PER_CALL),
+        max_tokens=settings.MASSCER_SPAN_MAX_TOKENS,
+    )
+    return [chunks[span.start : span.stop] for span in spans]
 
 
 def plan_items(job: TrainingJob, chunks: list[Chunk], counts: dict[str, int], now: Any) -> list[WorkItem]:
-    """The work items (unsaved) that ask `chunks` for `counts` pairs of each question type."""
+    """The work items (unsaved) that ask `chunks` for `counts` pairs of each question type
+    (multi-hop: with no two neighbouring chunks anywhere, its count is factual)."""
     items = []
-    for question_type, count in counts.items():
-        quotas = _quotas(job, chunks, count)
+    for question_type, count in with_fallback(counts, bool(_units(chunks, MULTI_HOP))).items():
+        units = _units(chunks, question_type) if question_type == MULTI_HOP else _spans(job, chunks, count)
+        quotas = _quotas(job, units, count)
         items.extend(
-            WorkItem(job=job, chunk=chunk, quota=quota, question_type=question_type, enqueued_at=now)
-            for chunk, quota in zip(chunks, quotas, strict=True)
+            WorkItem(
+                job=job, chunk=unit[0], span=len(unit), quota=quota, question_type=question_type, enqueued_at=now
+            )
+            for unit, quota in zip(units, quotas, strict=True)
             if quota > 0
         )
     return items
 
 
-def _plan(job: TrainingJob, chunks: list[Chunk]) -> None:
-    items = plan_items(job, chunks, type_counts(job.question_types or {}, job.requested_count), timezone.now())
-    if not items:
-        job_fail(job_id=job.pk, error="The conversations contain no user questions to mine.")
-        return
+def _plan(job: TrainingJob) -> bool:
+    """Plan the work items of the sources' final chunks not planned yet, with their share of
+    N (`prepare`); True once the job is fully planned (or no longer being prepared).
+
+    One pass at a time per job (the job's row is locked), so concurrent passes (the
+    extraction's, a redelivered task's) never plan a chunk twice nor exceed N.
+    """
+    sources = _job_chunks(job)
+    share = prepare.seen_share(sources)
+    last = share == 1.0
+    if share is None or (not last and job.mode == TrainingJob.Mode.BATCH):
+        return False
+    now = timezone.now()
     with transaction.atomic():
+        if not TrainingJob.objects.select_for_update().filter(pk=job.pk, status=Status.CHUNKING).exists():
+            return True
+        covered, planned = prepare.planned_so_far(job)
+        chunks = prepare.unplanned(sources, covered)
+        counts = prepare.batch_counts(
+            type_counts(job.question_types or {}, job.requested_count), planned, share, last=last
+        )
+        items = plan_items(job, chunks, counts, now) if chunks and counts else []
         WorkItem.objects.bulk_create(items, ignore_conflicts=True)
-        job_transition(job.pk, [Status.CHUNKING], Status.GENERATING, chunks_total=len(items))
+        new = WorkItem.objects.filter(job=job, status=WorkItem.Status.PENDING, chunk_id__in={i.chunk_id for i in items})
+        total = WorkItem.objects.filter(job=job).count()
+        if not last:
+            TrainingJob.objects.filter(pk=job.pk).update(chunks_total=total, enqueued_at=now)
+            _dispatch_items(job, list(new.values_list("pk", flat=True)))
+            return False
+        if not total:
+            job_fail(job_id=job.pk, error=_nothing_to_plan(sources))
+            return True
+        job_transition(job.pk, [Status.CHUNKING], Status.GENERATING, chunks_total=total)
         pending = list(
             WorkItem.objects.filter(job=job, status=WorkItem.Status.PENDING).values_list("pk", flat=True)
         )
         _dispatch_items(job, pending)
+    # Items that ran while the job was being planned may all be done already.
+    job_finish_if_done(job_id=job.pk)
+    return True
+
+
+def _nothing_to_plan(sources: list[prepare.SourceChunks]) -> str:
+    if not any(source.chunks for source in sources):
+        return "The sources have no text to train with."
+    return "The conversations contain no user questions to mine."
 
 
 def _dispatch_items(job: TrainingJob, item_ids: Sequence[int]) -> None:
@@ -316,7 +475,21 @@ def job_summary(job: TrainingJob) -> dict[str, Any]:
         "cost": float(job.cost),
         "judge": job.judge,
         "judge_threshold": job.judge_threshold,
+        "question_types": job.question_types or {DEFAULT_TYPE: 1},
+        "type_mix": job_type_mix(job=job),
+        "audience": job.audience,
+        "difficulty": job.difficulty,
+        "seed_examples": job.seed_examples,
+        "template": _template_ref(job),
         "error": job.error or None,
     }
+
+
+def _template_ref(job: TrainingJob) -> dict[str, Any] | None:
+    """The prompt template version the job uses, by name and number (None: the built-in prompt)."""
+    if job.prompt_template_id is None:
+        return None
+    version = job.prompt_template
+    return {"name": version.template.name, "version": version.number}
 
 

@@ -17,7 +17,7 @@ from decimal import Decimal
 from typing import TypeVar
 
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, connection
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.db.models import F
 
 from masscer.lib import llm
@@ -28,7 +28,7 @@ from .. import questions
 from ..models import Chunk, Completion, TrainingJob, WorkItem
 from ..planning import calls_budget
 from ..validation import Candidate, QuestionIndex, add_samples, pair_text, screen, shorten
-from . import completions, judging
+from . import completions, judging, spans, templates
 from .chunks import user_turns
 
 logger = logging.getLogger(__name__)
@@ -56,7 +56,25 @@ def job_params(job: TrainingJob) -> llm.GenParams:
 
 def job_guidance(job: TrainingJob, item: WorkItem) -> llm.Guidance:
     """The item's kind of question and the job's audience, difficulty, template and examples."""
-    return llm.Guidance(question_type=item.question_type, audience=job.audience, difficulty=job.difficulty)
+    version = job.prompt_template  # read once per `job` object (Django keeps the related row)
+    return llm.Guidance(
+        question_type=item.question_type,
+        audience=job.audience,
+        difficulty=job.difficulty,
+        template_system=version.system if version is not None else "",
+        template_user=version.user if version is not None else "",
+        examples=_seed_examples(job),
+    )
+
+
+def _seed_examples(job: TrainingJob) -> tuple[tuple[str, str, str], ...]:
+    """The job's seed examples, read once per `job` object: a live run asks once per work item,
+    a batch round once for all its items (the examples may change between runs, not within one)."""
+    cached: tuple[tuple[str, str, str], ...] | None = getattr(job, "_seed_examples", None)
+    if cached is None:
+        cached = templates.seed_examples_for(job)
+        job._seed_examples = cached  # type: ignore[attr-defined]
+    return cached
 
 
 def usage_pair(usage: llm.Usage) -> tuple[int, int]:
@@ -64,10 +82,10 @@ def usage_pair(usage: llm.Usage) -> tuple[int, int]:
 
 
 def model_source(item: WorkItem) -> str:
-    """The chunk text the model sees (and evidence is checked against)."""
+    """The text of the item's span of chunks the model sees (and evidence is checked against)."""
     # Redaction happens before any text leaves for the model; evidence is checked
     # against the same redacted text the model saw.
-    return redact(item.chunk.text)[0] if item.job.redact else item.chunk.text
+    return spans.span_source(item).text
 
 
 def source_overlap(item: WorkItem, source: str) -> int:
@@ -94,8 +112,14 @@ def source_overlap(item: WorkItem, source: str) -> int:
 
 
 def wants_more(item: WorkItem, progress: Progress, budget: int) -> bool:
-    """Whether the item should ask the model again (short, within its calls budget)."""
-    return progress.made < item.quota and item.calls < budget + progress.raced and not progress.exhausted
+    """Whether the item has more to do: pairs waiting for the judge, or pairs to ask for."""
+    return bool(progress.held) or wants_pairs(item, progress, budget)
+
+
+def wants_pairs(item: WorkItem, progress: Progress, budget: int) -> bool:
+    """Whether the item should ask the model for pairs again (short, within its calls budget)."""
+    short = progress.made + len(progress.held) < item.quota
+    return short and item.calls < budget + progress.raced and not progress.exhausted
 
 
 def item_calls_budget(item: WorkItem) -> int:
@@ -132,6 +156,11 @@ class Progress:
     # overlay on it and `other_questions` is read from it); batch rounds bring their own.
     shared: questions.JobQuestions | None = None
     chunk_id: int = 0
+    # The item's chunks and question type (its own questions are those of its type on them),
+    # and how many completions each of those chunks has: the next ordinals there.
+    chunk_ids: tuple[int, ...] = ()
+    question_type: str = ""
+    made_by_chunk: dict[int, int] = field(default_factory=dict)
     # The item was closed as done in the transaction that stored its last pairs.
     closed: bool = False
     # Pairs asked for in the current call beyond what the chunk still needs (the live
@@ -141,6 +170,11 @@ class Progress:
     # skipped it). Not the model's doing: each gives the item one more call than its budget
     # (over a job at most N, since each such pair is a question another item stored).
     raced: int = 0
+    # Validated pairs waiting for the judge (`services.judging`: kept in the item's
+    # batch_state), the model that wrote them, and why the judge could not take them now.
+    held: list[Candidate] = field(default_factory=list)
+    held_model: str = ""
+    deferred: judging.JudgeDeferred | None = None
 
 
 def progress_load(item: WorkItem) -> Progress:
@@ -153,8 +187,12 @@ def progress_load(item: WorkItem) -> Progress:
     # claim of this item may have stored pairs: those count towards its quota.
     first_claim = item.attempts == 1 and item.made == 0
     shared.refresh(max_age=PROMPT_REFRESH_SECONDS if first_claim else 0.0)
-    mine = shared.chunk_questions(item.chunk_id)
+    chunk_ids = spans.span_source(item).chunk_ids
+    mine = shared.own(chunk_ids, item.question_type)
+    held, held_model = judging.held_load(item)
     return Progress(
+        held=held,
+        held_model=held_model,
         index=questions.Overlay(shared.index, settings.MASSCER_NEAR_DUPLICATE_JACCARD),  # type: ignore[arg-type]
         seen_completion_id=shared.cursor,
         chunk_questions=mine,
@@ -163,6 +201,9 @@ def progress_load(item: WorkItem) -> Progress:
         per_call=max(1, settings.MASSCER_PAIRS_PER_CALL),
         shared=shared,
         chunk_id=item.chunk_id,
+        chunk_ids=chunk_ids,
+        question_type=item.question_type,
+        made_by_chunk=shared.made_by_chunk(chunk_ids, item.question_type),
     )
 
 
@@ -173,7 +214,7 @@ def progress_refresh(item: WorkItem, progress: Progress) -> None:
         progress.seen_completion_id = progress.shared.cursor
         return
     newer = Completion.objects.filter(job_id=item.job_id, pk__gt=progress.seen_completion_id).exclude(
-        chunk_id=item.chunk_id
+        chunk_id__in=spans.span_source(item).chunk_ids, question_type__in=[item.question_type, ""]
     )
     for pk, question in newer.values_list("pk", "question"):
         progress.index.add(question)
@@ -182,14 +223,15 @@ def progress_refresh(item: WorkItem, progress: Progress) -> None:
 
 
 def prompt_questions(progress: Progress) -> list[str]:
-    own = progress.chunk_questions[-MAX_EXISTING_IN_PROMPT:]
+    # Pairs waiting for the judge are the chunk's questions too (unless the judge rejects them).
+    own = [*progress.chunk_questions, *(c.question for c in progress.held)][-MAX_EXISTING_IN_PROMPT:]
     room = MAX_EXISTING_IN_PROMPT - len(own)
     rejected = progress.rejected_duplicates[-room:] if room > 0 else []
     room -= len(rejected)
     if room <= 0:
         others: list[str] = []
     elif progress.shared is not None:
-        others = progress.shared.others(progress.chunk_id, room)
+        others = progress.shared.others(progress.chunk_ids or (progress.chunk_id,), progress.question_type, room)
     else:
         others = progress.other_questions[-room:]
     return others + rejected + own
@@ -254,7 +296,9 @@ def reply_absorb(
     """
     counters = _call_counters(item, reply, price_factor)
     try:
-        stored, accepted, reasons = _screen_and_store(item, claim, reply, asked, progress, source, counters, judge)
+        stored, accepted, reasons = _screen_and_store(
+            item, claim, reply, asked, progress, source, counters, judge, price_factor
+        )
     except Exception:
         _record_call(item, counters)  # store_completions' transaction (and its count) rolled back
         raise
@@ -287,6 +331,58 @@ def _through_outage(store: Callable[[], _T]) -> _T:
             delay = min(delay * 2, 5.0)
 
 
+def held_absorb(
+    item: WorkItem,
+    claim: int,
+    progress: Progress,
+    source: str,
+    judge: judging.JudgeCall,
+    price_factor: Decimal = Decimal(1),
+) -> int:
+    """Judge the pairs that waited for the judge (`Progress.held`) and store those it keeps.
+
+    They are taken in again as the reply they came from, screened once more (another item
+    may have stored the same question meanwhile); the judge call is counted, the earlier
+    generation call was already. -1 if the claim was lost.
+    """
+    held, progress.held, progress.spare, progress.deferred = progress.held, [], 0, None
+    pairs = [llm.Pair(c.question, c.answer, c.evidence) for c in held]
+    earlier = llm.Reply(pairs=pairs, finish_reason="stop", usage=llm.Usage(0, 0), parse_error=None, raw_text="",
+                        model=progress.held_model or item.job.model)  # fmt: skip
+    counters = _CallCounters(0, 0, Decimal(0), calls=0)
+    try:
+        stored, accepted, reasons = _screen_and_store(
+            item, claim, earlier, len(held), progress, source, counters, judge, price_factor
+        )
+    except Exception:
+        if counters.calls:
+            _record_call(item, counters)
+        raise
+    if stored < 0 and counters.calls:
+        _record_call(item, counters)
+    item.calls += counters.calls
+    if stored > 0:
+        progress.made += stored
+        progress.chunk_questions.extend(c.question for c in accepted)
+    progress.feedback = _feedback(earlier, reasons, len(held), len(accepted))
+    return stored
+
+
+def _store_with_held(item: WorkItem, claim: int, progress: Progress, store: Callable[[], int]) -> int:
+    """`store()`, and the pairs waiting for the judge kept in the item in the same transaction
+    (so that a paid reply's pairs are not lost between the two)."""
+    state = judging.held_state_of(item, progress.held, progress.held_model)
+    if state is None:
+        return store()
+    with transaction.atomic():
+        stored = store()
+        if stored >= 0:
+            judging.held_write(item, claim, state)
+    if stored >= 0:
+        item.batch_state = state
+    return stored
+
+
 def _screen_and_store(
     item: WorkItem,
     claim: int,
@@ -296,13 +392,18 @@ def _screen_and_store(
     source: str,
     counters: _CallCounters,
     judge: judging.JudgeCall | None = None,
+    price_factor: Decimal = Decimal(1),
 ) -> tuple[int, list[Candidate], Counter[str]]:
     # The reply is in hand (and paid for): a database away for a moment must not lose it.
     _through_outage(lambda: progress_refresh(item, progress))
     candidates = [Candidate(p.question, p.answer, p.evidence) for p in reply.pairs]
     rejected: list[tuple[str, Candidate]] = []
     accepted, reasons = screen(
-        candidates, source=source, index=progress.index, wanted=item.quota - progress.made, rejected=rejected
+        candidates,
+        source=source,
+        index=progress.index,
+        wanted=item.quota - progress.made - len(progress.held),
+        rejected=rejected,
     )
     if reasons.get("duplicate"):
         taken = {c.question for c in accepted}
@@ -327,10 +428,13 @@ def _screen_and_store(
     if judge is not None and accepted:  # the judge pass (services.judging), counted with this call
         verdicts = judging.judge_candidates(item, accepted, call=judge, spent=counters.cost)
         if verdicts.reply is not None:
-            counters.add(_call_counters(item, verdicts.reply))
+            counters.add(_call_counters(item, verdicts.reply, price_factor))
         judging.account(verdicts, reasons, rejected, progress.rejected_duplicates)
         progress.budget_exhausted = progress.budget_exhausted or verdicts.over_budget
         accepted, scores = verdicts.kept, verdicts.scores
+        if verdicts.held:  # the judge cannot be asked now: the pairs wait for it in the item
+            progress.held.extend(verdicts.held)
+            progress.held_model, progress.deferred = reply.model, verdicts.deferred
     # A few rejected replies go to the job page; the item is ours (claimed), so its own
     # copy of the samples is current, and they are written with the call's counters.
     samples = add_samples(item.samples or [], _rejections(reply, rejected, reasons))
@@ -342,6 +446,10 @@ def _screen_and_store(
     # Questions another worker stored after the check above: the insert skips them (and
     # counts them as duplicates in `reasons`), and the item asks again for as many.
     skipped: list[str] = []
+    # Each pair goes to the chunk of the item's span its evidence comes from.
+    span = spans.span_source(item)
+    homes = {c.question: span.chunk_of(c.evidence) for c in accepted}
+
     def store() -> int:
         skipped.clear()  # an attempt the database cut short may have listed some
         return completions.store_completions(
@@ -356,14 +464,15 @@ def _screen_and_store(
             prompt_tokens=counters.prompt_tokens,
             completion_tokens=counters.completion_tokens,
             cost=counters.cost,
-            start=progress.made if shared is not None else None,
+            start=dict(progress.made_by_chunk) if shared is not None else None,
             agent_ids=shared.agents() if shared is not None else None,
             close=close,
             samples=samples,
             duplicates=skipped,
+            chunks=[homes[c.question] for c in accepted],
         )
 
-    stored = _through_outage(store)
+    stored = _through_outage(lambda: _store_with_held(item, claim, progress, store))
     if skipped:
         taken = set(skipped)
         accepted = [c for c in accepted if c.question not in taken]
@@ -371,6 +480,9 @@ def _screen_and_store(
         progress.raced += 1
     elif close and stored >= 0:
         progress.closed = True
+    if stored > 0:
+        for c in accepted:
+            progress.made_by_chunk[homes[c.question]] = progress.made_by_chunk.get(homes[c.question], 0) + 1
     return stored, accepted, reasons
 
 

@@ -118,7 +118,7 @@ def job_state(job_id: int) -> tuple[bool, bool]:
     if row is None:
         return False, False
     status, budget, cost = row
-    return status == TrainingJob.Status.GENERATING, budget is not None and cost >= budget
+    return status in TrainingJob.ITEMS_RUN, budget is not None and cost >= budget
 
 
 def job_over_budget(job_id: int) -> bool:

@@ -10,6 +10,7 @@ from django.urls import NoReverseMatch, reverse
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
+from training.question_types import QUESTION_TYPES
 from training.validation import REASON_LABELS, _evidence_form
 
 register = template.Library()
@@ -96,6 +97,12 @@ def optional_url(name: str, *args: Any) -> str:
 @register.filter
 def reason_label(key: str) -> str:
     return REASON_LABELS.get(key, str(key).replace("_", " "))
+
+
+@register.filter
+def question_type_label(key: str) -> str:
+    """A kind of question for people ("multi_hop" -> "Multi-hop (two passages)")."""
+    return QUESTION_TYPES.get(key, str(key).replace("_", " "))
 
 
 @register.filter

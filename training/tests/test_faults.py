@@ -34,6 +34,7 @@ from testing.processes import (
     wait_for,
 )
 from training.models import Completion, TrainingJob, WorkItem
+from training.services.replies import model_source
 from training.validation import normalise
 
 from .conftest import prose
@@ -122,9 +123,10 @@ def wait_mid_job(stack: Stack) -> None:
 
 
 def finished_sources(job_id: int) -> dict[str, int]:
-    """Source hashes of the chunks whose work item is done, with their call counts so far."""
-    done = WorkItem.objects.filter(job_id=job_id, status=WorkItem.Status.DONE).select_related("chunk")
-    return {source_hash(item.chunk.text): item.calls for item in done}
+    """Source hashes of the work items that are done (a chunk, or a span of chunks: what the
+    model was sent), with their call counts so far."""
+    done = WorkItem.objects.filter(job_id=job_id, status=WorkItem.Status.DONE).select_related("chunk", "job")
+    return {source_hash(model_source(item)): item.calls for item in done}
 
 
 def job_status(job_id: int) -> str:

@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 from django.core.exceptions import ValidationError
-from django.core.management import CommandError, call_command
 from django.urls import reverse
 
 from agents.models import Agent
@@ -73,6 +72,20 @@ def test_several_pairs_are_judged_in_one_call(alice, agent, ready_document, fake
     listed = judged["prompt"].rsplit("<pairs_to_judge>\n", 1)[1].split("\n</pairs_to_judge>")[0]
     assert len(json.loads(listed)) == 5
     assert {c.judge["faithfulness"] for c in Completion.objects.filter(job=job)} == {5}
+
+
+def test_the_judge_is_told_the_kind_of_pair_it_scores(alice, agent, ready_document, fake_llm) -> None:
+    """An unanswerable pair is right to say the source does not answer: the judge must know."""
+    job = new_job(
+        alice, ready_document(alice, pages=1), agent, 4, judge=True, question_types={"factual": 1, "unanswerable": 1}
+    )
+    run_job(job)
+    assert job.created_count == 4
+    prompts = {call["prompt"] for call in judge_calls(fake_llm)}
+    told = [prompt for prompt in prompts if "unanswerable on purpose" in prompt]
+    assert len(told) == 1 and len(prompts) == 2
+    (unanswerable,) = Completion.objects.filter(job=job, question_type="unanswerable")[:1]
+    assert unanswerable.question in told[0]
 
 
 def test_a_raised_threshold_rejects_what_the_default_keeps(alice, agent, ready_document, fake_llm) -> None:
@@ -167,9 +180,14 @@ def test_the_judges_cost_is_counted_with_the_generation(alice, agent, ready_docu
     assert job.cost == pytest.approx(expected)
 
 
-def test_batch_mode_refuses_the_judge_clearly(alice, agent, ready_document, settings) -> None:
-    with pytest.raises(ValidationError, match="not available in batch mode"):
-        new_job(alice, ready_document(alice, pages=1), agent, 3, judge=True, mode=TrainingJob.Mode.BATCH)
+def test_batch_mode_takes_the_judge_but_a_completion_endpoint_refuses_it(
+    alice, agent, ready_document, settings
+) -> None:
+    document = ready_document(alice, pages=1)
+    assert new_job(alice, document, agent, 3, judge=True, mode=TrainingJob.Mode.BATCH).judge is True
+    settings.MASSCER_LLM_MODE = "completion"
+    with pytest.raises(ValidationError, match="needs a chat model endpoint"):
+        new_job(alice, document, agent, 3, judge=True)
 
 
 def test_the_threshold_must_be_a_score(alice, agent, ready_document) -> None:
@@ -181,7 +199,7 @@ def test_the_default_follows_the_setting_and_the_mode(alice, agent, ready_docume
     document = ready_document(alice, pages=1)
     settings.MASSCER_JUDGE_DEFAULT = True
     assert new_job(alice, document, agent, 1).judge is True
-    assert new_job(alice, document, agent, 1, mode=TrainingJob.Mode.BATCH).judge is False
+    assert new_job(alice, document, agent, 1, mode=TrainingJob.Mode.BATCH).judge is True
     settings.MASSCER_JUDGE_DEFAULT = False
     assert new_job(alice, document, agent, 1).judge is False
 
@@ -275,10 +293,15 @@ def test_the_cli_takes_judge_and_its_threshold(alice, notes, fake_llm) -> None: 
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.usefixtures("eager_celery")
-def test_the_cli_refuses_the_judge_in_batch_mode(alice, notes, fake_llm) -> None:  # noqa: F811
-    with pytest.raises(CommandError, match="not available in batch mode"):
-        train_args = ["-n", "2", "--judge", "--batch"]
-        call_command("train", str(notes), "--user", "alice", "--agent", "support", *train_args)
+def test_the_cli_estimates_a_judged_batch_job_with_its_judge_calls(alice, notes, fake_llm) -> None:  # noqa: F811
+    def estimated(*extra: str) -> dict[str, Any]:
+        code, printed = train(notes, "-n", "4", "--batch", "--estimate", "--json", *extra)
+        assert code == 0, printed
+        return json.loads(printed.strip().splitlines()[-1])
+
+    plain, judged = estimated("--no-judge"), estimated("--judge")
+    assert judged["model_calls"] == 2 * plain["model_calls"] > 0
+    assert fake_llm.calls == []  # an estimate calls no model
 
 
 def test_the_estimate_counts_the_judge_calls() -> None:

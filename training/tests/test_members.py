@@ -39,6 +39,7 @@ from testing.members import add_member
 from training import review
 from training.models import Completion, TrainingJob, WorkItem
 from training.services import completion_review, job_cancel, job_create, job_retry
+from training.services.templates import Roles, template_create, template_delete, template_save, template_set_roles
 from workspaces.models import Invitation, Membership
 from workspaces.permissions import NotAllowed
 from workspaces.services import (
@@ -63,6 +64,7 @@ APPS = ("workspaces", "documents", "conversations", "training", "agents")
 EVERYONE = ("alice", "bob", "rita", "dave")
 # Who may: an object's creator (alice) or another admin (bob); reviewing adds the reviewer (rita).
 CHANGERS = ("alice", "bob")
+TEMPLATE = "{rules}\n\n{source}\n\nNumber of pairs: {count}"
 REVIEWERS = ("alice", "bob", "rita")
 
 
@@ -126,6 +128,7 @@ def team(alice, bob, charlie, django_user_model) -> dict[str, Any]:
         "token": api_token_create(user=alice, name="nightly export")[0],
         "background": ConversationImport.objects.create(owner=alice, workspace=workspace, filename="big.jsonl"),
         "invitation": invited(alice, workspace, charlie),
+        "template": template_create(actor=alice, workspace=workspace, name="House style", system="", user=TEMPLATE),
     }  # fmt: skip
 
 
@@ -218,6 +221,9 @@ PAGES_THAT_CHANGE_NOTHING_OF_ALICES = {
     "workspaces:list": "creates a workspace, with its creator as its admin",
     "workspaces:tokens": "creates an API token, the user's own",
     "workspaces:detail": READS,
+    "training:templates": READS,
+    "training:template": READS,
+    "training:template_new": "creates a prompt template, the creator's own (or previews one: writes nothing)",
 }
 
 MATERIAL = {"selection": "all", "scope": "assigned"}
@@ -242,6 +248,11 @@ PAGE_DOORS: dict[str, list[Door]] = {
              data=lambda t: {**TRAIN, "document": t["handbook"].pk, "new_agent": "Support"}),
     ],
     "training:cancel": [Door("post", "/jobs/{running.pk}/cancel/")],
+    "training:template_edit": [
+        Door("post", "/jobs/templates/{template.pk}/edit/",
+             data=lambda t: {"system": "", "user": TEMPLATE + "\nShort answers.", "action": "save"}),
+    ],
+    "training:template_delete": [Door("post", "/jobs/templates/{template.pk}/delete/")],
     "training:retry": [Door("post", "/jobs/{failed.pk}/retry/")],
     "training:completion_review": [
         Door("post", "/jobs/completions/{rows[0].pk}/review/", allowed=REVIEWERS, label="approve",
@@ -333,7 +344,8 @@ def test_pages_let_through_those_the_rule_allows(team, door: Door, who: str) -> 
 
 # The row a read-only page is tried on, by the kind of object its pk names.
 ROW_OF = {"document": "handbook", "conversation": "conversation", "job": "done", "completion": "rows[0]",
-          "agent": "support", "workspace": "workspace", "token": "token", "import": "background"}
+          "agent": "support", "workspace": "workspace", "token": "token", "import": "background",
+          "template": "template"}
 
 
 @pytest.mark.parametrize("name", [name for name, why in PAGES_THAT_CHANGE_NOTHING_OF_ALICES.items() if why == READS])
@@ -435,6 +447,8 @@ API_WRITES_THAT_CREATE = {
     ("post", "/api/conversations/import"): "imports conversations, the importer's own",
     ("post", "/api/agents"): "creates an agent, the creator's own",
     ("post", "/api/tokens"): "creates an API token, the user's own",
+    ("post", "/api/workspaces/{workspace_id}/templates"): "creates a prompt template, the creator's own",
+    ("post", "/api/workspaces/{workspace_id}/templates/preview"): "writes nothing: renders a prompt on a chunk",
 }
 API_DOORS: dict[tuple[str, str], list[Door]] = {
     ("delete", "/api/documents/{document_id}"): [Door("delete", "/api/documents/{handbook.pk}")],
@@ -447,6 +461,14 @@ API_DOORS: dict[tuple[str, str], list[Door]] = {
              data=lambda t: {"count": 2, "documents": [t["handbook"].pk], "agents": [t["support"].pk]}),
     ],
     ("post", "/api/jobs/{job_id}/cancel"): [Door("post", "/api/jobs/{running.pk}/cancel")],
+    ("post", "/api/templates/{template_id}/versions"): [
+        Door("post", "/api/templates/{template.pk}/versions", data=lambda t: {"user": TEMPLATE + "\nShort."}),
+    ],
+    # The workspace default changes everyone's jobs: admins (alice and bob) only.
+    ("patch", "/api/templates/{template_id}"): [
+        Door("patch", "/api/templates/{template.pk}", data=lambda t: {"is_default": True}),
+    ],
+    ("delete", "/api/templates/{template_id}"): [Door("delete", "/api/templates/{template.pk}")],
     ("post", "/api/jobs/{job_id}/retry"): [Door("post", "/api/jobs/{failed.pk}/retry")],
     ("patch", "/api/completions/{completion_id}"): [
         Door("patch", "/api/completions/{rows[0].pk}", allowed=REVIEWERS, data=lambda t: {"answer": "Better."}),
@@ -571,6 +593,7 @@ ADMIN_ROWS = {
     "workspaces.Workspace": "workspace", "documents.Document": "handbook", "documents.Page": "page",
     "conversations.Conversation": "conversation", "agents.Agent": "sales", "training.TrainingJob": "done",
     "training.WorkItem": "item", "training.Chunk": "chunk", "training.Completion": "rows[0]",
+    "training.PromptTemplate": "template",
 }  # fmt: skip
 # Deleting is the app's delete service; editing is reviewing (completions only); nothing is added here.
 DELETED_THROUGH_A_SERVICE = {"documents.Document", "conversations.Conversation", "agents.Agent"}
@@ -724,11 +747,18 @@ SERVICES: dict[str, Call] = {
     "membership_remove": Call(CHANGERS, lambda t, actor: membership_remove(
         actor=actor, workspace=t["workspace"], user=t["rita"])),
     "api_token_revoke": Call(("alice",), lambda t, actor: api_token_revoke(actor=actor, token=t["token"])),
+    "template_create": Call(EVERYONE, lambda t, actor: template_create(
+        actor=actor, workspace=t["workspace"], name="Mine", system="", user=TEMPLATE)),
+    "template_save": Call(CHANGERS, lambda t, actor: template_save(
+        actor=actor, template=t["template"], system="", user=TEMPLATE + "\nShort.")),
+    "template_set_roles": Call(CHANGERS, lambda t, actor: template_set_roles(
+        actor=actor, template=t["template"], roles=Roles(is_default=True))),
+    "template_delete": Call(CHANGERS, lambda t, actor: template_delete(actor=actor, template=t["template"])),
 }
 # Bulk reviews skip the rows the user may not review and say so, rather than refuse the request.
 SKIPS_INSTEAD = {"completions_regenerate"}
 # Making something in a workspace asks for membership first (a ValidationError, 403 in the API).
-NOT_A_MEMBER_FIRST = {"job_create"}
+NOT_A_MEMBER_FIRST = {"job_create", "template_create"}
 
 
 @pytest.mark.parametrize(("service", "who"), [(name, who) for name, call in SERVICES.items()

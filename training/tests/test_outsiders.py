@@ -11,6 +11,7 @@ from conversations.models import ConversationImport
 from conversations.services import conversation_create
 from masscer.tests.web import fast_passwords  # noqa: F401 - autouse fixture
 from training.models import Completion
+from training.services.templates import template_create
 from workspaces.models import Invitation
 from workspaces.services import api_token_create, membership_invite
 
@@ -44,6 +45,8 @@ def target_model(name: str, route: str) -> str:
         return "completion"
     if "tokens/" in route:
         return "token"
+    if "templates/" in route:
+        return "template"
     if "invitations/<int:pk>" in route:
         return "invitation"
     return {"documents": "document", "conversations": "conversation", "training": "job", "agents": "agent",
@@ -74,6 +77,8 @@ def alices(alice, bob, agent, ready_document, fake_llm, settings, tmp_path) -> d
         "workspace": job.workspace_id,
         "token": api_token_create(user=alice, name="script")[0].pk,
         "invitation": invitation_for(alice, job.workspace, bob).pk,
+        "template": template_create(actor=alice, workspace=job.workspace, name="House style", system="",
+                                    user="{source}\nNumber of pairs: {count}").pk,
     }
 
 
@@ -85,7 +90,8 @@ def invitation_for(admin: Any, workspace: Any, user: Any) -> Invitation:
 def test_the_walk_covers_every_kind_of_object() -> None:
     kinds = {target_model(name, route) for name, route in object_routes()}
     assert kinds == {
-        "document", "conversation", "import", "job", "completion", "agent", "workspace", "token", "invitation"
+        "document", "conversation", "import", "job", "completion", "agent", "workspace", "token", "invitation",
+        "template",
     }
 
 

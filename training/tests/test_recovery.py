@@ -160,9 +160,9 @@ def test_a_long_extraction_keeps_its_document(
     )  # fmt: skip
     real_extract = document_services._extract
 
-    def slow_extract(doc: Document) -> Any:
+    def slow_extract(doc: Document, *args: Any) -> Any:
         time.sleep(3.0)  # twice the 1.5 s lease
-        return real_extract(doc)
+        return real_extract(doc, *args)
 
     monkeypatch.setattr(document_services, "_extract", slow_extract)
     worker = threading.Thread(target=lambda: (document_services.document_extract(document_id=document.pk),

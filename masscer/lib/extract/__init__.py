@@ -11,8 +11,9 @@ meant for the end user, never a traceback.
 
 Modules: ``common`` (the result and error types, the messages, text helpers), ``core`` (kind
 detection, dispatch to a format, size and token limits), one per format (``pdf``, ``docx``,
-``html``, and ``text`` for plain text and Markdown), ``isolation`` (the limited child process)
-and ``__main__`` (the child's entry point).
+``html``, and ``text`` for plain text and Markdown), ``isolation`` (the limited child process,
+which reports pages as it reads them), ``lines`` (reading its output as it comes) and
+``__main__`` (the child's entry point).
 
 The package must stay importable without Django and cheap to import: the child process loads it
 by file path (see ``__main__``) and then only pypdf or python-docx as needed (and ``tokens.py``,
@@ -21,7 +22,7 @@ by file path too, when a token limit is passed).
 
 from __future__ import annotations
 
-from .common import Extracted, ExtractionError, clean_text
+from .common import Extracted, ExtractionError, PageSink, clean_text
 from .core import detect_kind, extract_file
 from .html import html_to_text
 from .isolation import extract_isolated
@@ -29,6 +30,7 @@ from .isolation import extract_isolated
 __all__ = [
     "Extracted",
     "ExtractionError",
+    "PageSink",
     "clean_text",
     "detect_kind",
     "extract_file",

@@ -11,6 +11,7 @@ loads it by file path (see ``__main__``).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,10 @@ class Extracted:
     title: str
     # Token count of all pages, when the caller asked for a token limit (else None).
     tokens: int | None = None
+
+
+# Hears pages as they are read: (pages in the file, number of the first page, their texts).
+PageSink = Callable[[int, int, list[str]], None]
 
 
 # --------------------------------------------------------------------------- helpers

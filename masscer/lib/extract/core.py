@@ -24,6 +24,7 @@ from .common import (
     NOT_TEXT_MESSAGE,
     Extracted,
     ExtractionError,
+    PageSink,
     _format_mb,
     _has_utf16_bom,
     _looks_binary,
@@ -101,29 +102,63 @@ def extract_file(
     max_bytes: int,
     max_pages: int,
     max_tokens: int | None = None,
+    on_pages: PageSink | None = None,
 ) -> Extracted:
     """Extract the text of one uploaded file in this process.
 
     With ``max_tokens`` the text is also counted (stopping as soon as the limit is passed, so
-    a 50 MB blob is refused after a few MB of counting) and ``Extracted.tokens`` is set."""
+    a 50 MB blob is refused after a few MB of counting) and ``Extracted.tokens`` is set.
+
+    ``on_pages(total, first, texts)`` hears the pages as they are read (a PDF page by page;
+    other kinds, read at once, in one call), so a caller can use the first pages of a long
+    PDF while the rest is read. The checks that need every page (no text at all, a scan)
+    come at the end: the pages heard are only final once this returns."""
     size = _file_size(path)
     _check_size(size, max_bytes)
     with open(path, "rb") as handle:
         head = handle.read(HEAD_BYTES)
     kind = detect_kind(filename, head)
-    extractor = _EXTRACTORS[kind]
+    counter = _TokenCounter(max_tokens)
+    sink = _counting_sink(counter, on_pages)
     try:
-        result = extractor(path, filename, max_bytes, max_pages)
+        if kind == "pdf":
+            result = _extract_pdf(path, filename, max_bytes, max_pages, sink)
+        else:
+            result = _EXTRACTORS[kind](path, filename, max_bytes, max_pages)
+            sink(len(result.pages), 1, result.pages)
     except MemoryError:
         raise ExtractionError(LIMITS_MESSAGE) from None
     if not any(page.strip() for page in result.pages):
         raise ExtractionError(NO_TEXT_PDF_MESSAGE if kind == "pdf" else NO_TEXT_MESSAGE)
     if max_tokens is not None:
-        tokens = _count_tokens_upto(result.pages, max_tokens)
         result = Extracted(
-            kind=result.kind, pages=result.pages, title=result.title, tokens=tokens
+            kind=result.kind, pages=result.pages, title=result.title, tokens=counter.total
         )
     return result
+
+
+def _counting_sink(counter: _TokenCounter, on_pages: PageSink | None) -> PageSink:
+    """A sink that counts each batch of pages against the token limit before passing it on."""
+
+    def sink(total: int, first: int, texts: list[str]) -> None:
+        counter.add(texts)
+        if on_pages is not None:
+            on_pages(total, first, texts)
+
+    return sink
+
+
+class _TokenCounter:
+    """The running token count of the pages read so far; raises once it passes the limit
+    (no limit: counts nothing)."""
+
+    def __init__(self, max_tokens: int | None) -> None:
+        self.max_tokens = max_tokens
+        self.total = 0
+
+    def add(self, pages: list[str]) -> None:
+        if self.max_tokens is not None:
+            self.total = _count_tokens_upto(pages, self.max_tokens, start=self.total)
 
 
 def _tokens_module() -> Any:
@@ -148,11 +183,11 @@ def _tokens_module() -> Any:
     return module
 
 
-def _count_tokens_upto(pages: list[str], max_tokens: int) -> int:
-    """Tokens of all pages (the same total as ``tokens.count_tokens`` page by page); raise as
-    soon as the running total passes ``max_tokens``."""
+def _count_tokens_upto(pages: list[str], max_tokens: int, *, start: int = 0) -> int:
+    """``start`` plus the tokens of all pages (the same total as ``tokens.count_tokens`` page
+    by page); raise as soon as the running total passes ``max_tokens``."""
     tokens = _tokens_module()
-    total = 0
+    total = start
     for page in pages:
         # The pieces count_tokens itself would encode, so the sum is exact.
         bounds = tokens._piece_bounds(page)
@@ -184,8 +219,8 @@ def _check_size(size: int, max_bytes: int) -> None:
         )
 
 
+# PDFs are read page by page (``_extract_pdf`` takes a sink); these are read at once.
 _EXTRACTORS: dict[str, Callable[[str, str, int, int], Extracted]] = {
-    "pdf": _extract_pdf,
     "docx": _extract_docx,
     "markdown": _extract_markdown,
     "text": _extract_text,

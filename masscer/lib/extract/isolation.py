@@ -3,8 +3,11 @@ time, so a hostile or pathological file cannot take a Celery worker down. Celery
 are daemonic and may not use ``multiprocessing``, hence a plain ``subprocess``.
 
 The parent half (``extract_isolated``) starts ``__main__.py`` of this package as a script; the
-child half (``_child_main``) applies the limits, runs ``core.extract_file`` and prints the result
-as JSON on stdout.
+child half (``_child_main``) applies the limits, runs ``core.extract_file`` and writes JSON lines
+on stdout: one ``{"total", "first", "pages"}`` line per page as it is read, then the verdict
+(``{"ok": true, "kind", "title", "tokens"}`` or ``{"ok": false, "error"}``). The parent reads
+them as they come (``on_pages`` hears each page) under the same wall-time limit, and caps what
+it accepts (``MAX_OUTPUT_BYTES``), so streaming changes no limit.
 """
 
 from __future__ import annotations
@@ -15,16 +18,22 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
-from .common import LIMITS_MESSAGE, Extracted, ExtractionError, _short_reason
+from .common import LIMITS_MESSAGE, Extracted, ExtractionError, PageSink, _short_reason
 from .core import _check_size, _file_size, extract_file
+from .lines import LineReader
 
 log = logging.getLogger(__name__)
 
 # What the child runs; see ``_child_command``.
 _CHILD_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "__main__.py")
+INTERNAL_MESSAGE = "The file could not be processed (internal error)."
+# The most the parent reads from one child: the text of the largest document the token limit
+# lets through, as ASCII-escaped JSON, fits with room to spare; past it the child is stopped.
+MAX_OUTPUT_BYTES = 256 * 1024 * 1024
 
 
 def extract_isolated(
@@ -37,11 +46,15 @@ def extract_isolated(
     memory_bytes: int = 2 * 1024**3,
     timeout: float = 300,
     max_tokens: int | None = None,
+    on_pages: PageSink | None = None,
 ) -> Extracted:
     """Run ``extract_file`` in a child interpreter limited in CPU time, memory and wall time.
 
     Pass ``max_tokens`` to have the child count the text under the same limits (an over-long
-    document is refused there, and ``Extracted.tokens`` spares the caller a second count)."""
+    document is refused there, and ``Extracted.tokens`` spares the caller a second count).
+    ``on_pages(total, first, texts)`` hears the pages while the child reads them (see
+    ``core.extract_file``: they are final only if this returns); an exception it raises stops
+    the child and comes out of this call."""
     # Obvious rejections need no process.
     _check_size(_file_size(path), max_bytes)
     command = _child_command(
@@ -54,21 +67,82 @@ def extract_isolated(
         max_tokens=max_tokens,
     )
     try:
-        proc = subprocess.run(
-            command,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=timeout,
-            check=False,
+        proc = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
-    except subprocess.TimeoutExpired:
-        raise ExtractionError(LIMITS_MESSAGE) from None
     except OSError as exc:
         log.error("could not start the extraction process: %s", exc)
-        raise ExtractionError(
-            "The file could not be processed (internal error)."
-        ) from None
-    return _parse_child_result(proc)
+        raise ExtractionError(INTERNAL_MESSAGE) from None
+    with proc:
+        try:
+            return _follow_child(proc, time.monotonic() + timeout, on_pages)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
+def _follow_child(proc: subprocess.Popen[bytes], deadline: float, on_pages: PageSink | None) -> Extracted:
+    """Read the child's lines until its verdict (or until it dies or runs out of time)."""
+    assert proc.stdout is not None and proc.stderr is not None
+    reader = LineReader(proc.stdout.fileno(), proc.stderr.fileno(), limit=MAX_OUTPUT_BYTES)
+    pages: list[str] = []
+    while True:
+        try:
+            line = reader.next_line(deadline)
+        except TimeoutError:
+            raise ExtractionError(LIMITS_MESSAGE) from None
+        except OverflowError:
+            log.warning("extraction child wrote more than %d bytes", MAX_OUTPUT_BYTES)
+            raise ExtractionError(LIMITS_MESSAGE) from None
+        if line is None:  # end of output: the child died before its verdict
+            _wait(proc, deadline)
+            raise _child_death(proc.returncode, reader.stderr_tail())
+        message = _parse_line(line)
+        if message is None:
+            log.warning("extraction child wrote an unreadable line: %r", line[:200])
+            raise ExtractionError(INTERNAL_MESSAGE)
+        if "pages" in message:
+            texts = [str(text) for text in message["pages"]]
+            pages.extend(texts)
+            if on_pages is not None:
+                on_pages(int(message["total"]), int(message["first"]), texts)
+            continue
+        _wait(proc, deadline)
+        return _verdict(message, pages)
+
+
+def _parse_line(line: bytes) -> dict[str, Any] | None:
+    try:
+        message = json.loads(line)
+    except ValueError:
+        return None
+    return message if isinstance(message, dict) else None
+
+
+def _wait(proc: subprocess.Popen[bytes], deadline: float) -> None:
+    try:
+        proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _child_death(returncode: int, stderr_tail: bytes) -> ExtractionError:
+    log.warning(
+        "extraction child failed (code %s): %s", returncode, stderr_tail.decode("utf-8", "replace")
+    )
+    # Killed by a signal (SIGXCPU, SIGKILL, SIGSEGV...) or out of address space.
+    if returncode < 0 or b"MemoryError" in stderr_tail:
+        return ExtractionError(LIMITS_MESSAGE)
+    return ExtractionError(INTERNAL_MESSAGE)
+
+
+def _verdict(message: dict[str, Any], pages: list[str]) -> Extracted:
+    if not message.get("ok"):
+        raise ExtractionError(str(message.get("error") or "The file could not be processed."))
+    return Extracted(
+        kind=message["kind"], pages=pages, title=message["title"], tokens=message.get("tokens")
+    )
 
 
 def _child_command(
@@ -99,32 +173,6 @@ def _child_command(
     if max_tokens is not None:
         command.append(f"--max-tokens={max_tokens}")
     return command
-
-
-def _parse_child_result(proc: subprocess.CompletedProcess[bytes]) -> Extracted:
-    try:
-        payload = json.loads(proc.stdout) if proc.returncode == 0 else None
-    except ValueError:
-        payload = None
-    if not isinstance(payload, dict):
-        stderr_tail = proc.stderr[-2000:].decode("utf-8", "replace")
-        log.warning(
-            "extraction child failed (code %s): %s", proc.returncode, stderr_tail
-        )
-        # Killed by a signal (SIGXCPU, SIGKILL, SIGSEGV...) or out of address space.
-        if proc.returncode < 0 or b"MemoryError" in proc.stderr:
-            raise ExtractionError(LIMITS_MESSAGE)
-        raise ExtractionError("The file could not be processed (internal error).")
-    if not payload.get("ok"):
-        raise ExtractionError(
-            str(payload.get("error") or "The file could not be processed.")
-        )
-    return Extracted(
-        kind=payload["kind"],
-        pages=list(payload["pages"]),
-        title=payload["title"],
-        tokens=payload.get("tokens"),
-    )
 
 
 def _apply_limits(cpu_seconds: int, memory_bytes: int) -> None:
@@ -164,9 +212,17 @@ def _child_main(argv: Sequence[str]) -> int:
     payload = _child_payload(
         args.path, args.filename, args.max_bytes, args.max_pages, args.max_tokens
     )
-    sys.stdout.buffer.write(json.dumps(payload).encode("ascii"))
-    sys.stdout.flush()
+    _write_line(payload)
     return 0
+
+
+def _write_line(message: dict[str, Any]) -> None:
+    sys.stdout.buffer.write(json.dumps(message).encode("ascii") + b"\n")
+    sys.stdout.flush()
+
+
+def _send_pages(total: int, first: int, texts: list[str]) -> None:
+    _write_line({"total": total, "first": first, "pages": texts})
 
 
 def _child_payload(
@@ -176,6 +232,7 @@ def _child_payload(
     max_pages: int,
     max_tokens: int | None = None,
 ) -> dict[str, Any]:
+    """The verdict line; the pages went out as they were read."""
     try:
         result = extract_file(
             path,
@@ -183,6 +240,7 @@ def _child_payload(
             max_bytes=max_bytes,
             max_pages=max_pages,
             max_tokens=max_tokens,
+            on_pages=_send_pages,
         )
     except ExtractionError as exc:
         return {"ok": False, "error": str(exc)}
@@ -193,10 +251,4 @@ def _child_payload(
             "ok": False,
             "error": f"The file could not be processed: {_short_reason(exc)}",
         }
-    return {
-        "ok": True,
-        "kind": result.kind,
-        "title": result.title,
-        "pages": result.pages,
-        "tokens": result.tokens,
-    }
+    return {"ok": True, "kind": result.kind, "title": result.title, "tokens": result.tokens}

@@ -12,6 +12,7 @@ from .common import (
     PASSWORD_MESSAGE,
     Extracted,
     ExtractionError,
+    PageSink,
     _clean_title,
     _sentence,
     _short_reason,
@@ -62,16 +63,19 @@ def _pdf_error(exc: BaseException) -> ExtractionError:
     )
 
 
-def _extract_pdf(path: str, filename: str, max_bytes: int, max_pages: int) -> Extracted:
+def _extract_pdf(
+    path: str, filename: str, max_bytes: int, max_pages: int, sink: PageSink | None = None
+) -> Extracted:
+    """The PDF's text, page by page; ``sink`` hears each page as soon as it is read."""
     try:
-        return _read_pdf(path, filename, max_pages)
+        return _read_pdf(path, filename, max_pages, sink)
     except (ExtractionError, MemoryError):
         raise
     except Exception as exc:  # noqa: BLE001 - pypdf raises many types on damaged files
         raise _pdf_error(exc) from None
 
 
-def _read_pdf(path: str, filename: str, max_pages: int) -> Extracted:
+def _read_pdf(path: str, filename: str, max_pages: int, sink: PageSink | None) -> Extracted:
     reader = _open_pdf(path)
     count = len(reader.pages)
     if count > max_pages:
@@ -80,7 +84,7 @@ def _read_pdf(path: str, filename: str, max_pages: int) -> Extracted:
         )
     if count == 0:
         raise ExtractionError("The file could not be read as a PDF: it has no pages.")
-    pages, failures = _pdf_page_texts(reader)
+    pages, failures = _pdf_page_texts(reader, sink)
     if failures and not any(page.strip() for page in pages):
         raise _pdf_error(failures[0])
     if _looks_scanned(reader, pages):
@@ -108,10 +112,11 @@ def _open_pdf(path: str) -> Any:
     return reader
 
 
-def _pdf_page_texts(reader: Any) -> tuple[list[str], list[Exception]]:
+def _pdf_page_texts(reader: Any, sink: PageSink | None = None) -> tuple[list[str], list[Exception]]:
     """Text of every page; a page that fails yields "" so one bad page does not sink the rest."""
     pages: list[str] = []
     failures: list[Exception] = []
+    total = len(reader.pages)
     for page in reader.pages:
         try:
             text = page.extract_text()
@@ -121,6 +126,8 @@ def _pdf_page_texts(reader: Any) -> tuple[list[str], list[Exception]]:
             failures.append(exc)
             text = ""
         pages.append(clean_text(text or ""))
+        if sink is not None:
+            sink(total, len(pages), pages[-1:])
     return pages, failures
 
 

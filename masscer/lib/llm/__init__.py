@@ -36,7 +36,7 @@ from .chat import CHAT_ROLES, chat, chat_stream
 from .client import check_endpoint, warm_up
 from .embeddings import embed
 from .errors import LLMError, LLMPermanentError, LLMTransientError, parse_retry_after
-from .judge import JudgeReply, JudgeScore, judge_pairs, parse_judge_scores
+from .judge import JudgeItem, JudgeReply, JudgeScore, judge_pairs, judge_reply, judge_request, parse_judge_scores
 from .pairs import build_chat_request, generate_pairs, pair_request
 from .parsing import parse_block_pairs, parse_json_pairs
 from .prompts import REFERENCE_CLOSE, REFERENCE_OPEN, reference_block
@@ -71,6 +71,7 @@ __all__ = [
     "ChatDelta",
     "ChatReply",
     "GenParams",
+    "JudgeItem",
     "JudgeReply",
     "JudgeScore",
     "LLMConfig",
@@ -95,6 +96,8 @@ __all__ = [
     "embed",
     "generate_pairs",
     "judge_pairs",
+    "judge_reply",
+    "judge_request",
     "pair_request",
     "parse_block_pairs",
     "parse_json_pairs",

@@ -1,8 +1,9 @@
 """Batch mode (OpenAI files + batches endpoints): the pair requests of chat mode, answered later.
 
 The same pair-generation requests as chat mode, sent as one JSONL file and
-answered within the completion window (24 h) at a lower price.  Each output
-line is parsed exactly like a live reply; lines that failed come back as
+answered within the completion window (24 h) at a lower price, and the judge
+requests of ``judge`` (``JudgeItem``) alongside them.  Each output line is parsed
+exactly like a live reply (a judge line like a live judge reply); lines that failed come back as
 LLMTransientError / LLMPermanentError, mapped like live errors.  Batch mode
 is chat mode only: base models behind the completion endpoint have no
 batch API.
@@ -31,6 +32,7 @@ from .errors import (
     shorten,
     status_error,
 )
+from .judge import JudgeItem, JudgeReply, judge_reply, judge_request
 from .pairs import FORMAT_LEVELS, build_chat_request, chat_reply, downgrade_format_level, format_level
 from .parsing import as_int, as_text, namespace
 from .types import DEFAULT_GUIDANCE, DEFAULT_PARAMS, GenParams, Guidance, LLMConfig, Reply
@@ -78,7 +80,7 @@ class BatchState:
         return self.status in BATCH_FINAL
 
 
-def batch_jsonl(config: LLMConfig, items: Sequence[BatchItem]) -> bytes:
+def batch_jsonl(config: LLMConfig, items: Sequence[BatchItem | JudgeItem]) -> bytes:
     """The batch input file: one ``{"custom_id", "method", "url", "body"}`` line per item."""
     _require_chat(config)
     if not items:
@@ -88,27 +90,35 @@ def batch_jsonl(config: LLMConfig, items: Sequence[BatchItem]) -> bytes:
         raise ValueError("every batch request needs its own non-empty custom_id")
     lines = []
     for item in items:
-        body = build_chat_request(
-            config,
-            source=item.source,
-            count=item.count,
-            existing_questions=item.existing_questions,
-            instructions=item.instructions,
-            params=item.params,
-            feedback=item.feedback,
-            source_kind=item.source_kind,
-            style=item.style,
-            overlap_chars=item.overlap_chars,
-            guidance=item.guidance,
-        )
+        body = _request_body(config, item)
         line = {"custom_id": item.custom_id, "method": "POST", "url": BATCH_ENDPOINT, "body": body}
         lines.append(json.dumps(line, ensure_ascii=False))
     return ("\n".join(lines) + "\n").encode("utf-8")
 
 
+def _request_body(config: LLMConfig, item: BatchItem | JudgeItem) -> dict[str, Any]:
+    if isinstance(item, JudgeItem):
+        return judge_request(
+            config, source=item.source, pairs=item.pairs, params=item.params, question_type=item.question_type
+        )
+    return build_chat_request(
+        config,
+        source=item.source,
+        count=item.count,
+        existing_questions=item.existing_questions,
+        instructions=item.instructions,
+        params=item.params,
+        feedback=item.feedback,
+        source_kind=item.source_kind,
+        style=item.style,
+        overlap_chars=item.overlap_chars,
+        guidance=item.guidance,
+    )
+
+
 def batch_submit(
     config: LLMConfig,
-    items: Sequence[BatchItem],
+    items: Sequence[BatchItem | JudgeItem],
     *,
     metadata: Mapping[str, str] | None = None,
 ) -> str:
@@ -172,9 +182,12 @@ def batch_cancel(config: LLMConfig, batch_id: str) -> None:
 
 
 def batch_results(
-    config: LLMConfig, state: BatchState, *, model: str = ""
-) -> Iterator[tuple[str, Reply | LLMError]]:
-    """Every answered line of a finished batch as (custom_id, Reply or error).
+    config: LLMConfig, state: BatchState, *, model: str = "", judged: Mapping[str, int] | None = None
+) -> Iterator[tuple[str, Reply | JudgeReply | LLMError]]:
+    """Every answered line of a finished batch as (custom_id, Reply, JudgeReply or error).
+
+    ``judged`` names the judge requests (custom_id -> how many pairs each scored): their
+    lines come back as JudgeReply.
 
     Output lines are parsed exactly like live replies; error lines (and output
     lines with an HTTP error status) are mapped like live errors.  Requests the
@@ -198,7 +211,8 @@ def batch_results(
             custom_id = record.get("custom_id") if isinstance(record, Mapping) else None
             if not isinstance(custom_id, str) or not custom_id:
                 continue
-            yield custom_id, _line_outcome(record, config, model, level)
+            count = (judged or {}).get(custom_id)
+            yield custom_id, _line_outcome(record, config, model, level, count)
 
 
 def _require_chat(config: LLMConfig) -> None:
@@ -262,14 +276,16 @@ def _file_lines(config: LLMConfig, file_id: str) -> list[str]:
 
 
 def _line_outcome(
-    record: Mapping[str, Any], config: LLMConfig, model: str, level: int
-) -> Reply | LLMError:
+    record: Mapping[str, Any], config: LLMConfig, model: str, level: int, judged: int | None = None
+) -> Reply | JudgeReply | LLMError:
     response = record.get("response")
     if isinstance(response, Mapping):
         status = as_int(response.get("status_code"))
         body = response.get("body")
         if status == 200 and isinstance(body, Mapping):
             try:
+                if judged is not None:
+                    return judge_reply(namespace(body), config, model, judged)
                 return chat_reply(namespace(body), config, model)
             except LLMError as exc:
                 return exc

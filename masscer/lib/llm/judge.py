@@ -6,6 +6,9 @@ reply is parsed tolerantly (fences, prose, almost-JSON via ``json_repair``); a p
 reply leaves out or scores unreadably gets ``None``, and a reply that does not parse at all
 is *not* an exception (see ``JudgeReply.parse_error``): the caller decides what an
 unjudged pair means.
+
+Live calls go through ``judge_pairs``; batch mode sends the same body (``judge_request``)
+as a line of a batch (``JudgeItem``) and reads its output line with ``judge_reply``.
 """
 
 from __future__ import annotations
@@ -60,30 +63,65 @@ class JudgeReply:
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class JudgeItem:
+    """One judge request of a batch (``masscer.lib.llm.batch``); the arguments of ``judge_pairs``."""
+
+    custom_id: str
+    source: str
+    pairs: tuple[Pair, ...]
+    params: GenParams = DEFAULT_PARAMS
+    question_type: str = "factual"
+
+
 def judge_pairs(
-    config: LLMConfig, *, source: str, pairs: Sequence[Pair], params: GenParams = DEFAULT_PARAMS
+    config: LLMConfig,
+    *,
+    source: str,
+    pairs: Sequence[Pair],
+    params: GenParams = DEFAULT_PARAMS,
+    question_type: str = "factual",
 ) -> JudgeReply:
     """Ask the model once to score ``pairs`` against ``source``.
 
     Raises LLMTransientError / LLMPermanentError when the request fails (and
     LLMPermanentError in completion mode); a reply that does not parse is not an exception.
     """
-    if not pairs:
-        raise ValueError("judge_pairs needs at least one pair")
-    model = model_for(config, params)
-    if config.mode != "chat":
-        raise LLMPermanentError("the judge pass needs a chat model (the endpoint is in completion mode)")
-    body = _judge_body(config, source, pairs, params, model)
+    body = judge_request(config, source=source, pairs=pairs, params=params, question_type=question_type)
     try:
         raw = client_for(config).post("/chat/completions", body=body, cast_to=httpx2.Response)
         completion = namespace(raw.json())
     except openai.OpenAIError as exc:
-        raise map_error(exc, config, model) from exc
+        raise map_error(exc, config, body["model"]) from exc
     except SDK_PARSE_ERRORS as exc:
         raise not_openai(config) from exc
+    headers = {str(k).lower(): str(v) for k, v in getattr(raw, "headers", {}).items()}
+    return judge_reply(completion, config, body["model"], len(pairs), headers=headers)
+
+
+def judge_request(
+    config: LLMConfig,
+    *,
+    source: str,
+    pairs: Sequence[Pair],
+    params: GenParams = DEFAULT_PARAMS,
+    question_type: str = "factual",
+) -> dict[str, Any]:
+    """The Chat Completions body of a judge request (sent live, or as a batch line)."""
+    if not pairs:
+        raise ValueError("a judge request needs at least one pair")
+    if config.mode != "chat":
+        raise LLMPermanentError("the judge pass needs a chat model (the endpoint is in completion mode)")
+    return _judge_body(config, source, pairs, model_for(config, params), question_type)
+
+
+def judge_reply(
+    completion: Any, config: LLMConfig, model: str, count: int, *, headers: Mapping[str, str] | None = None
+) -> JudgeReply:
+    """The JudgeReply of a Chat Completions response to a judge request of ``count`` pairs."""
     choice = first_choice(completion, config)
     text = as_text(getattr(getattr(choice, "message", None), "content", None))
-    scores, error = parse_judge_scores(text, len(pairs))
+    scores, error = parse_judge_scores(text, count)
     return JudgeReply(
         scores=scores,
         usage=usage_of(getattr(completion, "usage", None)),
@@ -91,12 +129,12 @@ def judge_pairs(
         raw_text=text,
         model=as_text(getattr(completion, "model", None)) or model,
         finish_reason=finish_reason_of(choice),
-        headers={str(k).lower(): str(v) for k, v in getattr(raw, "headers", {}).items()},
+        headers=dict(headers or {}),
     )
 
 
 def _judge_body(
-    config: LLMConfig, source: str, pairs: Sequence[Pair], params: GenParams, model: str
+    config: LLMConfig, source: str, pairs: Sequence[Pair], model: str, question_type: str
 ) -> dict[str, Any]:
     # The job's sampling settings are for writing pairs; a grader wants none of them but
     # a budget large enough for every pair (the user's stop sequences could cut the JSON).
@@ -106,7 +144,7 @@ def _judge_body(
         "model": model,
         "messages": [
             {"role": "system", "content": judge_system_message()},
-            {"role": "user", "content": judge_user_message(source, listed)},
+            {"role": "user", "content": judge_user_message(source, listed, question_type)},
         ],
         **request_params(judge_params, max_tokens=_TOKENS_BASE + _TOKENS_PER_PAIR * len(pairs)),
     }

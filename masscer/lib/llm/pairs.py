@@ -269,7 +269,7 @@ def _chat_body(request: PairRequest, level: int) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": request.model,
         "messages": [
-            {"role": "system", "content": system_message(request.kind)},
+            {"role": "system", "content": system_message(request)},
             {"role": "user", "content": chat_user_message(request)},
         ],
         # The user's stop sequences as given and uncapped (the forms allow four at most).

@@ -208,6 +208,33 @@ def test_import_sharegpt_and_mine_it(page: Any, app: str) -> None:
     shot(page, "13-mining-job")
 
 
+def test_choose_question_types_in_the_dialog_and_review_one_kind(page: Any, app: str) -> None:
+    log_in(page, app)
+    upload(page, SAMPLES / "pdf" / "pdflatex-4-pages.pdf")
+    row = page.locator("tr[data-status=ready]")
+    row.wait_for()
+    row.locator("summary", has_text="Options").click()
+    row.get_by_role("link", name="Train with this document").click()
+    dialog = page.locator("dialog#dialog[open]")
+    dialog.wait_for()
+    page.fill("#id_count", "6")
+    page.fill("#id_new_agent", "Support")
+    page.fill("#id_type_procedural", "1")  # factual keeps its 1: half and half
+    page.fill("#id_audience", "lab technicians")
+    page.select_option("#id_difficulty", "hard")
+    shot(page, "14-train-dialog-question-types")
+    dialog.get_by_role("button", name="Generate").click()
+
+    page.wait_for_url(re.compile(r"/jobs/\d+/$"))
+    page.locator("#job-progress[data-status=completed]").wait_for()
+    mix = page.locator("[data-type-mix]").inner_text()
+    assert "Factual: 3 of 3" in mix and "Procedural (how to): 3 of 3" in mix
+    page.goto(f"{app}/jobs/review/?question_type=procedural")
+    wait_cards(page, "pending", 3)
+    assert page.locator("[data-card] [data-question-type=procedural]").count() == 3
+    shot(page, "15-review-one-kind")
+
+
 def test_a_failed_upload_shows_its_error(page: Any, app: str) -> None:
     log_in(page, app)
     upload(page, SAMPLES / "pdf" / "imagemagick-images.pdf")

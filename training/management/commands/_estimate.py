@@ -66,7 +66,10 @@ def _judge_on(options: dict[str, Any]) -> bool:
 
 
 def print_estimate(command: Any, paths: list[Path], options: dict[str, Any], suffixes: set[str]) -> None:
-    chunks = [c for p in paths for c in chunks_of(p, conversation=p.suffix.lower() in suffixes)]
+    shapes = [(p, chunks_of(p, conversation=p.suffix.lower() in suffixes)) for p in paths]
+    chunks = [c for _, found in shapes for c in found]
+    # A document's chunks may share a call (a span); a conversation's chunks are asked alone.
+    sources = [None if p.suffix.lower() in suffixes else n for n, (p, found) in enumerate(shapes) for _ in found]
     model = options["model"] or settings.MASSCER_LLM_MODEL
     price = price_for(settings.MASSCER_LLM_PRICES, model)
     if price is not None and options["batch"]:
@@ -81,6 +84,9 @@ def print_estimate(command: Any, paths: list[Path], options: dict[str, Any], suf
         max_tokens=options["max_tokens"],
         price=price,
         judge=_judge_on(options),
+        sources=sources,
+        min_pairs=settings.MASSCER_MIN_PAIRS_PER_CALL,
+        span_tokens=settings.MASSCER_SPAN_MAX_TOKENS,
     )
     summary = {
         "requested": result.requested,

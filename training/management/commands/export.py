@@ -29,6 +29,7 @@ from training.export import (
     export_file,
     export_stream,
 )
+from training.question_types import QUESTION_TYPES
 from workspaces.models import Workspace
 from workspaces.services import workspace_personal
 
@@ -73,6 +74,10 @@ class Command(BaseCommand):
         parser.add_argument("--tag", default="", help="with --conversations: only those with this tag")
         parser.add_argument("--ids", default="", help="with --conversations: only these ids, e.g. 4,5,9")
         parser.add_argument("--status", choices=STATUSES, default="approved")
+        parser.add_argument(
+            "--type", choices=list(QUESTION_TYPES), default="", dest="question_type",
+            help="only this kind of question (default: all)",
+        )
         parser.add_argument("--user", help="account that owns the agent (default: $MASSCER_CLI_USER or 'demo')")
         parser.add_argument("--output", "-o", help="write to this file instead of stdout")
         parser.add_argument(
@@ -109,6 +114,7 @@ class Command(BaseCommand):
             seed=options["seed"],
             max_tokens=options["max_tokens"],
             report=report,
+            question_type=options["question_type"],
         )
         if options["output"] and (note := extension_mismatch(options["output"], fmt=options["fmt"])):
             self.stderr.write(note)

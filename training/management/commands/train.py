@@ -17,7 +17,9 @@ from conversations.models import Conversation
 from conversations.services import conversations_import
 from documents.services import document_create_from_path
 from training.models import TrainingJob
+from training.question_types import DEFAULT_TYPE, DIFFICULTIES, QUESTION_TYPES, parse_types
 from training.services import job_create, job_summary
+from training.services.jobs import MAX_SEED_EXAMPLES
 
 from ._common import cli_user
 from ._estimate import print_estimate
@@ -64,7 +66,7 @@ class Command(BaseCommand):
             action=argparse.BooleanOptionalAction,
             default=None,
             help="score each pair with a judge call and replace those below the threshold "
-            "(default: on unless the model is the embedded one; live mode only)",
+            "(default: on unless the model is the embedded one)",
         )
         parser.add_argument(
             "--judge-threshold",
@@ -72,6 +74,24 @@ class Command(BaseCommand):
             default=4,
             dest="judge_threshold",
             help="the lowest judge faithfulness (1-5) a pair may have (default 4)",
+        )
+        parser.add_argument(
+            "--types",
+            default="",
+            help="kinds of question and their shares, e.g. factual=2,procedural=1 (default: factual); "
+            f"kinds: {', '.join(QUESTION_TYPES)}",
+        )
+        parser.add_argument("--audience", default="", help="who asks the questions, e.g. 'new customers'")
+        parser.add_argument(
+            "--difficulty", default="", choices=[key for key in DIFFICULTIES if key], help="how hard the questions are"
+        )
+        parser.add_argument("--template", default="", help="the workspace's prompt template of this name")
+        parser.add_argument(
+            "--seed-examples",
+            type=int,
+            default=0,
+            dest="seed_examples",
+            help=f"show the model up to K approved completions of the agents as examples (0-{MAX_SEED_EXAMPLES})",
         )
         parser.add_argument(
             "--batch",
@@ -112,6 +132,7 @@ class Command(BaseCommand):
             sys.exit(2)
 
     def _create_job(self, user: Any, options: dict[str, Any]) -> TrainingJob:
+        question_types = parse_types(options["types"])  # before any file is stored: a typo leaves nothing
         paths = [Path(p) for p in options["path"]]
         for path in paths:
             if not path.is_file():
@@ -146,6 +167,11 @@ class Command(BaseCommand):
             mode=TrainingJob.Mode.BATCH if options["batch"] else TrainingJob.Mode.LIVE,
             judge=options["judge"],
             judge_threshold=options["judge_threshold"],
+            question_types=question_types,
+            audience=options["audience"],
+            difficulty=options["difficulty"],
+            template=options["template"],
+            seed_examples=options["seed_examples"],
         )
 
     def _import(self, user: Any, path: Path) -> list[Any]:
@@ -191,6 +217,9 @@ class Command(BaseCommand):
             f" + {summary['completion_tokens']} completion",
             f"  elapsed: {summary['elapsed_seconds']} s",
         ]
+        mix = summary["type_mix"]
+        if set(mix) != {DEFAULT_TYPE}:
+            lines.append("  types: " + ", ".join(f"{key} {n['made']} of {n['asked']}" for key, n in mix.items()))
         if summary["shortfall"]:
             lines.append(f"  shortfall: {summary['shortfall']} ({summary['shortfall_reasons']})")
         if summary["error"]:

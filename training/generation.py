@@ -12,6 +12,7 @@ validation, storing, counters, feedback).
 """
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -30,6 +31,8 @@ from .services import judging, replies, retry, spans, state
 # Token estimates reserved in the shared tokens-per-minute limit before a call.
 PROMPT_OVERHEAD_TOKENS = 400
 TOKENS_PER_PAIR = 120
+# A last-wave call asks for one spare pair per this many pairs it needs (`_spare`).
+SPARE_EVERY = 5
 
 
 class RetryLater(Exception):
@@ -268,14 +271,16 @@ def _judge_call(
 def _spare(
     job: TrainingJob, progress: replies.Progress, asked: int, open_items: tuple[int, int] | None = None
 ) -> int:
-    """One spare pair for a call in the last wave of a live job, else 0.
+    """Spare pairs for a call in the last wave of a live job (one per SPARE_EVERY pairs asked,
+    within the pairs a call may ask for), else 0.
 
     A reply with a rejected pair (most often a near duplicate of a question another chunk
-    stored while this call was out) needs a second call. Early in a job that call overlaps
-    with other chunks' first calls; in the last wave (no more items pending than running)
-    it runs after them and adds a whole model latency to the job. The spare costs its
-    completion tokens; an unused one is counted as `spare_unused`. Mining asks for what
-    the conversations hold, so it gets no spare.
+    stored while this call was out, or of a sentence the text repeats) needs a second call.
+    Early in a job that call overlaps with other chunks' first calls; in the last wave (no
+    more items pending than running) it runs after them and adds a whole model latency to the
+    job. A call over a span asks for more pairs, and two of them rejected was what sent a job
+    into a second wave (B9). The spares cost their completion tokens; unused ones are counted
+    as `spare_unused`. Mining asks for what the conversations hold, so it gets no spare.
     """
     if (
         not settings.MASSCER_SPARE_PAIR_AT_END
@@ -285,4 +290,6 @@ def _spare(
     ):
         return 0
     pending, running = open_items if open_items is not None else hotsql.open_items(job.pk)
-    return 1 if pending <= running else 0
+    if pending > running:
+        return 0
+    return min(progress.per_call - asked, math.ceil(asked / SPARE_EVERY))

@@ -173,6 +173,16 @@ def test_near_the_end_of_a_job_a_spare_pair_saves_the_second_call(
         assert job.calls == 2
 
 
+def test_a_larger_last_call_asks_for_a_spare_per_five_pairs(alice, agent, ready_document, fake_llm) -> None:
+    """Two rejected pairs in a 7-pair call (a span's, say) cost no second call: it asked for 9."""
+    fake_llm.script([{"kind": "bad_evidence", "n": 2}])
+    job = new_job(alice, ready_document(alice, pages=1), agent, 7)
+    run_job(job)
+    assert job.status == TrainingJob.Status.COMPLETED and job.created_count == 7
+    assert [call["requested_count"] for call in fake_llm.calls] == [9]
+    assert WorkItem.objects.get(job=job).reasons["evidence_not_found"] == 2
+
+
 def test_only_the_last_wave_asks_for_a_spare_pair_and_an_unused_one_is_counted_as_such(
     alice, agent, ready_document, fake_llm
 ) -> None:

@@ -403,9 +403,10 @@ MASSCER_MIN_PAIRS_PER_CALL = env_int("MASSCER_MIN_PAIRS_PER_CALL", 5)
 MASSCER_SPAN_MAX_TOKENS = env_int(
     "MASSCER_SPAN_MAX_TOKENS", MASSCER_CHUNK_TOKENS if _EMBEDDED_MODEL else 4 * MASSCER_CHUNK_TOKENS
 )
-# Once a job's pending work items are no more than its running ones (its last wave of
-# calls), each call asks for one pair more than its chunk still needs: a rejected pair then
-# costs no second call, which would run alone after everything else (false turns this off).
+# In a job's last wave of calls (its pending work items no more than its running ones, or
+# all of them within MASSCER_LLM_MAX_CONCURRENCY), each call asks for one pair per five it
+# needs beyond them: a rejected pair then costs no second call, which would run alone after
+# everything else (false turns this off).
 MASSCER_SPARE_PAIR_AT_END = env_bool("MASSCER_SPARE_PAIR_AT_END", True)
 # Calls allowed per batch of pairs before a chunk gives up with a recorded shortfall.
 MASSCER_CALLS_PER_BATCH = env_int("MASSCER_CALLS_PER_BATCH", 3)

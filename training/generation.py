@@ -277,7 +277,8 @@ def _spare(
     A reply with a rejected pair (most often a near duplicate of a question another chunk
     stored while this call was out, or of a sentence the text repeats) needs a second call.
     Early in a job that call overlaps with other chunks' first calls; in the last wave (no
-    more items pending than running) it runs after them and adds a whole model latency to the
+    more items pending than running, or all of them within MASSCER_LLM_MAX_CONCURRENCY) it
+    runs after them and adds a whole model latency to the
     job. A call over a span asks for more pairs, and two of them rejected was what sent a job
     into a second wave (B9). The spares cost their completion tokens; unused ones are counted
     as `spare_unused`. Mining asks for what the conversations hold, so it gets no spare.
@@ -290,6 +291,9 @@ def _spare(
     ):
         return 0
     pending, running = open_items if open_items is not None else hotsql.open_items(job.pk)
-    if pending > running:
+    capacity = settings.MASSCER_LLM_MAX_CONCURRENCY
+    # The last wave: no more items waiting than running, or all of them within the calls the
+    # endpoint takes at once (a job of one wave: every second call comes after it).
+    if pending > running and not (capacity and pending + running <= capacity):
         return 0
     return min(progress.per_call - asked, math.ceil(asked / SPARE_EVERY))

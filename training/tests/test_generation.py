@@ -198,6 +198,17 @@ def test_only_the_last_wave_asks_for_a_spare_pair_and_an_unused_one_is_counted_a
     assert "extra_dropped" not in job.shortfall_reasons
 
 
+def test_when_every_item_fits_in_the_endpoints_capacity_every_call_is_in_the_last_wave(
+    alice, agent, ready_document, fake_llm, settings
+) -> None:
+    settings.MASSCER_LLM_MAX_CONCURRENCY = 64
+    job = new_job(alice, ready_document(alice, pages=8), agent, 13)
+    run_job(job)
+    items = list(WorkItem.objects.filter(job=job).order_by("pk"))
+    assert [call["requested_count"] for call in fake_llm.calls] == [item.quota + 1 for item in items]
+    assert job.created_count == 13
+
+
 def test_a_permanent_error_fails_the_job_with_the_reason(alice, agent, ready_document, fake_llm) -> None:
     document = ready_document(alice, pages=1)
     fake_llm.set_default([{"kind": "http_error", "status": 401, "message": "Incorrect API key {api_key}"}])

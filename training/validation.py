@@ -163,12 +163,14 @@ def screen(
     index: QuestionIndex,
     wanted: int,
     rejected: list[tuple[str, Candidate]] | None = None,
+    extras: list[Candidate] | None = None,
 ) -> tuple[list[Candidate], Counter[str]]:
     """Accept at most `wanted` valid, new pairs; count why the others were rejected.
 
     Accepted questions are added to `index`, so duplicates inside one reply are caught.
     With `rejected`, each rejected pair is appended to it with its reason (valid extras
-    beyond `wanted` are dropped, not rejected, and are not listed).
+    beyond `wanted` are dropped, not rejected, and are not listed; with `extras` they are
+    kept there, cleaned, not added to `index`).
     """
     accepted: list[Candidate] = []
     reasons: Counter[str] = Counter()
@@ -182,6 +184,8 @@ def screen(
             reason = "duplicate"
         elif len(accepted) >= wanted:
             reasons["extra_dropped"] += 1
+            if extras is not None:
+                extras.append(cleaned)
             continue
         else:
             accepted.append(cleaned)

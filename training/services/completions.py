@@ -62,6 +62,7 @@ def store_completions(
     """
     merged = Counter(item.reasons or {})
     merged.update(reasons)
+    merged = +merged  # a change may take some away (spare pairs stored after all)
     homes = list(chunks) if chunks is not None else [item.chunk_id] * len(pairs)
     with transaction.atomic():
         starts = _starts(item, homes, start)

@@ -398,12 +398,14 @@ def _screen_and_store(
     _through_outage(lambda: progress_refresh(item, progress))
     candidates = [Candidate(p.question, p.answer, p.evidence) for p in reply.pairs]
     rejected: list[tuple[str, Candidate]] = []
+    extras: list[Candidate] = []
     accepted, reasons = screen(
         candidates,
         source=source,
         index=progress.index,
         wanted=item.quota - progress.made - len(progress.held),
         rejected=rejected,
+        extras=extras,
     )
     if reasons.get("duplicate"):
         taken = {c.question for c in accepted}
@@ -442,48 +444,90 @@ def _screen_and_store(
     # item and one of the job per call instead of two each. A live run whose quota is
     # now met closes the item in that transaction too.
     shared = progress.shared
-    close = shared is not None and progress.made + len(accepted) >= item.quota
-    # Questions another worker stored after the check above: the insert skips them (and
-    # counts them as duplicates in `reasons`), and the item asks again for as many.
-    skipped: list[str] = []
     # Each pair goes to the chunk of the item's span its evidence comes from.
     span = spans.span_source(item)
-    homes = {c.question: span.chunk_of(c.evidence) for c in accepted}
+    # Questions another worker stored after the check above: the insert skips them (and
+    # counts them as duplicates). Valid spare pairs of the same reply replace them (not in
+    # a judged job: a spare has no scores); the item asks again only for the rest.
+    skipped: list[str] = []
+    stored_total, kept_total = 0, []
+    batch, scored, batch_reasons = accepted, scores, reasons
 
-    def store() -> int:
+    def store(
+        pairs: list[Candidate], judged: list[dict[str, object] | None] | None, why: Counter[str], done: int
+    ) -> int:
         skipped.clear()  # an attempt the database cut short may have listed some
+        first = why is reasons  # the reply's own pairs carry the call's counters
         return completions.store_completions(
             item=item,
             claim=claim,
-            pairs=[(c.question, c.answer, c.evidence) for c in accepted],
-            judged=scores,
+            pairs=[(c.question, c.answer, c.evidence) for c in pairs],
+            judged=judged,
             model=reply.model,
             redacted=item.job.redact,
-            reasons=reasons,
-            calls=counters.calls,
-            prompt_tokens=counters.prompt_tokens,
-            completion_tokens=counters.completion_tokens,
-            cost=counters.cost,
+            reasons=why,
+            calls=counters.calls if first else 0,
+            prompt_tokens=counters.prompt_tokens if first else 0,
+            completion_tokens=counters.completion_tokens if first else 0,
+            cost=counters.cost if first else 0,
             start=dict(progress.made_by_chunk) if shared is not None else None,
             agent_ids=shared.agents() if shared is not None else None,
-            close=close,
-            samples=samples,
+            close=shared is not None and progress.made + done + len(pairs) >= item.quota,
+            samples=samples if first else None,
             duplicates=skipped,
-            chunks=[homes[c.question] for c in accepted],
+            chunks=[span.chunk_of(c.evidence) for c in pairs],
         )
 
-    stored = _through_outage(lambda: _store_with_held(item, claim, progress, store))
-    if skipped:
-        taken = set(skipped)
-        accepted = [c for c in accepted if c.question not in taken]
+    while True:
+        stored = _through_outage(
+            lambda: _store_with_held(
+                item, claim, progress, lambda: store(batch, scored, batch_reasons, stored_total)  # noqa: B023
+            )
+        )
+        if stored < 0:
+            return (stored_total or stored), kept_total, reasons
+        kept = [c for c in batch if c.question not in set(skipped)]
+        for c in kept:
+            home = span.chunk_of(c.evidence)
+            progress.made_by_chunk[home] = progress.made_by_chunk.get(home, 0) + 1
+        stored_total += stored
+        kept_total.extend(kept)
+        if not skipped:
+            progress.closed = progress.closed or (shared is not None and progress.made + stored_total >= item.quota)
+            break
         progress.rejected_duplicates.extend(skipped)
         progress.raced += 1
-    elif close and stored >= 0:
-        progress.closed = True
-    if stored > 0:
-        for c in accepted:
-            progress.made_by_chunk[homes[c.question]] = progress.made_by_chunk.get(homes[c.question], 0) + 1
+        batch = _replacements(progress, extras, source, len(skipped)) if judge is None else []
+        if not batch:
+            break
+        extras = [c for c in extras if c not in batch]
+        scored, batch_reasons = None, _spares_used(reasons, len(batch))
+    stored, accepted = stored_total, kept_total
     return stored, accepted, reasons
+
+
+def _replacements(progress: Progress, extras: list[Candidate], source: str, count: int) -> list[Candidate]:
+    """Up to `count` of a reply's valid spare pairs that are still new to the job."""
+    if not extras:
+        return []
+    if progress.shared is not None:
+        _through_outage(lambda: progress.shared.refresh(max_age=0.0))  # type: ignore[union-attr]
+    replacements, _ = screen(extras, source=source, index=progress.index, wanted=count)
+    return replacements
+
+
+def _spares_used(reasons: Counter[str], count: int) -> Counter[str]:
+    """The item's reasons' change when `count` spare (or extra) pairs are stored after all."""
+    change: Counter[str] = Counter()
+    for key in ("spare_unused", "extra_dropped"):
+        used = min(count, reasons.get(key, 0))
+        if used:
+            change[key] -= used
+            reasons[key] -= used
+            if not reasons[key]:
+                del reasons[key]
+            count -= used
+    return change
 
 
 # --- judging the reply ------------------------------------------------------------------------

@@ -213,6 +213,55 @@ def test_adjacent_chunks_returning_the_same_question_at_once_still_end_with_n_di
     assert dense_ordinals(job)
 
 
+@concurrent
+def test_a_pair_lost_to_another_worker_is_replaced_by_a_spare_of_the_same_reply(
+    alice, agent, ready_document, fake_llm, settings, monkeypatch
+) -> None:
+    """The same race, with one valid pair more than asked in each reply: the loser stores its
+    extra pair instead of asking again (a second call would add a whole model latency)."""
+    settings.MASSCER_SPARE_PAIR_AT_END = False
+    settings.MASSCER_CALLS_PER_BATCH = 1
+    document = ready_document(alice, pages=6)
+    job, items = job_with_items(alice, agent, document, 12)
+    first, second = items[0], items[1]
+    assert first.quota + second.quota <= len(OWN)
+    evidence = _shared_sentence(first.chunk.text, second.chunk.text)
+    fake_llm.script(
+        [
+            _reply(first.chunk.text, [SHARED, *OWN[: first.quota]], evidence),
+            _reply(second.chunk.text, [SHARED.upper(), *OWN[len(OWN) - second.quota :]], evidence),
+        ]
+    )
+    barrier = threading.Barrier(2, timeout=30)
+    waited = threading.local()
+    store = completions.store_completions
+
+    def store_together(**kwargs: Any) -> int:
+        if not getattr(waited, "done", False):
+            waited.done = True
+            barrier.wait()
+        return store(**kwargs)
+
+    monkeypatch.setattr(completions, "store_completions", store_together)
+    outcomes = in_threads(2, lambda index, _: work_item_run(item_id=(first, second)[index].pk))
+    monkeypatch.setattr(completions, "store_completions", store)
+    assert outcomes == ["done", "done"]
+    for item_id in WorkItem.objects.filter(job=job, status=WorkItem.Status.PENDING).values_list("pk", flat=True):
+        work_item_run(item_id=item_id)
+
+    job.refresh_from_db()
+    questions = [normalise(q) for q in Completion.objects.filter(job=job).values_list("question", flat=True)]
+    assert job.status == TrainingJob.Status.COMPLETED and job.created_count == len(set(questions)) == 12
+    both = list(WorkItem.objects.filter(pk__in=[first.pk, second.pk]))
+    assert all(item.made == item.quota for item in both)
+    # No top-up call: the loser's duplicate is recorded, its extra pair was stored after all.
+    assert sorted((item.calls, item.reasons.get("duplicate", 0)) for item in both) == [(1, 0), (1, 1)]
+    loser = next(item for item in both if item.reasons.get("duplicate"))
+    assert "extra_dropped" not in loser.reasons
+    assert job.calls == len(fake_llm.calls) == len(items)
+    assert dense_ordinals(job)
+
+
 # --- review edits ----------------------------------------------------------------------------
 
 

@@ -11,13 +11,15 @@ repeated (invalid output, duplicates) are not counted; `calls_max` is the hard b
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 from masscer.lib.pricing import MILLION, parse_prices
 
 from .planning import allocate, allocate_capped, calls_budget, group_spans
+from .question_types import MULTI_HOP, MULTI_HOP_SPAN, neighbour_units, type_counts, with_fallback
 
 # Tokens of the instructions, rules and reply format around the source text.
 PROMPT_OVERHEAD_TOKENS = 320
@@ -97,6 +99,7 @@ def estimate(
     sources: Sequence[Hashable | None] | None = None,
     min_pairs: int = 1,
     span_tokens: int = 0,
+    types: Mapping[str, int] | None = None,
 ) -> Estimate:
     """The estimate for `count` completions over chunks of these sizes.
 
@@ -105,16 +108,24 @@ def estimate(
     per chunk, in order; None for a chunk that is never grouped, as a conversation's) lets
     consecutive chunks of one source share a call, with `min_pairs` and `span_tokens` as
     MASSCER_MIN_PAIRS_PER_CALL and MASSCER_SPAN_MAX_TOKENS; without it every chunk is asked alone.
+    `types` (the job's question-type shares) plans each type's count apart, as the planner
+    does: each has its own work items (multi-hop: two neighbouring chunks each).
     """
     per_call = max(1, pairs_per_call)
-    if caps is not None:
-        spans = [range(i, i + 1) for i in range(len(chunk_tokens))]
-        quotas = allocate_capped(count, caps)
-    else:
-        spans = _spans(count, chunk_tokens, sources, min(min_pairs, per_call), span_tokens)
-        quotas = allocate(count, [sum(chunk_tokens[span.start : span.stop]) for span in spans])
+    plan: list[tuple[range, int]] = []
+    for question_type, share in _type_counts(types, count, chunk_tokens, sources).items():
+        if caps is not None:
+            spans = [range(i, i + 1) for i in range(len(chunk_tokens))]
+            quotas = allocate_capped(share, caps)
+        elif question_type == MULTI_HOP:
+            spans = _neighbours(chunk_tokens, sources)
+            quotas = allocate(share, [sum(chunk_tokens[span.start : span.stop]) for span in spans])
+        else:
+            spans = _spans(share, chunk_tokens, sources, min(min_pairs, per_call), span_tokens)
+            quotas = allocate(share, [sum(chunk_tokens[span.start : span.stop]) for span in spans])
+        plan.extend(zip(spans, quotas, strict=True))
     calls = calls_max = prompt = completion = made = 0
-    for span, quota in zip(spans, quotas, strict=True):
+    for span, quota in plan:
         if quota <= 0:
             continue
         tokens = sum(chunk_tokens[span.start : span.stop])
@@ -137,9 +148,9 @@ def estimate(
         cost = (Decimal(prompt) * price[0] + Decimal(completion) * price[1]) / MILLION
     return Estimate(
         requested=count,
-        planned=sum(quotas),
+        planned=sum(quota for _, quota in plan),
         chunks_total=len(chunk_tokens),
-        chunks_used=sum(len(span) for span, quota in zip(spans, quotas, strict=True) if quota > 0),
+        chunks_used=len({i for span, quota in plan if quota > 0 for i in span}),
         calls=calls,
         calls_max=calls_max,
         prompt_tokens=prompt,
@@ -147,6 +158,26 @@ def estimate(
         cost=cost,
         projected=projected,
     )
+
+
+def _keys(chunk_tokens: Sequence[int], sources: Sequence[Hashable | None] | None) -> list[tuple[Any, int]]:
+    """(source, position) per chunk; a chunk without a source is a source of its own."""
+    if sources is None:
+        return [((None, i), i) for i in range(len(chunk_tokens))]
+    return [((source, 0) if source is not None else (None, i), i) for i, source in enumerate(sources)]
+
+
+def _neighbours(chunk_tokens: Sequence[int], sources: Sequence[Hashable | None] | None) -> list[range]:
+    """The multi-hop units the planner makes: two neighbouring chunks of one source each."""
+    return [range(unit[0], unit[-1] + 1) for unit in neighbour_units(_keys(chunk_tokens, sources), MULTI_HOP_SPAN)]
+
+
+def _type_counts(
+    types: Mapping[str, int] | None, count: int, chunk_tokens: Sequence[int], sources: Sequence[Hashable | None] | None
+) -> dict[str, int]:
+    """Each question type's count (`question_types.type_counts`, multi-hop falling back to factual)."""
+    counts = type_counts(types or {}, count)
+    return with_fallback(counts, bool(_neighbours(chunk_tokens, sources)))
 
 
 def _spans(

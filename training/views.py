@@ -31,7 +31,7 @@ from workspaces.models import Workspace
 from workspaces.permissions import NotAllowed, changeable
 
 from . import estimate as estimating
-from .forms import TrainForm
+from .forms import TYPE_PREFIX, TrainForm
 from .models import Completion, TrainingJob, WorkItem
 from .previews import conversation_preview, conversation_shape
 from .question_types import QUESTION_TYPES
@@ -124,6 +124,12 @@ def _number(value: Any, kind: type, default: Any = None) -> Any:
         return default
 
 
+def _typed_shares(data: QueryDict | dict[str, Any]) -> dict[str, int]:
+    """The question-type shares typed in the Train dialog so far (unreadable ones count as 0)."""
+    shares = {key: _number(data.get(TYPE_PREFIX + key), int, 0) or 0 for key in QUESTION_TYPES}
+    return {key: share for key, share in shares.items() if share > 0}
+
+
 def _estimate(sources: Sources, data: QueryDict | dict[str, Any]) -> dict[str, Any]:
     tokens, caps, projected, waiting, groups = _chunk_shapes(sources)
     count = _number(data.get("count"), int, 0) or 0
@@ -148,6 +154,7 @@ def _estimate(sources: Sources, data: QueryDict | dict[str, Any]) -> dict[str, A
         sources=groups,
         min_pairs=settings.MASSCER_MIN_PAIRS_PER_CALL,
         span_tokens=settings.MASSCER_SPAN_MAX_TOKENS,
+        types=None if mine else _typed_shares(data),
     )
     context["mine"] = mine
     return context

@@ -244,3 +244,21 @@ def test_the_admin_lists_the_chunks_each_work_item_reads(client, alice, agent, r
     client.force_login(alice)
     body = client.get("/admin/training/workitem/").content.decode()
     assert item.span > 1 and f"chunks 1–{item.span} of document {document.pk}" in body
+
+
+def test_the_estimate_plans_each_question_type_apart_as_the_job_does(
+    client, alice, agent, ready_document, fake_llm, small_chunks
+) -> None:
+    """Each type has its own work items (multi-hop: neighbouring pairs): the dialog's estimate
+    and `train --estimate` count their calls, which are more than one type's."""
+    document = ready_document(alice, pages=4)
+    shares = {"factual": 2, "procedural": 1, "multi_hop": 1}
+    job = new_job(alice, document, agent, 40, question_types=shares)
+    job_prepare(job_id=job.pk)
+    client.force_login(alice)
+    url = f"/jobs/estimate/?document={document.pk}&count=40"
+    untyped = client.get(url).context["estimate"]
+    typed = client.get(url + "&type_factual=2&type_procedural=1&type_multi_hop=1").context["estimate"]
+    run_job(job)
+    assert job.created_count == 40
+    assert typed.calls == job.calls > untyped.calls

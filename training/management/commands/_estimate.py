@@ -16,6 +16,7 @@ from masscer.lib.extract import ExtractionError, extract_isolated
 from masscer.lib.tokens import chunk_pages
 from training.estimate import estimate, price_for, user_turns
 from training.models import TrainingJob
+from training.question_types import parse_types
 from training.services.jobs import job_judge_setting
 
 
@@ -65,7 +66,16 @@ def _judge_on(options: dict[str, Any]) -> bool:
         raise CommandError(" ".join(exc.messages)) from exc
 
 
+def _types(options: dict[str, Any]) -> dict[str, int]:
+    """`--types` as the job would take it (a typo is refused here as it would be there)."""
+    try:
+        return parse_types(options.get("types") or "") or {}
+    except ValidationError as exc:
+        raise CommandError(" ".join(exc.messages)) from exc
+
+
 def print_estimate(command: Any, paths: list[Path], options: dict[str, Any], suffixes: set[str]) -> None:
+    types = _types(options)
     shapes = [(p, chunks_of(p, conversation=p.suffix.lower() in suffixes)) for p in paths]
     chunks = [c for _, found in shapes for c in found]
     # A document's chunks may share a call (a span); a conversation's chunks are asked alone.
@@ -87,6 +97,7 @@ def print_estimate(command: Any, paths: list[Path], options: dict[str, Any], suf
         sources=sources,
         min_pairs=settings.MASSCER_MIN_PAIRS_PER_CALL,
         span_tokens=settings.MASSCER_SPAN_MAX_TOKENS,
+        types=None if options["style"] == "mine" else types,
     )
     summary = {
         "requested": result.requested,

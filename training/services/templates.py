@@ -175,6 +175,9 @@ def _set_roles(*, actor: AbstractBaseUser, template: PromptTemplate, roles: Role
         _check_agent(actor=actor, workspace_id=template.workspace_id, agent=agent)
     if template.agent_id and (agent is None or agent.pk != template.agent_id):
         _check_agent(actor=actor, workspace_id=template.workspace_id, agent=template.agent)
+    # One role change per workspace at a time: two admins choosing a default at once would
+    # otherwise both clear the old one and then clash on the one-default constraint.
+    list(PromptTemplate.objects.select_for_update().filter(workspace_id=template.workspace_id).values_list("pk"))
     others = PromptTemplate.objects.filter(workspace_id=template.workspace_id, archived=False).exclude(pk=template.pk)
     if is_default:
         others.filter(is_default=True).update(is_default=False)

@@ -109,6 +109,7 @@ print(json.dumps({
     "rows": Completion.objects.filter(job=job).count(),
     "duplicates": sum(g["n"] - 1 for g in groups if g["n"] > 1),
     "started_at": job.started_at.timestamp() if job.started_at else None,
+    "planned_at": max(WorkItem.objects.filter(job=job).values_list("enqueued_at", flat=True)).timestamp(),
     "sources": sources,
     "stored": stored,
 }))
@@ -133,10 +134,19 @@ class Run:
     busy_cores: float | None  # the machine's busy cores during the run (everything on it)
     store_delays: list[float]  # per matched reply: fake sent it -> its pairs stored (s)
     ramp: float  # first call started -> the first wave full (min(capacity, calls) started)
+    # train started -> the last work item planned: the last pages read (with generation while
+    # extracting, calls about text not read yet cannot start before it)
+    to_last_planned: float = 0.0
 
     @property
     def bound(self) -> float:
         return self.to_first_call + math.ceil(self.calls / self.capacity) * self.latency
+
+    @property
+    def read_bound(self) -> float:
+        """The issue's bound (extraction plus the waves), with extraction ending when the last
+        work item is planned: the calls about the last pages start then at the earliest."""
+        return max(self.bound, self.to_last_planned + self.latency)
 
     @property
     def efficiency(self) -> float:
@@ -289,6 +299,7 @@ def one_run(args: argparse.Namespace, setup: Setup, source: Path) -> Run:
         busy_cores=sampler.busy_cores(began, began + wall),
         store_delays=store_delays(calls, job, args.latency),
         ramp=starts[min(args.capacity, len(starts)) - 1] - first,
+        to_last_planned=job["planned_at"] - began,
     )
 
 
@@ -368,6 +379,11 @@ def table(runs: list[Run], args: argparse.Namespace) -> list[tuple[str, str]]:
             f"{r.bound:.2f} s = {r.to_first_call:.2f} + ceil({r.calls}/{r.capacity})={waves} × {r.latency:g}",
         ),
         ("efficiency", f"{r.efficiency:.0%} (bound / wall)"),
+        (
+            "read bound",
+            f"{r.read_bound:.2f} s = last work item planned {r.to_last_planned:.2f} s + {r.latency:g}: "
+            f"{r.read_bound / r.wall:.0%} of the wall (the last pages' calls cannot start earlier)",
+        ),
         ("exact duplicates", str(r.duplicates)),
         (
             "llm worker CPU",

@@ -154,6 +154,26 @@ OWN = [
 ]
 
 
+def run_storing_together(first: WorkItem, second: WorkItem, monkeypatch: Any) -> None:
+    """Run both items in two threads that have both screened their reply against the job's
+    questions before either stores: the interleaving that made the duplicates (pairs from
+    chunks k and k+1 stored ms apart)."""
+    barrier = threading.Barrier(2, timeout=30)
+    waited = threading.local()
+    store = completions.store_completions
+
+    def store_together(**kwargs: Any) -> int:
+        if not getattr(waited, "done", False):
+            waited.done = True
+            barrier.wait()
+        return store(**kwargs)
+
+    monkeypatch.setattr(completions, "store_completions", store_together)
+    outcomes = in_threads(2, lambda index, _: work_item_run(item_id=(first, second)[index].pk))
+    monkeypatch.setattr(completions, "store_completions", store)
+    assert outcomes == ["done", "done"]
+
+
 @concurrent
 def test_adjacent_chunks_returning_the_same_question_at_once_still_end_with_n_distinct(
     alice, agent, ready_document, fake_llm, settings, monkeypatch
@@ -176,22 +196,7 @@ def test_adjacent_chunks_returning_the_same_question_at_once_still_end_with_n_di
             _reply(second.chunk.text, [SHARED.upper(), *OWN[len(OWN) - second.quota + 1 :]], evidence),
         ]
     )
-    # Both threads have screened their reply against the job's questions before either stores:
-    # the interleaving that made the duplicates (pairs from chunks k and k+1 stored ms apart).
-    barrier = threading.Barrier(2, timeout=30)
-    waited = threading.local()
-    store = completions.store_completions
-
-    def store_together(**kwargs: Any) -> int:
-        if not getattr(waited, "done", False):
-            waited.done = True
-            barrier.wait()
-        return store(**kwargs)
-
-    monkeypatch.setattr(completions, "store_completions", store_together)
-    outcomes = in_threads(2, lambda index, _: work_item_run(item_id=(first, second)[index].pk))
-    monkeypatch.setattr(completions, "store_completions", store)
-    assert outcomes == ["done", "done"]
+    run_storing_together(first, second, monkeypatch)
     for item_id in WorkItem.objects.filter(job=job, status=WorkItem.Status.PENDING).values_list("pk", flat=True):
         work_item_run(item_id=item_id)
 
@@ -232,20 +237,7 @@ def test_a_pair_lost_to_another_worker_is_replaced_by_a_spare_of_the_same_reply(
             _reply(second.chunk.text, [SHARED.upper(), *OWN[len(OWN) - second.quota :]], evidence),
         ]
     )
-    barrier = threading.Barrier(2, timeout=30)
-    waited = threading.local()
-    store = completions.store_completions
-
-    def store_together(**kwargs: Any) -> int:
-        if not getattr(waited, "done", False):
-            waited.done = True
-            barrier.wait()
-        return store(**kwargs)
-
-    monkeypatch.setattr(completions, "store_completions", store_together)
-    outcomes = in_threads(2, lambda index, _: work_item_run(item_id=(first, second)[index].pk))
-    monkeypatch.setattr(completions, "store_completions", store)
-    assert outcomes == ["done", "done"]
+    run_storing_together(first, second, monkeypatch)
     for item_id in WorkItem.objects.filter(job=job, status=WorkItem.Status.PENDING).values_list("pk", flat=True):
         work_item_run(item_id=item_id)
 

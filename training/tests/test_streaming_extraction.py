@@ -23,13 +23,15 @@ from documents import services as document_services
 from documents.models import Document, Page
 from masscer.lib.extract import extract_file
 from masscer.lib.tokens import chunk_pages
-from testing.processes import broker_env, celery_worker, child_env, database_url, manage
+from testing.processes import celery_worker, manage
 from training.models import Chunk, Completion, TrainingJob, WorkItem
 from training.question_types import type_counts
 from training.services import JobNotReady, job_create, job_prepare
 from training.services import jobs as job_services
 from training.services.chunks import stable_chunk_specs
 from training.services.prepare import batch_counts
+
+from .test_worker_integration import fake_model_worker_env
 
 SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "samples"
 GEOTOPO = SAMPLES / "pdf" / "GeoTopo-komprimiert.pdf"
@@ -208,9 +210,13 @@ def _no_chunk_planned_twice(job: TrainingJob) -> None:
 
 @pytest.mark.django_db
 def test_a_document_that_fails_midway_fails_the_job_with_the_reason(
-    alice: Any, agent: Any, geotopo: Document, settings: Any
+    alice: Any, agent: Any, geotopo: Document, settings: Any, monkeypatch: Any
 ) -> None:
     settings.MASSCER_MAX_DOCUMENT_TOKENS = 15_000  # GeoTopo passes it around page 30
+    # Every batch of pages stored and planned at once: items exist before the failure however
+    # fast (or slow, on a busy machine) the first 30 pages are read.
+    monkeypatch.setattr(document_services._PageWriter, "FLUSH_SECONDS", 0.0)
+    monkeypatch.setattr(job_services, "READING_POLL_SECONDS", 0.0)
     job = job_create(owner=alice, count=30, agents=[agent], documents=[geotopo])
     job_prepare(job_id=job.pk)
     job.refresh_from_db()
@@ -271,18 +277,7 @@ def test_the_job_page_says_which_page_is_being_read(client: Any, alice: Any, age
 
 @pytest.fixture
 def worker_env(fake_llm: Any, tmp_path: Path) -> dict[str, str]:
-    return child_env(
-        DATABASE_URL=database_url(connection.settings_dict),
-        **broker_env(),
-        CELERY_TASK_ALWAYS_EAGER="false",
-        MASSCER_LLM_BASE_URL=fake_llm.base_url,
-        MASSCER_LLM_API_KEY="sk-test-secret-key",
-        MASSCER_LLM_MODEL="fake-model",
-        MASSCER_LLM_MODE="chat",
-        MASSCER_MEDIA_ROOT=str(tmp_path / "uploads"),
-        MASSCER_CLI_USER="alice",
-        MASSCER_JUDGE_DEFAULT="false",
-    )
+    return fake_model_worker_env(fake_llm, tmp_path, MASSCER_JUDGE_DEFAULT="false")
 
 
 @contextmanager

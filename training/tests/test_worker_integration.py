@@ -26,8 +26,9 @@ def require_redis() -> str:
     return broker_env()["CELERY_BROKER_URL"]
 
 
-@pytest.fixture
-def worker_env(fake_llm: Any, tmp_path: Path) -> dict[str, str]:
+def fake_model_worker_env(fake_llm: Any, tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The environment of workers (and `manage.py` commands) on this test database, a private
+    Redis broker and the fake model."""
     return child_env(
         DATABASE_URL=database_url(connection.settings_dict),
         **broker_env(),
@@ -38,7 +39,13 @@ def worker_env(fake_llm: Any, tmp_path: Path) -> dict[str, str]:
         MASSCER_LLM_MODE="chat",
         MASSCER_MEDIA_ROOT=str(tmp_path / "uploads"),
         MASSCER_CLI_USER="alice",
+        **extra,
     )
+
+
+@pytest.fixture
+def worker_env(fake_llm: Any, tmp_path: Path) -> dict[str, str]:
+    return fake_model_worker_env(fake_llm, tmp_path)
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 prompt says which part of a chunk repeats its neighbour."""
 from __future__ import annotations
 
+import subprocess
 from typing import Any
 
 import pytest
@@ -220,7 +221,12 @@ def test_a_stuck_chunk_hands_its_pairs_on_across_real_workers(request, fake_llm,
     path = tmp_path / "manual.txt"
     path.write_text("\n\n".join(paragraphs), encoding="utf-8")
     fake_llm.set_default([{"kind": "invalid_json", "match": marker}])
-    result = manage("train", str(path), "--count", "20", "--agent", "support", "--json", env=env, timeout=240)
+    try:
+        result = manage("train", str(path), "--count", "20", "--agent", "support", "--json", env=env, timeout=240)
+    except subprocess.TimeoutExpired:  # say where it stood (it hung once in a PostgreSQL run of the suite)
+        items = list(WorkItem.objects.values_list("pk", "status", "quota", "made", "calls", "reasons"))
+        jobs = list(TrainingJob.objects.values_list("pk", "status", "created_count", "error"))
+        pytest.fail(f"train did not finish: jobs {jobs}, items {items}\nworker log:\n{log.read_text()[-6000:]}")
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert result.returncode == 0, result.stderr + result.stdout + log.read_text()[-3000:]
     assert summary["completions_created"] == 20 and summary["shortfall"] == 0, json.dumps(summary)

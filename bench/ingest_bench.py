@@ -1,8 +1,13 @@
-"""Ingestion benchmark: bare pypdf versus our isolated extraction plus chunking.
+"""Ingestion benchmark: bare pypdf versus our isolated extraction plus chunking, and one
+extraction child versus two reading the same PDF at once.
 
 Run from anywhere: ``.venv/bin/python bench/ingest_bench.py [path/to/file.pdf]``.
 Both sides run in the same process run on the same file, best of 3 each, interleaved so that
 machine noise hits both alike. The goal is an overhead of at most 25 %.
+
+Then ``extract_isolated(processes=1)`` against ``processes=2`` (#17), as ``documents``
+calls it (token limit counted in the children): the time until ``on_pages`` has heard the
+first and the last page, and the children's CPU time, best of 3 each, interleaved.
 """
 
 from __future__ import annotations
@@ -45,6 +50,44 @@ def ours(path: Path) -> tuple[int, int, float]:
         lambda: chunk_pages(extracted.pages, budget=800, overlap=80)
     )
     return len(extracted.pages), len(chunks), seconds
+
+
+def pages_heard(path: Path, processes: int) -> tuple[float, float]:
+    """(seconds until the first page was heard, until the last) reading with ``processes``."""
+    began = time.perf_counter()
+    first = last = 0.0
+
+    def hear(total: int, start: int, texts: list[str]) -> None:
+        nonlocal first, last
+        now = time.perf_counter() - began
+        first = first or now
+        if start + len(texts) - 1 == total:
+            last = now
+
+    extract_isolated(
+        str(path), filename=path.name, max_bytes=200 * 1024 * 1024, max_pages=5000,
+        max_tokens=10_000_000, on_pages=hear, processes=processes,
+    )  # fmt: skip
+    return first, last
+
+
+def compare_processes(path: Path) -> None:
+    """Print the time to the first and the last page with one child and with two."""
+    runs: dict[int, list[tuple[float, float, float]]] = {1: [], 2: []}
+    for _ in range(ROUNDS):
+        for processes in runs:
+            _, cpu, (first, last) = cpu_timed(lambda: pages_heard(path, processes))  # noqa: B023
+            runs[processes].append((first, last, cpu))
+    best = {processes: min(times, key=lambda run: run[1]) for processes, times in runs.items()}
+    for processes, (first, last, cpu) in best.items():
+        print(
+            f"{processes} child{'ren' if processes > 1 else '':3}       first page {first:.2f} s, "
+            f"last page {last:.2f} s, children's CPU {cpu:.2f} s  "
+            f"runs: {_list([run[1] for run in runs[processes]])}"
+        )
+    one, two = best[1][1], best[2][1]
+    reading = (one - best[1][0]) / max(1e-9, two - best[2][0])
+    print(f"two vs one:        last page {one / two:.2f}x sooner; first to last page {reading:.2f}x faster")
 
 
 def timed(function: Callable[[], T]) -> tuple[float, T]:
@@ -117,6 +160,7 @@ def main() -> None:
         f"peak RSS:          self {peak_mb(resource.RUSAGE_SELF):.0f} MB, "
         f"extraction child {peak_mb(resource.RUSAGE_CHILDREN):.0f} MB"
     )
+    compare_processes(path)
 
 
 def _list(times: list[float]) -> str:

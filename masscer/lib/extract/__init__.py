@@ -11,8 +11,10 @@ meant for the end user, never a traceback.
 
 Modules: ``common`` (the result and error types, the messages, text helpers), ``core`` (kind
 detection, dispatch to a format, size and token limits), one per format (``pdf``, ``docx``,
-``html``, and ``text`` for plain text and Markdown), ``isolation`` (the limited child process,
-which reports pages as it reads them), ``lines`` (reading its output as it comes) and
+``html``, and ``text`` for plain text and Markdown), ``isolation`` (the parent's half: the
+limited child processes, which report pages as they read them), ``child`` (the child's half),
+``shares`` (a long PDF read by several children at once: who reads which pages, and putting
+their reports together), ``lines`` (reading the children's output as it comes) and
 ``__main__`` (the child's entry point).
 
 The package must stay importable without Django and cheap to import: the child process loads it

@@ -37,5 +37,5 @@ def _package() -> ModuleType:
 
 
 if __name__ == "__main__":
-    isolation = importlib.import_module(f"{_package().__name__}.isolation")
-    sys.exit(isolation._child_main(sys.argv[1:]))
+    child = importlib.import_module(f"{_package().__name__}.child")
+    sys.exit(child.child_main(sys.argv[1:]))

@@ -69,6 +69,13 @@ def _short_reason(exc: BaseException) -> str:
     return text if len(text) <= 160 else text[:157] + "..."
 
 
+def _too_many_tokens(max_tokens: int) -> ExtractionError:
+    """The refusal of a document over the token limit (counted in one child or several)."""
+    return ExtractionError(
+        f"The document has more than {max_tokens:,} tokens of text; the limit is {max_tokens:,}."
+    )
+
+
 def _sentence(text: str) -> str:
     """``text`` ending like a sentence (library messages often lack the final period)."""
     return text if text.endswith((".", "!", "?", ")")) else text + "."

@@ -29,10 +29,12 @@ from .common import (
     _has_utf16_bom,
     _looks_binary,
     _short_reason,
+    _too_many_tokens,
 )
 from .docx import _extract_docx
 from .html import _extract_html
 from .pdf import _extract_pdf
+from .shares import Share, ShareStats, read_share
 from .text import _extract_markdown, _extract_text
 
 # A PDF header may sit anywhere in the first KiB.
@@ -137,6 +139,47 @@ def extract_file(
     return result
 
 
+# Hears one child's pages of a PDF read by several: like PageSink, plus each page's tokens
+# (None when no token limit was asked for).
+CountedPageSink = Callable[[int, int, list[str], list[int] | None], None]
+
+
+def extract_share(
+    path: str,
+    *,
+    filename: str,
+    max_bytes: int,
+    max_pages: int,
+    share: Share,
+    max_tokens: int | None = None,
+    on_opened: Callable[[int], None],
+    on_pages: CountedPageSink,
+) -> tuple[str | None, ShareStats]:
+    """One child's share of a PDF read by several (see ``shares``): the pages of ``share``,
+    each with its token count when ``max_tokens`` is given (the child refuses its share once
+    it alone passes the limit; the parent adds the shares up page by page). Returns the
+    title (the first child's only) and what the whole-document checks need."""
+    _check_size(_file_size(path), max_bytes)
+    with open(path, "rb") as handle:
+        head = handle.read(HEAD_BYTES)
+    if detect_kind(filename, head) != "pdf":
+        raise ValueError("the file is no longer a PDF")  # the parent saw a PDF header
+    counter = _TokenCounter(max_tokens)
+
+    def sink(total: int, first: int, texts: list[str]) -> None:
+        counts = []
+        for text in texts:
+            before = counter.total
+            counter.add([text])
+            counts.append(counter.total - before)
+        on_pages(total, first, texts, None if max_tokens is None else counts)
+
+    try:
+        return read_share(path, filename, max_pages, share, sink, on_opened)
+    except MemoryError:
+        raise ExtractionError(LIMITS_MESSAGE) from None
+
+
 def _counting_sink(counter: _TokenCounter, on_pages: PageSink | None) -> PageSink:
     """A sink that counts each batch of pages against the token limit before passing it on."""
 
@@ -194,10 +237,7 @@ def _count_tokens_upto(pages: list[str], max_tokens: int, *, start: int = 0) -> 
         for start, stop in itertools.pairwise(bounds):
             total += tokens.count_tokens(page[start:stop])
             if total > max_tokens:
-                raise ExtractionError(
-                    f"The document has more than {max_tokens:,} tokens of text; "
-                    f"the limit is {max_tokens:,}."
-                )
+                raise _too_many_tokens(max_tokens)
     return total
 
 

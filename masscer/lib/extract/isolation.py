@@ -2,38 +2,51 @@
 time, so a hostile or pathological file cannot take a Celery worker down. Celery prefork workers
 are daemonic and may not use ``multiprocessing``, hence a plain ``subprocess``.
 
-The parent half (``extract_isolated``) starts ``__main__.py`` of this package as a script; the
-child half (``_child_main``) applies the limits, runs ``core.extract_file`` and writes JSON lines
-on stdout: one ``{"total", "first", "pages"}`` line per page as it is read, then the verdict
+The parent half (``extract_isolated``, here) starts ``__main__.py`` of this package as a script;
+the child half (``child.child_main``) applies the limits, runs ``core.extract_file`` and writes
+JSON lines on stdout: one ``{"total", "first", "pages"}`` line per page as it is read, then the verdict
 (``{"ok": true, "kind", "title", "tokens"}`` or ``{"ok": false, "error"}``). The parent reads
 them as they come (``on_pages`` hears each page) under the same wall-time limit, and caps what
 it accepts (``MAX_OUTPUT_BYTES``), so streaming changes no limit.
+
+A long PDF can be read by several children at once (``processes``), each under the same limits
+and reading a share of the pages (``shares``): ``{"opened": total}`` once the file is open, the
+page lines (with each page's tokens when counted), then a verdict carrying the figures the
+whole-document checks need (``{"ok": true, "kind", "title", "stats"}``). The parent merges the
+pages into document order and runs those checks on the figures (``shares.document_error``);
+the first child to fail stops the others, and its error is the result.
 """
 
 from __future__ import annotations
 
-import argparse
+import functools
 import json
 import logging
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable
 from typing import Any
 
-from .common import LIMITS_MESSAGE, Extracted, ExtractionError, PageSink, _short_reason
-from .core import _check_size, _file_size, extract_file
+from .common import HEAD_BYTES, LIMITS_MESSAGE, Extracted, ExtractionError, PageSink
+from .core import _check_size, _file_size, detect_kind
 from .lines import LineReader
+from .shares import BATCH_PAGES, BadReport, InOrder, Share, ShareStats, document_error, splits
 
 log = logging.getLogger(__name__)
 
 # What the child runs; see ``_child_command``.
 _CHILD_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "__main__.py")
 INTERNAL_MESSAGE = "The file could not be processed (internal error)."
-# The most the parent reads from one child: the text of the largest document the token limit
-# lets through, as ASCII-escaped JSON, fits with room to spare; past it the child is stopped.
+# The most the parent reads from the children of one file together: the text of the largest
+# document the token limit lets through, as ASCII-escaped JSON, fits with room to spare; past
+# it the children are stopped.
 MAX_OUTPUT_BYTES = 256 * 1024 * 1024
+# A PDF this large starts all its children at once (it is very likely long enough to split);
+# a smaller one starts one child, and the others only once that child has counted enough pages
+# (``shares.splits``), so a short PDF costs one process start, as with ``processes=1``.
+EAGER_SPLIT_BYTES = 512 * 1024
 
 
 def extract_isolated(
@@ -47,6 +60,7 @@ def extract_isolated(
     timeout: float = 300,
     max_tokens: int | None = None,
     on_pages: PageSink | None = None,
+    processes: int = 1,
 ) -> Extracted:
     """Run ``extract_file`` in a child interpreter limited in CPU time, memory and wall time.
 
@@ -54,10 +68,17 @@ def extract_isolated(
     document is refused there, and ``Extracted.tokens`` spares the caller a second count).
     ``on_pages(total, first, texts)`` hears the pages while the child reads them (see
     ``core.extract_file``: they are final only if this returns); an exception it raises stops
-    the child and comes out of this call."""
+    the child and comes out of this call.
+
+    With ``processes`` > 1 a long PDF is read by that many children at once, each under all
+    the limits above, each reading an interleaved share of the pages (see ``shares``); the
+    result, the errors and what ``on_pages`` hears (contiguous pages in document order) are
+    those of one child, only sooner. One child failing stops the others."""
     # Obvious rejections need no process.
-    _check_size(_file_size(path), max_bytes)
-    command = _child_command(
+    size = _file_size(path)
+    _check_size(size, max_bytes)
+    command = functools.partial(
+        _child_command,
         path,
         filename=filename,
         max_bytes=max_bytes,
@@ -66,49 +87,174 @@ def extract_isolated(
         memory_bytes=memory_bytes,
         max_tokens=max_tokens,
     )
+    with _Children(time.monotonic() + timeout) as children:
+        if processes > 1 and _is_pdf(path, filename):
+            eager = size >= EAGER_SPLIT_BYTES
+            return _follow_shares(children, command, processes, on_pages, max_tokens, eager=eager)
+        children.start(command())
+        return _follow_child(children, on_pages)
+
+
+def _is_pdf(path: str, filename: str) -> bool:
+    """What the child will see, from the head bytes alone (the parent never parses the PDF)."""
+    with open(path, "rb") as handle:
+        head = handle.read(HEAD_BYTES)
     try:
-        proc = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
-    except OSError as exc:
-        log.error("could not start the extraction process: %s", exc)
-        raise ExtractionError(INTERNAL_MESSAGE) from None
-    with proc:
-        try:
-            return _follow_child(proc, time.monotonic() + timeout, on_pages)
-        finally:
+        return detect_kind(filename, head) == "pdf"
+    except ExtractionError:
+        return False  # the child gives the message, as ever
+
+
+class _Children:
+    """The extraction children of one file, their output and their common deadline; leaving
+    the block kills and reaps any that still run (one failing stops the others)."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.finished: set[int] = set()
+        self.lines = LineReader(limit=MAX_OUTPUT_BYTES)
+
+    def __enter__(self) -> _Children:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for proc in self.procs:
             if proc.poll() is None:
                 proc.kill()
+        for proc in self.procs:
+            proc.wait()
+            for pipe in (proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
+        self.lines.close()
 
+    def __len__(self) -> int:
+        return len(self.procs)
 
-def _follow_child(proc: subprocess.Popen[bytes], deadline: float, on_pages: PageSink | None) -> Extracted:
-    """Read the child's lines until its verdict (or until it dies or runs out of time)."""
-    assert proc.stdout is not None and proc.stderr is not None
-    reader = LineReader(proc.stdout.fileno(), proc.stderr.fileno(), limit=MAX_OUTPUT_BYTES)
-    pages: list[str] = []
-    while True:
+    def start(self, command: list[str]) -> None:
         try:
-            line = reader.next_line(deadline)
-        except TimeoutError:
-            raise ExtractionError(LIMITS_MESSAGE) from None
-        except OverflowError:
-            log.warning("extraction child wrote more than %d bytes", MAX_OUTPUT_BYTES)
-            raise ExtractionError(LIMITS_MESSAGE) from None
-        if line is None:  # end of output: the child died before its verdict
-            _wait(proc, deadline)
-            raise _child_death(proc.returncode, reader.stderr_tail())
-        message = _parse_line(line)
-        if message is None:
-            log.warning("extraction child wrote an unreadable line: %r", line[:200])
-            raise ExtractionError(INTERNAL_MESSAGE)
+            proc = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
+        except OSError as exc:
+            log.error("could not start the extraction process: %s", exc)
+            raise ExtractionError(INTERNAL_MESSAGE) from None
+        assert proc.stdout is not None and proc.stderr is not None
+        self.lines.add(len(self.procs), proc.stdout.fileno(), proc.stderr.fileno())
+        self.procs.append(proc)
+
+    def next_message(self) -> tuple[int, dict[str, Any]]:
+        """(child, its next message); raises what a child that dies or passes a limit means."""
+        while True:
+            try:
+                key, line = self.lines.next_line(self.deadline)
+            except TimeoutError:
+                raise ExtractionError(LIMITS_MESSAGE) from None
+            except OverflowError:
+                log.warning("extraction children wrote more than %d bytes", MAX_OUTPUT_BYTES)
+                raise ExtractionError(LIMITS_MESSAGE) from None
+            if line is not None:
+                return key, _message(line)
+            if key not in self.finished:  # end of output: the child died before its verdict
+                _wait(self.procs[key], self.deadline)
+                self.lines.drain_stderr(key)
+                raise _child_death(self.procs[key].returncode, self.lines.stderr_tail(key))
+
+    def finish(self, key: int) -> None:
+        """The child gave its verdict: let it exit."""
+        self.finished.add(key)
+        _wait(self.procs[key], self.deadline)
+
+
+def _message(line: bytes) -> dict[str, Any]:
+    message = _parse_line(line)
+    if message is None:
+        log.warning("extraction child wrote an unreadable line: %r", line[:200])
+        raise ExtractionError(INTERNAL_MESSAGE)
+    return message
+
+
+def _follow_child(children: _Children, on_pages: PageSink | None) -> Extracted:
+    """Read the one child's lines until its verdict (or until it dies or runs out of time)."""
+    merged = InOrder(on_pages)
+    while True:
+        key, message = children.next_message()
         if "pages" in message:
-            texts = [str(text) for text in message["pages"]]
-            pages.extend(texts)
-            if on_pages is not None:
-                on_pages(int(message["total"]), int(message["first"]), texts)
+            _add_pages(merged, message)
             continue
-        _wait(proc, deadline)
-        return _verdict(message, pages)
+        children.finish(key)
+        return _verdict(message, merged.pages)
+
+
+def _follow_shares(
+    children: _Children,
+    command: Callable[..., list[str]],
+    count: int,
+    on_pages: PageSink | None,
+    max_tokens: int | None,
+    *,
+    eager: bool,
+) -> Extracted:
+    """Start the first child and, when the PDF is long enough (or at once, ``eager``), the
+    others; merge their pages in order until every child has given its verdict."""
+    shares = [Share(index, count, BATCH_PAGES) for index in range(count)]
+    for share in shares if eager else shares[:1]:
+        children.start(command(share=share))
+    merged = InOrder(on_pages, max_tokens)
+    verdicts: dict[int, dict[str, Any]] = {}
+    while len(verdicts) < len(children):
+        key, message = children.next_message()
+        if "pages" in message:
+            _add_pages(merged, message)
+        elif "opened" in message:
+            # The first child counted the pages: only now is it known whether to split.
+            if len(children) == 1 and splits(_integer(message["opened"]), count, BATCH_PAGES):
+                for share in shares[1:]:
+                    children.start(command(share=share))
+        elif not message.get("ok"):
+            raise ExtractionError(str(message.get("error") or "The file could not be processed."))
+        else:
+            verdicts[key] = message
+            children.finish(key)
+    return _combined([verdicts[key] for key in sorted(verdicts)], merged, max_tokens)
+
+
+def _add_pages(merged: InOrder, message: dict[str, Any]) -> None:
+    try:
+        total, first = _integer(message["total"]), _integer(message["first"])
+        texts = [str(text) for text in message["pages"]]
+        tokens = message.get("tokens")
+        counts = None if tokens is None else [_integer(count) for count in tokens]
+        merged.add(total, first, texts, counts)
+    except (KeyError, TypeError, BadReport) as exc:
+        log.warning("extraction child reported pages that do not fit: %s", exc)
+        raise ExtractionError(INTERNAL_MESSAGE) from None
+
+
+def _integer(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{value!r} is not an integer")
+    return value
+
+
+def _combined(verdicts: list[dict[str, Any]], merged: InOrder, max_tokens: int | None) -> Extracted:
+    """The children's verdicts (the first child's first) and their pages as one result, or
+    the whole-document check the PDF fails (``shares.document_error``)."""
+    try:
+        stats = [ShareStats.from_json(verdict.get("stats")) for verdict in verdicts]
+        kind, title = str(verdicts[0]["kind"]), str(verdicts[0]["title"])
+    except (KeyError, ValueError) as exc:
+        log.warning("extraction children gave verdicts that do not fit: %s", exc)
+        raise ExtractionError(INTERNAL_MESSAGE) from None
+    if not merged.complete or merged.total is None:
+        log.warning("extraction children left pages out: %d of %s", len(merged.pages), merged.total)
+        raise ExtractionError(INTERNAL_MESSAGE)
+    error = document_error(stats, merged.total)
+    if error is not None:
+        raise ExtractionError(error)
+    tokens = merged.tokens if max_tokens is not None else None
+    return Extracted(kind=kind, pages=merged.pages, title=title, tokens=tokens)
 
 
 def _parse_line(line: bytes) -> dict[str, Any] | None:
@@ -154,6 +300,7 @@ def _child_command(
     cpu_seconds: int,
     memory_bytes: int,
     max_tokens: int | None = None,
+    share: Share | None = None,
 ) -> list[str]:
     # Run __main__.py as a script rather than ``-m masscer.lib.extract``: -m imports the parent
     # package ``masscer``, whose __init__ loads Celery and Django settings (~0.2 s and a lot
@@ -172,83 +319,6 @@ def _child_command(
     ]
     if max_tokens is not None:
         command.append(f"--max-tokens={max_tokens}")
+    if share is not None:
+        command += [f"--share={share.index}", f"--shares={share.count}", f"--batch={share.batch}"]
     return command
-
-
-def _apply_limits(cpu_seconds: int, memory_bytes: int) -> None:
-    """Limit this (child) process before it opens the file. Done here rather than in
-    preexec_fn because preexec_fn can deadlock when the parent process has threads."""
-    import resource
-
-    # SIGXCPU at the soft CPU limit; the hard limit (SIGKILL) a little later as a backstop.
-    _set_limit(resource.RLIMIT_CPU, cpu_seconds, cpu_seconds + 5)
-    _set_limit(resource.RLIMIT_AS, memory_bytes, memory_bytes)
-    _set_limit(resource.RLIMIT_CORE, 0, 0)
-
-
-def _set_limit(limit: int, soft: int, hard: int) -> None:
-    import resource
-
-    _, current_hard = resource.getrlimit(limit)
-    if current_hard != resource.RLIM_INFINITY:
-        hard = min(hard, current_hard)
-    resource.setrlimit(limit, (min(soft, hard), hard))
-
-
-def _child_main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(
-        description="Extract text from one file; JSON on stdout."
-    )
-    parser.add_argument("--path", required=True)
-    parser.add_argument("--filename", required=True)
-    parser.add_argument("--max-bytes", type=int, required=True)
-    parser.add_argument("--max-pages", type=int, required=True)
-    parser.add_argument("--cpu-seconds", type=int, default=120)
-    parser.add_argument("--memory-bytes", type=int, default=2 * 1024**3)
-    parser.add_argument("--max-tokens", type=int, default=None)
-    args = parser.parse_args(argv)
-    _apply_limits(args.cpu_seconds, args.memory_bytes)
-    logging.basicConfig(level=logging.ERROR)  # pypdf warnings would only fill stderr
-    payload = _child_payload(
-        args.path, args.filename, args.max_bytes, args.max_pages, args.max_tokens
-    )
-    _write_line(payload)
-    return 0
-
-
-def _write_line(message: dict[str, Any]) -> None:
-    sys.stdout.buffer.write(json.dumps(message).encode("ascii") + b"\n")
-    sys.stdout.flush()
-
-
-def _send_pages(total: int, first: int, texts: list[str]) -> None:
-    _write_line({"total": total, "first": first, "pages": texts})
-
-
-def _child_payload(
-    path: str,
-    filename: str,
-    max_bytes: int,
-    max_pages: int,
-    max_tokens: int | None = None,
-) -> dict[str, Any]:
-    """The verdict line; the pages went out as they were read."""
-    try:
-        result = extract_file(
-            path,
-            filename=filename,
-            max_bytes=max_bytes,
-            max_pages=max_pages,
-            max_tokens=max_tokens,
-            on_pages=_send_pages,
-        )
-    except ExtractionError as exc:
-        return {"ok": False, "error": str(exc)}
-    except MemoryError:
-        return {"ok": False, "error": LIMITS_MESSAGE}
-    except Exception as exc:  # noqa: BLE001 - a bug, not the user's fault; no traceback
-        return {
-            "ok": False,
-            "error": f"The file could not be processed: {_short_reason(exc)}",
-        }
-    return {"ok": True, "kind": result.kind, "title": result.title, "tokens": result.tokens}

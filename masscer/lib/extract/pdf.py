@@ -4,7 +4,8 @@ hostile and scanned (no text layer) files. pypdf is imported only when a PDF is 
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from .common import (
     LIMITS_MESSAGE,
@@ -31,6 +32,8 @@ NESTED_PDF_MESSAGE = (
 _SCAN_MIN_ALNUM_PER_PAGE = 10
 
 _ALNUM = re.compile(r"[^\W_]")
+
+_T = TypeVar("_T")
 
 
 def _causes(exc: BaseException) -> list[BaseException]:
@@ -67,8 +70,13 @@ def _extract_pdf(
     path: str, filename: str, max_bytes: int, max_pages: int, sink: PageSink | None = None
 ) -> Extracted:
     """The PDF's text, page by page; ``sink`` hears each page as soon as it is read."""
+    return _reading(lambda: _read_pdf(path, filename, max_pages, sink))
+
+
+def _reading(read: Callable[[], _T]) -> _T:
+    """``read()``, with whatever pypdf raises turned into the message a PDF reader shows."""
     try:
-        return _read_pdf(path, filename, max_pages, sink)
+        return read()
     except (ExtractionError, MemoryError):
         raise
     except Exception as exc:  # noqa: BLE001 - pypdf raises many types on damaged files
@@ -77,6 +85,17 @@ def _extract_pdf(
 
 def _read_pdf(path: str, filename: str, max_pages: int, sink: PageSink | None) -> Extracted:
     reader = _open_pdf(path)
+    _page_count(reader, max_pages)
+    pages, failures = _pdf_page_texts(reader, sink)
+    if failures and not any(page.strip() for page in pages):
+        raise _pdf_error(failures[0])
+    if _looks_scanned(reader, pages):
+        raise ExtractionError(NO_TEXT_PDF_MESSAGE)
+    return Extracted(kind="pdf", pages=pages, title=_pdf_title(reader, filename))
+
+
+def _page_count(reader: Any, max_pages: int) -> int:
+    """The number of pages, refused when over the limit or zero."""
     count = len(reader.pages)
     if count > max_pages:
         raise ExtractionError(
@@ -84,12 +103,7 @@ def _read_pdf(path: str, filename: str, max_pages: int, sink: PageSink | None) -
         )
     if count == 0:
         raise ExtractionError("The file could not be read as a PDF: it has no pages.")
-    pages, failures = _pdf_page_texts(reader, sink)
-    if failures and not any(page.strip() for page in pages):
-        raise _pdf_error(failures[0])
-    if _looks_scanned(reader, pages):
-        raise ExtractionError(NO_TEXT_PDF_MESSAGE)
-    return Extracted(kind="pdf", pages=pages, title=_pdf_title(reader, filename))
+    return count
 
 
 def _open_pdf(path: str) -> Any:
@@ -118,17 +132,24 @@ def _pdf_page_texts(reader: Any, sink: PageSink | None = None) -> tuple[list[str
     failures: list[Exception] = []
     total = len(reader.pages)
     for page in reader.pages:
-        try:
-            text = page.extract_text()
-        except MemoryError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - one bad page must not sink the others
-            failures.append(exc)
-            text = ""
-        pages.append(clean_text(text or ""))
+        text, failure = _page_text(page)
+        if failure is not None:
+            failures.append(failure)
+        pages.append(text)
         if sink is not None:
             sink(total, len(pages), pages[-1:])
     return pages, failures
+
+
+def _page_text(page: Any) -> tuple[str, Exception | None]:
+    """The page's clean text, or "" and why it could not be read (MemoryError is raised)."""
+    try:
+        text = page.extract_text()
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - one bad page must not sink the others
+        return "", exc
+    return clean_text(text or ""), None
 
 
 def _pdf_title(reader: Any, filename: str) -> str:
@@ -145,13 +166,25 @@ def _looks_scanned(reader: Any, pages: list[str]) -> bool:
     enough = _SCAN_MIN_ALNUM_PER_PAGE * len(pages)
     alnum = 0
     for page in pages:
-        alnum += len(_ALNUM.findall(page))
+        alnum += _alnum(page)
         if alnum >= enough:
-            return False
+            break
+    return _scanned(alnum, len(pages), lambda: sum(1 for page in reader.pages if _page_has_image(page)))
+
+
+def _scanned(alnum: int, total: int, images: Callable[[], int]) -> bool:
+    """The scan rule on figures alone: ``alnum`` letters and digits over ``total`` pages, of
+    which ``images()`` show an image (asked only when needed). ``shares`` applies it to what
+    several children counted."""
+    if alnum >= _SCAN_MIN_ALNUM_PER_PAGE * total:
+        return False
     if alnum == 0:
         return True
-    with_images = sum(1 for page in reader.pages if _page_has_image(page))
-    return with_images * 2 >= len(pages)
+    return images() * 2 >= total
+
+
+def _alnum(text: str) -> int:
+    return len(_ALNUM.findall(text))
 
 
 def _page_has_image(page: Any) -> bool:

@@ -29,7 +29,7 @@ from typing import Any
 from django.conf import settings
 
 from conversations.chat_log import conversation_log_chat
-from masscer.endpoint import call_slots, llm_config, model_limiter
+from masscer.endpoint import call_slot_held, call_slots, llm_config, model_limiter
 from masscer.lib import concurrency, llm, ratelimit
 from masscer.lib.tokens import count_tokens
 
@@ -163,7 +163,7 @@ def model_capacity(turn: Turn) -> Iterator[tuple[llm.LLMConfig, str]]:
     if limiter is not None or slots is not None:
         llm.warm_up(config)  # before the slot, not between the slot and the call
     token = _take_call_slot(slots)  # one of the calls in flight the provider takes at once
-    try:
+    with call_slot_held(slots, token):  # the call's outcome moves a learned limit
         if limiter is not None:
             _take_slot(limiter, turn)
         try:
@@ -172,9 +172,6 @@ def model_capacity(turn: Turn) -> Iterator[tuple[llm.LLMConfig, str]]:
             if limiter is not None and exc.status_code == 429 and exc.retry_after:
                 limiter.block(exc.retry_after)  # the provider said wait: the workers wait too
             raise
-    finally:
-        if slots is not None and token is not None:
-            slots.give(token)
 
 
 def shown_reply(
@@ -222,7 +219,7 @@ def _take_call_slot(slots: concurrency.CallSlots | None) -> str | None:
         return slots.take(max_wait())
     except concurrency.NoSlot as exc:
         raise ModelBusy(
-            f"The model is busy (all {slots.limit} calls it takes at once are in use), "
+            f"The model is busy (all {slots.current_limit()} calls it takes at once are in use), "
             f"try again in {BUSY_RETRY_SECONDS:g} s.",
             retry_after=BUSY_RETRY_SECONDS,
         ) from exc

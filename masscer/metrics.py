@@ -40,6 +40,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from masscer import endpoint
 from masscer.lib import llm
 
 logger = logging.getLogger(__name__)
@@ -246,6 +247,20 @@ class StateCollector(Collector):
             for queue, depth in depths.items():
                 family.add_metric([queue], depth)
             yield family
+        yield from _learned_limit_families()
+
+
+def _learned_limit_families() -> list[GaugeMetricFamily]:
+    """Each model's learned limit on calls in flight (MASSCER_LLM_ADAPTIVE_CONCURRENCY), from Redis."""
+    limits = endpoint.learned_limits()
+    if not limits:
+        return []
+    family = GaugeMetricFamily(
+        "masscer_model_concurrency_limit", "Learned limit on model calls in flight, by model.", labels=["model"]
+    )
+    for model, limit in sorted(limits.items()):
+        family.add_metric([model], limit)
+    return [family]
 
 
 def exposition() -> bytes:

@@ -61,7 +61,7 @@ def _wait_for_slot(limiter: ratelimit.RateLimiter | None, item: WorkItem, claim:
 
 def _slot_wait(slots: concurrency.CallSlots) -> tuple[float, str]:
     """When to come back when no call slot came free in time, and why."""
-    return random.uniform(1.0, 3.0), f"waiting for one of the {slots.limit} model call slots"
+    return random.uniform(1.0, 3.0), f"waiting for one of the {slots.current_limit()} model call slots"
 
 
 @contextmanager
@@ -75,10 +75,8 @@ def _call_slot(slots: concurrency.CallSlots | None, item: WorkItem, claim: int) 
     except concurrency.NoSlot as exc:
         _hand_back(item, claim, *_slot_wait(slots))
         raise AssertionError("unreachable") from exc
-    try:
+    with endpoint.call_slot_held(slots, token):  # the call's outcome moves a learned limit
         yield
-    finally:
-        slots.give(token)
 
 
 def _hand_back(item: WorkItem, claim: int, countdown: float, reason: str, **fields: object) -> None:
@@ -246,21 +244,19 @@ def _judge_call(
             except concurrency.NoSlot as exc:
                 raise judging.JudgeDeferred(*_slot_wait(slots)) from exc
         try:
-            wait = _rate_wait(limiter, source_tokens + len(pairs) * TOKENS_PER_PAIR * 2)
-            if wait is not None:
-                raise judging.JudgeDeferred(wait, f"waiting {wait:.1f} s for the rate limit")
-            with metrics.model_call("judge") as timed:  # counted by outcome, tokens and latency
-                reply = timed.reply = llm.judge_pairs(
-                    config, source=source, pairs=pairs, params=params, question_type=item.question_type
-                )
+            with endpoint.call_slot_held(slots, token):  # the call's outcome moves a learned limit
+                wait = _rate_wait(limiter, source_tokens + len(pairs) * TOKENS_PER_PAIR * 2)
+                if wait is not None:
+                    raise judging.JudgeDeferred(wait, f"waiting {wait:.1f} s for the rate limit")
+                with metrics.model_call("judge") as timed:  # counted by outcome, tokens and latency
+                    reply = timed.reply = llm.judge_pairs(
+                        config, source=source, pairs=pairs, params=params, question_type=item.question_type
+                    )
         except llm.LLMTransientError as exc:
             deferred = judging.transient(item, exc, attempt)
             if isinstance(deferred, judging.JudgeDeferred):
                 raise deferred from exc
             raise
-        finally:
-            if slots is not None and token is not None:
-                slots.give(token)
         if limiter is not None:
             limiter.tighten(reply.headers)
         return reply

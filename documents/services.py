@@ -145,7 +145,7 @@ def document_fail(*, document_id: int, error: str) -> None:
         Page.objects.filter(document_id=document_id).delete()
 
 
-def document_extract(*, document_id: int, on_progress: Callable[[], None] | None = None) -> Document:
+def document_extract(*, document_id: int, on_progress: Callable[[], object] | None = None) -> Document:
     """Extract pages of an uploaded document; a no-op if another worker has it or it is done.
 
     The extraction runs in a child process with CPU and memory limits, so a hostile
@@ -184,6 +184,8 @@ def _extract(document: Document, on_pages: PageSink) -> Extracted:
             # Counted inside the limited child, which stops at the limit.
             max_tokens=settings.MASSCER_MAX_DOCUMENT_TOKENS,
             on_pages=on_pages,
+            # A long PDF is read by this many children at once; the pages still come in order.
+            processes=settings.MASSCER_EXTRACT_PROCESSES,
         )
 
 
@@ -197,7 +199,7 @@ class _PageWriter:
 
     FLUSH_SECONDS = 0.25
 
-    def __init__(self, document_id: int, on_progress: Callable[[], None] | None) -> None:
+    def __init__(self, document_id: int, on_progress: Callable[[], object] | None) -> None:
         self.document_id = document_id
         self.on_progress = on_progress
         self.waiting: list[Page] = []

@@ -358,6 +358,11 @@ MASSCER_LLM_TPM = env_int("MASSCER_LLM_TPM", 0)
 # Model calls in flight at once across every worker (the provider's concurrency limit;
 # 0: no limit). Shared through the rate limiter's Redis.
 MASSCER_LLM_MAX_CONCURRENCY = env_int("MASSCER_LLM_MAX_CONCURRENCY", 0)
+# Learn that limit instead when the provider's is unknown (off by default): it starts at
+# MASSCER_LLM_ADAPTIVE_START, grows by one per limit's worth of calls taken, halves on a
+# 429; MASSCER_LLM_MAX_CONCURRENCY (256 when 0) is its ceiling. Needs the same Redis.
+MASSCER_LLM_ADAPTIVE_CONCURRENCY = env_bool("MASSCER_LLM_ADAPTIVE_CONCURRENCY", False)
+MASSCER_LLM_ADAPTIVE_START = env_int("MASSCER_LLM_ADAPTIVE_START", 8)
 MASSCER_RATELIMIT_REDIS_URL = env_str(
     "MASSCER_RATELIMIT_REDIS_URL", CELERY_BROKER_URL if CELERY_BROKER_URL.startswith("redis") else ""
 )
@@ -429,6 +434,9 @@ MASSCER_MODEL_UNREACHABLE_SECONDS = env_int("MASSCER_MODEL_UNREACHABLE_SECONDS",
 MASSCER_RETRY_BACKOFF_MAX = env_float("MASSCER_RETRY_BACKOFF_MAX", 60.0)
 MASSCER_EXTRACT_CPU_SECONDS = env_int("MASSCER_EXTRACT_CPU_SECONDS", 120)
 MASSCER_EXTRACT_MEMORY_BYTES = env_int("MASSCER_EXTRACT_MEMORY_BYTES", 2 * 1024**3)
+# A long PDF (32 pages or more) is read by this many extraction children at once, each under
+# the two limits above, so its last pages come about that many times sooner (1: one child).
+MASSCER_EXTRACT_PROCESSES = env_int("MASSCER_EXTRACT_PROCESSES", 2)
 
 DEFAULT_AGENT_SYSTEM_PROMPT = (
     "You are a helpful assistant. Answer accurately and concisely using the knowledge "

@@ -259,3 +259,25 @@ def broker_env() -> dict[str, str]:
         "CELERY_BROKER_URL": f"redis://{REDIS_HOST}:{REDIS_PORT}/14",
         "CELERY_BROKER_KEYPREFIX": f"masscer-test-{os.getpid()}-{time.monotonic_ns()}:",
     }
+
+
+def fake_model_worker_env(fake_llm: Any, tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The environment of workers (and `manage.py` commands) on the test database Django is
+    connected to, a private Redis broker and the fake model server (`testing/fakellm`);
+    `extra` adds or overrides settings (chunk sizes, leases, ...)."""
+    from django.db import connection
+
+    return child_env(
+        **{
+            "DATABASE_URL": database_url(connection.settings_dict),
+            **broker_env(),
+            "CELERY_TASK_ALWAYS_EAGER": "false",
+            "MASSCER_LLM_BASE_URL": fake_llm.base_url,
+            "MASSCER_LLM_API_KEY": "sk-test-secret-key",
+            "MASSCER_LLM_MODEL": "fake-model",
+            "MASSCER_LLM_MODE": "chat",
+            "MASSCER_MEDIA_ROOT": str(tmp_path / "uploads"),
+            "MASSCER_CLI_USER": "alice",
+            **extra,
+        }
+    )

@@ -17,14 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.db import connection
 
 from testing.processes import (
     ROOT,
-    broker_env,
     celery_worker,
-    child_env,
-    database_url,
+    fake_model_worker_env,
     manage,
     stop_process,
     wait_worker_ready,
@@ -84,21 +81,14 @@ def handbook(path: Path) -> Path:
 @pytest.fixture
 def pool_env(fake_llm: Any, tmp_path: Path) -> dict[str, str]:
     fake_llm.configure(latency=3.0, capacity=None)
-    env = child_env(
-        DATABASE_URL=database_url(connection.settings_dict),
-        **broker_env(),
-        CELERY_TASK_ALWAYS_EAGER="false",
-        MASSCER_LLM_BASE_URL=fake_llm.base_url,
-        MASSCER_LLM_API_KEY="sk-test-secret-key",
-        MASSCER_LLM_MODEL="fake-model",
-        MASSCER_LLM_MODE="chat",
+    env = fake_model_worker_env(
+        fake_llm,
+        tmp_path,
         MASSCER_LLM_MAX_CONCURRENCY="0",
         MASSCER_JUDGE_DEFAULT="0",
         MASSCER_CHUNK_TOKENS="120",
         MASSCER_CHUNK_OVERLAP="0",
         MASSCER_SPAN_MAX_TOKENS="120",  # one chunk per work item: one call each
-        MASSCER_MEDIA_ROOT=str(tmp_path / "uploads"),
-        MASSCER_CLI_USER="alice",
     )
     for name in ("MASSCER_LLM_POOL", "MASSCER_LLM_WORKER_CONCURRENCY"):
         env.pop(name, None)  # the Procfile's defaults, not the shell's

@@ -17,13 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.db import connection
 
 from testing.fakellm import source_hash
 from testing.processes import (
-    broker_env,
-    child_env,
-    database_url,
+    fake_model_worker_env,
     free_port,
     kill_process,
     manage,
@@ -76,15 +73,9 @@ def source_file(tmp: Path) -> Path:
 @pytest.fixture
 def stack(fake_llm: Any, tmp_path: Path) -> Iterator[Stack]:
     fake_llm.configure(latency=LATENCY)
-    env = child_env(
-        DATABASE_URL=database_url(connection.settings_dict),
-        **broker_env(),
-        CELERY_TASK_ALWAYS_EAGER="false",
-        MASSCER_LLM_BASE_URL=fake_llm.base_url,
-        MASSCER_LLM_MODEL="fake-model",
-        MASSCER_LLM_MODE="chat",
-        MASSCER_MEDIA_ROOT=str(tmp_path / "uploads"),
-        MASSCER_CLI_USER="alice",
+    env = fake_model_worker_env(
+        fake_llm,
+        tmp_path,
         # Short leases and redelivery so recovery fits in a test; the lease must expire
         # before the broker redelivers, or the redelivered task finds the item taken.
         MASSCER_LEASE_SECONDS="3",

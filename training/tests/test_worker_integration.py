@@ -7,15 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.db import connection
 
-from testing.processes import (
-    broker_env,
-    celery_worker,
-    child_env,
-    database_url,
-    manage,
-)
+from testing.processes import broker_env, celery_worker, fake_model_worker_env, manage
 
 SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "samples"
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -24,23 +17,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 def require_redis() -> str:
     """A Redis URL for tests that talk to Redis themselves (not through workers)."""
     return broker_env()["CELERY_BROKER_URL"]
-
-
-def fake_model_worker_env(fake_llm: Any, tmp_path: Path, **extra: str) -> dict[str, str]:
-    """The environment of workers (and `manage.py` commands) on this test database, a private
-    Redis broker and the fake model."""
-    return child_env(
-        DATABASE_URL=database_url(connection.settings_dict),
-        **broker_env(),
-        CELERY_TASK_ALWAYS_EAGER="false",
-        MASSCER_LLM_BASE_URL=fake_llm.base_url,
-        MASSCER_LLM_API_KEY="sk-test-secret-key",
-        MASSCER_LLM_MODEL="fake-model",
-        MASSCER_LLM_MODE="chat",
-        MASSCER_MEDIA_ROOT=str(tmp_path / "uploads"),
-        MASSCER_CLI_USER="alice",
-        **extra,
-    )
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 """Django's command-line utility for administrative tasks."""
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
@@ -17,7 +18,13 @@ def main() -> None:
     except ImproperlyConfigured as exc:
         # Said plainly, for every command (some would otherwise fail later, on something else).
         sys.exit(f"manage.py: {exc}")
-    execute_from_command_line(sys.argv)
+    try:
+        execute_from_command_line(sys.argv)
+    finally:
+        # Everything the command loaded is left as it is at exit (the interpreter frees it):
+        # skipping the collector's last passes over Django, openai and co. takes the exit
+        # from ~0.17 s to ~0.02 s, which `train` and every scripted command wait for.
+        gc.freeze()
 
 
 if __name__ == "__main__":

@@ -109,6 +109,7 @@ print(json.dumps({
     "rows": Completion.objects.filter(job=job).count(),
     "duplicates": sum(g["n"] - 1 for g in groups if g["n"] > 1),
     "started_at": job.started_at.timestamp() if job.started_at else None,
+    "finished_at": job.finished_at.timestamp() if job.finished_at else None,
     "planned_at": max(WorkItem.objects.filter(job=job).values_list("enqueued_at", flat=True)).timestamp(),
     "sources": sources,
     "stored": stored,
@@ -137,6 +138,8 @@ class Run:
     # train started -> the last work item planned: the last pages read (with generation while
     # extracting, calls about text not read yet cannot start before it)
     to_last_planned: float = 0.0
+    to_last_reply: float = 0.0  # train started -> the fake sent its last reply
+    to_closed: float = 0.0  # train started -> the job closed (its finished_at)
 
     @property
     def bound(self) -> float:
@@ -300,6 +303,8 @@ def one_run(args: argparse.Namespace, setup: Setup, source: Path) -> Run:
         store_delays=store_delays(calls, job, args.latency),
         ramp=starts[min(args.capacity, len(starts)) - 1] - first,
         to_last_planned=job["planned_at"] - began,
+        to_last_reply=last - began,
+        to_closed=(job["finished_at"] or began) - began,
     )
 
 
@@ -383,6 +388,11 @@ def table(runs: list[Run], args: argparse.Namespace) -> list[tuple[str, str]]:
             "read bound",
             f"{r.read_bound:.2f} s = last work item planned {r.to_last_planned:.2f} s + {r.latency:g}: "
             f"{r.read_bound / r.wall:.0%} of the wall (the last pages' calls cannot start earlier)",
+        ),
+        (
+            "last reply → end",
+            f"{r.wall - r.to_last_reply:.2f} s: {r.to_closed - r.to_last_reply:.2f} s to store the pairs "
+            f"and close the job, {r.wall - r.to_closed:.2f} s for `train` to see it and exit",
         ),
         ("exact duplicates", str(r.duplicates)),
         (

@@ -62,6 +62,10 @@ class JobNotReady(Exception):
 
 # How often a job whose document another worker reads plans the pages read meanwhile.
 READING_POLL_SECONDS = 0.5
+# How long one prepare run follows another worker's reading in-process (looking at the
+# document's progress every FOLLOW_LOOK_SECONDS) before it hands the wait to a retry.
+FOLLOW_READING_SECONDS = 20.0
+FOLLOW_LOOK_SECONDS = 0.05
 
 
 def _check_count(count: int) -> None:
@@ -302,12 +306,56 @@ def job_prepare(*, job_id: int) -> None:
     for document in reading.order_by("pk"):
         document_extract(document_id=document.pk, on_progress=on_progress)
     try:
-        planned = _plan(job)
+        planned = _plan(job) or (on_progress is not None and _follow_reading(job, on_progress))
     except ValidationError as exc:
         _fail_preparing(job, " ".join(exc.messages))
         return
     if not planned:
         raise JobNotReady(f"job {job_id} waits for its documents to be read", countdown=READING_POLL_SECONDS)
+
+
+def _follow_reading(job: TrainingJob, on_progress: _ReadingPlanner) -> bool:
+    """Follow documents another worker reads (an upload's own ingest task usually claims the
+    file before the job's prepare runs): plan the pages they store as they come, at most every
+    READING_POLL_SECONDS, and the last pass as soon as the last one is read, instead of a
+    retry through the broker every half second (up to half a second late at each end).
+
+    A document whose reader's lease lapsed (or that nobody claimed yet) is read here. True
+    once the job is fully planned; False after FOLLOW_READING_SECONDS (the task retries, so a
+    very long read does not hold an ingest worker); a failed document raises ValidationError."""
+    ends = time.monotonic() + FOLLOW_READING_SECONDS
+    seen, waiting = _reading_state(job), False
+    while time.monotonic() < ends:
+        time.sleep(FOLLOW_LOOK_SECONDS)
+        state = _reading_state(job)
+        claimable = [pk for pk, status, _, lease in state if _claimable(status, lease)]
+        for document_id in claimable:
+            document_extract(document_id=document_id, on_progress=on_progress)
+        if claimable or not state or any(status == Document.Status.FAILED for _, status, _, _ in state):
+            return _plan(job)
+        if state != seen:
+            seen, waiting = state, True
+        # Pages stored since the last pass: a pass as soon as the planner's interval allows.
+        if waiting and on_progress():
+            waiting = False
+            if on_progress.done:
+                return True
+    return False
+
+
+def _reading_state(job: TrainingJob) -> list[tuple[int, str, int, Any]]:
+    """The job's documents not read yet: id, status, pages stored, lease end."""
+    return list(
+        job.documents.exclude(status=Document.Status.READY)
+        .order_by("pk")
+        .values_list("pk", "status", "pages_extracted", "lease_expires_at")
+    )
+
+
+def _claimable(status: str, lease: Any) -> bool:
+    return status == Document.Status.UPLOADED or (
+        status == Document.Status.EXTRACTING and lease is not None and lease < timezone.now()
+    )
 
 
 class _ReadingPlanner:
@@ -318,22 +366,27 @@ class _ReadingPlanner:
     def __init__(self, job: TrainingJob) -> None:
         self.job = job
         self.last = 0.0
+        self.done = False
 
-    def __call__(self) -> None:
-        if time.monotonic() - self.last >= READING_POLL_SECONDS:
-            _plan_while_reading(self.job)
-            self.last = time.monotonic()
+    def __call__(self) -> bool:
+        """A pass if the last one is READING_POLL_SECONDS old; whether one ran."""
+        if time.monotonic() - self.last < READING_POLL_SECONDS:
+            return False
+        self.done = _plan_while_reading(self.job)
+        self.last = time.monotonic()
+        return True
 
 
-def _plan_while_reading(job: TrainingJob) -> None:
+def _plan_while_reading(job: TrainingJob) -> bool:
     """A planning pass while a document is read; a failed pass is logged (the next one, or
     the last, plans what it did not), never allowed to stop the extraction."""
     try:
-        _plan(job)
+        return _plan(job)
     except ValidationError:
-        pass  # a source failed: the job fails after the extraction, in job_prepare
+        return False  # a source failed: the job fails after the extraction, in job_prepare
     except Exception:
         logger.exception("planning pass of job %s failed; the next pass retries it", job.pk)
+        return False
 
 
 def _fail_preparing(job: TrainingJob, error: str) -> None:

@@ -23,15 +23,13 @@ from documents import services as document_services
 from documents.models import Document, Page
 from masscer.lib.extract import extract_file
 from masscer.lib.tokens import chunk_pages
-from testing.processes import celery_worker, manage
+from testing.processes import celery_worker, fake_model_worker_env, manage
 from training.models import Chunk, Completion, TrainingJob, WorkItem
 from training.question_types import type_counts
 from training.services import JobNotReady, job_create, job_prepare
 from training.services import jobs as job_services
 from training.services.chunks import stable_chunk_specs
 from training.services.prepare import batch_counts
-
-from .test_worker_integration import fake_model_worker_env
 
 SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "samples"
 GEOTOPO = SAMPLES / "pdf" / "GeoTopo-komprimiert.pdf"
@@ -118,11 +116,12 @@ def test_a_live_job_plans_items_from_the_first_pages_and_ends_with_exactly_n_per
     seen: list[tuple[str, int, int, str, int]] = []
     real_pass = job_services._plan_while_reading
 
-    def recorded_pass(job_: TrainingJob) -> None:
-        real_pass(job_)
+    def recorded_pass(job_: TrainingJob) -> bool:
+        done = real_pass(job_)
         document = Document.objects.get(pk=geotopo.pk)
         items = WorkItem.objects.filter(job=job_).count()
         seen.append((document.status, document.pages_extracted, document.page_count, document.progress_label, items))
+        return done
 
     monkeypatch.setattr(job_services, "_plan_while_reading", recorded_pass)
     job_prepare(job_id=job.pk)
@@ -130,7 +129,7 @@ def test_a_live_job_plans_items_from_the_first_pages_and_ends_with_exactly_n_per
     early = [s for s in seen if s[0] == Document.Status.EXTRACTING and s[4] > 0]
     assert early, f"no item was planned while the document was read: {seen}"
     status, read, total, label, _ = early[0]
-    assert total == 117 and read < 117 / 2 and label == f"p. {read} of 117"
+    assert total == 117 and read < 117 and label == f"p. {read} of 117"
     job.refresh_from_db()
     geotopo.refresh_from_db()
     assert geotopo.status == Document.Status.READY and geotopo.pages_extracted == 117
@@ -159,9 +158,11 @@ def _read_by_another_worker(document: Document, pages: list[str], upto: int) -> 
 
 @pytest.mark.django_db
 def test_a_prepare_run_again_while_another_worker_reads_plans_each_chunk_once(
-    alice: Any, agent: Any, geotopo: Document, settings: Any
+    alice: Any, agent: Any, geotopo: Document, settings: Any, monkeypatch: Any
 ) -> None:
     settings.MASSCER_CHUNK_TOKENS, settings.MASSCER_CHUNK_OVERLAP = 800, 80
+    # Each run hands the wait to a retry at once (the in-process following has its own test).
+    monkeypatch.setattr(job_services, "FOLLOW_READING_SECONDS", 0.0)
     pages = _pages(GEOTOPO.name)
     job = job_create(owner=alice, count=90, agents=[agent], documents=[geotopo], question_types=TYPES)
     _read_by_another_worker(geotopo, pages, 40)
@@ -196,6 +197,46 @@ def test_a_prepare_run_again_while_another_worker_reads_plans_each_chunk_once(
     assert _quotas(job) == {"factual": 60, "procedural": 30}
     _no_chunk_planned_twice(job)
     _assert_whole_text_chunks(Document.objects.get(pk=geotopo.pk))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_prepare_follows_another_workers_reading_and_plans_the_last_pages_in_the_same_run(
+    alice: Any, agent: Any, geotopo: Document, settings: Any
+) -> None:
+    """The upload's own ingest task usually claims the file before the job's prepare runs: the
+    prepare follows that reading in-process, plans the pages as they are stored and the rest
+    once the document is ready, without waiting for a retry through the broker."""
+    settings.MASSCER_CHUNK_TOKENS, settings.MASSCER_CHUNK_OVERLAP = 800, 80
+    pages = _pages(GEOTOPO.name)
+    job = job_create(owner=alice, count=90, agents=[agent], documents=[geotopo], question_types=TYPES)
+    _read_by_another_worker(geotopo, pages, 20)
+    planned_while_reading: list[int] = []
+
+    def other_worker() -> None:
+        try:
+            for upto in (50, 80, 117):
+                time.sleep(0.7)  # longer than READING_POLL_SECONDS: each batch gets its own pass
+                planned_while_reading.append(sum(WorkItem.objects.filter(job=job).values_list("quota", flat=True)))
+                _read_by_another_worker(geotopo, pages, upto)
+            time.sleep(0.7)
+            Document.objects.filter(pk=geotopo.pk).update(
+                status=Document.Status.READY, pages_extracted=117, lease_expires_at=None
+            )
+        finally:
+            connection.close()
+
+    reader = threading.Thread(target=other_worker)
+    reader.start()
+    try:
+        job_prepare(job_id=job.pk)  # no JobNotReady: the same run plans to the end
+    finally:
+        reader.join()
+    job.refresh_from_db()
+    assert job.status == TrainingJob.Status.GENERATING
+    assert _quotas(job) == {"factual": 60, "procedural": 30}
+    # Items were planned as the pages came, not all at the end.
+    assert 0 < planned_while_reading[0] < planned_while_reading[-1] < 90
+    _no_chunk_planned_twice(job)
 
 
 def _no_chunk_planned_twice(job: TrainingJob) -> None:
@@ -347,8 +388,11 @@ def test_the_first_model_call_comes_before_the_pdf_is_read_and_the_job_makes_exa
 def test_a_pdf_that_breaks_midway_fails_the_job_and_keeps_what_was_made(
     worker_env: dict[str, str], fake_llm: Any, tmp_path: Path
 ) -> None:
-    # GeoTopo passes 30,000 tokens around page 60: the document breaks there.
-    env = {**worker_env, "MASSCER_MAX_DOCUMENT_TOKENS": "30000"}
+    # GeoTopo passes 50,000 tokens around page 90: the document breaks there, a second or so
+    # after the first items were planned and made (they are kept; items still running then
+    # are stopped with the job).
+    # One extraction process: two read the whole file in about the time the first items take.
+    env = {**worker_env, "MASSCER_MAX_DOCUMENT_TOKENS": "50000", "MASSCER_EXTRACT_PROCESSES": "1"}
     fake_llm.configure(latency=0.05)
     log = tmp_path / "workers.log"
     with _workers(env, log):
@@ -356,9 +400,9 @@ def test_a_pdf_that_breaks_midway_fails_the_job_and_keeps_what_was_made(
     assert result.returncode == 1, result.stderr + result.stdout + log.read_text()[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["status"] == "failed"
-    assert "more than 30,000 tokens" in summary["error"] and "are kept" in summary["error"]
+    assert "more than 50,000 tokens" in summary["error"] and "are kept" in summary["error"]
     job = TrainingJob.objects.get(pk=summary["job_id"])
     assert not WorkItem.objects.filter(job=job, status__in=[WorkItem.Status.PENDING, WorkItem.Status.RUNNING])
     # What was made from the first pages stays, counted on the job.
     kept = Completion.objects.filter(job=job).count()
-    assert kept > 0 and kept == summary["completions_created"]
+    assert kept > 0 and kept == summary["completions_created"], log.read_text()[-6000:]

@@ -26,6 +26,8 @@ from ._estimate import print_estimate
 
 # After this long with nothing picked up, tell the user the workers may not be running.
 NO_WORKER_HINT_SECONDS = 20
+# How often the progress line looks at the job: its end is shown at most this late.
+FOLLOW_SECONDS = 0.05
 # Files read as chat exports (OpenAI messages, ShareGPT, ChatGPT export); the rest are documents.
 CONVERSATION_SUFFIXES = {".json", ".jsonl", ".zip"}
 
@@ -202,7 +204,7 @@ class Command(BaseCommand):
                 if options["timeout"] and waited > options["timeout"]:
                     self.stderr.write(f"Still {job.status} after {options['timeout']:g} s; job {job.pk} goes on.")
                     return job
-                time.sleep(0.5)
+                time.sleep(FOLLOW_SECONDS)
 
     def _print(self, job: TrainingJob, as_json: bool) -> None:
         job.refresh_from_db()

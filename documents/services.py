@@ -175,18 +175,18 @@ def document_extract(*, document_id: int, on_progress: Callable[[], object] | No
 
 def _extract(document: Document, on_pages: PageSink) -> Extracted:
     return extract_isolated(
-            document.file.path,
-            filename=document.filename,
-            max_bytes=settings.MASSCER_MAX_UPLOAD_BYTES,
-            max_pages=settings.MASSCER_MAX_PAGES,
-            cpu_seconds=settings.MASSCER_EXTRACT_CPU_SECONDS,
-            memory_bytes=settings.MASSCER_EXTRACT_MEMORY_BYTES,
-            # Counted inside the limited child, which stops at the limit.
-            max_tokens=settings.MASSCER_MAX_DOCUMENT_TOKENS,
-            on_pages=on_pages,
-            # A long PDF is read by this many children at once; the pages still come in order.
-            processes=settings.MASSCER_EXTRACT_PROCESSES,
-        )
+        document.file.path,
+        filename=document.filename,
+        max_bytes=settings.MASSCER_MAX_UPLOAD_BYTES,
+        max_pages=settings.MASSCER_MAX_PAGES,
+        cpu_seconds=settings.MASSCER_EXTRACT_CPU_SECONDS,
+        memory_bytes=settings.MASSCER_EXTRACT_MEMORY_BYTES,
+        # Counted inside the limited child, which stops at the limit.
+        max_tokens=settings.MASSCER_MAX_DOCUMENT_TOKENS,
+        on_pages=on_pages,
+        # A long PDF is read by this many children at once; the pages still come in order.
+        processes=settings.MASSCER_EXTRACT_PROCESSES,
+    )
 
 
 class _PageWriter:

@@ -181,7 +181,7 @@ def _run_claimed(item: WorkItem, claim: int, counts: tuple[int, int], attempt: i
         first_call = False
         asked = min(item.quota - progress.made, progress.per_call)
         # The first call uses the counts read with the item; later ones count again.
-        progress.spare = _spare(job, progress, asked, open_items)
+        progress.spare = _spare(job, progress, asked, open_items, slots)
         open_items = None
         try:
             with _call_slot(slots, item, claim):
@@ -265,7 +265,11 @@ def _judge_call(
 
 
 def _spare(
-    job: TrainingJob, progress: replies.Progress, asked: int, open_items: tuple[int, int] | None = None
+    job: TrainingJob,
+    progress: replies.Progress,
+    asked: int,
+    open_items: tuple[int, int] | None = None,
+    slots: concurrency.CallSlots | None = None,
 ) -> int:
     """Spare pairs for a call in the last wave of a live job (one per SPARE_EVERY pairs asked,
     within the pairs a call may ask for), else 0.
@@ -287,7 +291,8 @@ def _spare(
     ):
         return 0
     pending, running = open_items if open_items is not None else hotsql.open_items(job.pk)
-    capacity = settings.MASSCER_LLM_MAX_CONCURRENCY
+    # The calls the endpoint takes at once: learned (MASSCER_LLM_ADAPTIVE_CONCURRENCY) or set.
+    capacity = slots.current_limit() if slots is not None else settings.MASSCER_LLM_MAX_CONCURRENCY
     # The last wave: no more items waiting than running, or all of them within the calls the
     # endpoint takes at once (a job of one wave: every second call comes after it).
     if pending > running and not (capacity and pending + running <= capacity):

@@ -211,6 +211,27 @@ def test_a_429_in_pair_generation_halves_the_learned_limit(
     assert slots is not None and slots.learned() == 4.0 and slots.held() == 0
 
 
+@pytest.mark.parametrize(("start", "spares"), [(8, "every call"), (2, "the last two")])
+def test_the_spare_pair_follows_the_learned_limit(
+    alice, agent, ready_document, fake_llm, adaptive, start: int, spares: str  # noqa: F811
+) -> None:
+    """A job whose items all fit in the calls the endpoint takes at once is one wave: every
+    call asks for a spare. With a learned limit, "at once" is what was learned, not the ceiling."""
+    from training.models import WorkItem
+    from training.services import job_create
+    from training.tests.test_generation import run_job
+
+    adaptive.MASSCER_LLM_ADAPTIVE_START = start
+    job = job_create(owner=alice, count=13, agents=[agent], documents=[ready_document(alice, pages=8)])
+    run_job(job)
+    items = list(WorkItem.objects.filter(job=job).order_by("pk"))
+    assert len(items) >= 4 and job.created_count == 13
+    plus = [1] * len(items) if spares == "every call" else [0] * (len(items) - 2) + [1, 1]
+    assert [call["requested_count"] for call in fake_llm.calls] == [
+        item.quota + extra for item, extra in zip(items, plus, strict=True)
+    ]
+
+
 @pytest.mark.django_db
 def test_a_429_in_a_playground_chat_halves_the_learned_limit(alice, agent, fake_llm, adaptive) -> None:
     from agents.tests.test_openai_ratelimit import chat

@@ -5,9 +5,9 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
-# The llm worker (make worker-llm): a green pool, each model call in flight a greenlet (B9).
-LLM_POOL ?= gevent
-LLM_CONCURRENCY ?= 64
+# The llm worker's pool and size for this environment (scripts/llm_pool.sh: one thread for the
+# embedded model, else a green pool, or threads on SQLite, as big as the endpoint's calls at once).
+LLM_POOL_ENV := eval "$$(sh scripts/llm_pool.sh)"
 PG_TEST_URL ?= postgres://postgres@127.0.0.1:5432/masscer
 # Development is the opt-in: the settings default to production (DEBUG off, a secret key
 # required), and every target here runs the development setup unless told otherwise.
@@ -30,15 +30,12 @@ export DJANGO_DEBUG ?= 1
 run: setup
 	@# The last run's model-call counters (masscer.metrics): the whole stack starts afresh.
 	@rm -rf var/metrics
-	@if [ -z "$$MASSCER_LLM_BASE_URL" ]; then \
-		MASSCER_LLM_POOL=$${MASSCER_LLM_POOL:-threads} MASSCER_LLM_WORKER_CONCURRENCY=$${MASSCER_LLM_WORKER_CONCURRENCY:-1} \
-			$(VENV)/bin/honcho start -f Procfile; \
+	@$(LLM_POOL_ENV); \
+	if [ -z "$$MASSCER_LLM_BASE_URL" ]; then \
+		$(VENV)/bin/honcho start -f Procfile; \
 	else \
 		echo "Model endpoint: $$MASSCER_LLM_BASE_URL (the embedded model is not started)"; \
-		calls=$${MASSCER_LLM_WORKER_CONCURRENCY:-$$($(PY) -c 'import os; print(int(os.environ.get("MASSCER_LLM_MAX_CONCURRENCY") or 0) or 64)')}; \
-		case "$$DATABASE_URL" in postgres*) pool=gevent ;; *) pool=threads ;; esac; \
-		MASSCER_LLM_POOL=$${MASSCER_LLM_POOL:-$$pool} MASSCER_LLM_WORKER_CONCURRENCY=$$calls \
-			$(VENV)/bin/honcho start -f Procfile web ingest llm beat; \
+		$(VENV)/bin/honcho start -f Procfile web ingest llm beat; \
 	fi
 
 setup: $(STAMP) migrate demo
@@ -68,13 +65,14 @@ web: $(STAMP)
 
 # Both workers in one terminal (for production, run them separately; see docker-compose.yml).
 worker: $(STAMP)
-	$(VENV)/bin/honcho start -f Procfile ingest llm beat
+	@$(LLM_POOL_ENV); $(VENV)/bin/honcho start -f Procfile ingest llm beat
 
 worker-ingest: $(STAMP)
 	$(VENV)/bin/celery -A masscer worker -Q ingest -n ingest@%h --loglevel INFO
 
 worker-llm: $(STAMP)
-	$(VENV)/bin/celery -A masscer worker -Q llm -P $(LLM_POOL) -c $(LLM_CONCURRENCY) -n llm@%h --loglevel INFO
+	@$(LLM_POOL_ENV); $(VENV)/bin/celery -A masscer worker -Q llm -P $$MASSCER_LLM_POOL \
+		-c $$MASSCER_LLM_WORKER_CONCURRENCY -n llm@%h --loglevel INFO
 
 beat: $(STAMP)
 	$(VENV)/bin/celery -A masscer beat --loglevel INFO -s var/celerybeat-schedule

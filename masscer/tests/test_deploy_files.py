@@ -144,3 +144,40 @@ def test_a_given_secret_key_wins_over_the_generated_one(tmp_path) -> None:
         "from-the-environment"
     )
     assert not (tmp_path / "secret_key").exists()
+
+
+def _llm_pool(**env: str) -> tuple[str, str]:
+    """What `make run`, `make worker` and `make worker-llm` start the llm worker with."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MASSCER_LLM", "DATABASE_URL"))}
+    out = subprocess.run(
+        ["sh", str(ROOT / "scripts" / "llm_pool.sh")], env={**clean, **env}, capture_output=True, text=True, check=True
+    ).stdout
+    values = dict(part.split("=", 1) for part in out.split()[1:])
+    return values["MASSCER_LLM_POOL"], values["MASSCER_LLM_WORKER_CONCURRENCY"]
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, ("threads", "1")),  # the embedded model serves one call at a time
+        ({"DATABASE_URL": "postgres://db/masscer"}, ("threads", "1")),
+        ({"MASSCER_LLM_BASE_URL": "http://model/v1"}, ("threads", "64")),  # SQLite: no greenlets
+        ({"MASSCER_LLM_BASE_URL": "http://model/v1", "DATABASE_URL": "postgres://db/m"}, ("gevent", "64")),
+        (
+            {"MASSCER_LLM_BASE_URL": "http://m", "DATABASE_URL": "postgres://m", "MASSCER_LLM_MAX_CONCURRENCY": "16"},
+            ("gevent", "16"),
+        ),
+        ({"MASSCER_LLM_BASE_URL": "http://m/v1", "MASSCER_LLM_MAX_CONCURRENCY": "0"}, ("threads", "64")),
+        ({"MASSCER_LLM_POOL": "solo", "MASSCER_LLM_WORKER_CONCURRENCY": "3"}, ("solo", "3")),  # overrides win
+    ],
+)
+def test_every_make_target_sizes_the_llm_worker_for_its_model_and_database(env, expected) -> None:
+    assert _llm_pool(**env) == expected
+
+
+def test_the_make_targets_that_start_an_llm_worker_size_it_the_same_way() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    for target in ("run", "worker", "worker-llm"):
+        body = makefile.split(f"\n{target}:", 1)[1].split("\n\n", 1)[0]
+        assert "$(LLM_POOL_ENV)" in body, f"make {target} does not size the llm worker"
+    assert 'LLM_POOL_ENV := eval "$$(sh scripts/llm_pool.sh)"' in makefile

@@ -26,7 +26,7 @@ from masscer.lib import concurrency, llm, ratelimit
 
 from . import hotsql
 from .models import TrainingJob, WorkItem
-from .services import judging, replies, retry, spans, state
+from .services import judging, replies, retry, spans, spares, state
 
 # Token estimates reserved in the shared tokens-per-minute limit before a call.
 PROMPT_OVERHEAD_TOKENS = 400
@@ -216,6 +216,10 @@ def _run_claimed(item: WorkItem, claim: int, counts: tuple[int, int], attempt: i
         if stored < 0:
             return "lost-lease"
         _hand_back_if_held(item, claim, progress, limiter)
+        if progress.spare and judge is None and not progress.closed:
+            # A last-wave reply left the item short: other items' unused spares first, so that
+            # the job does not wait a whole model latency for a second call (`services.spares`).
+            spares.borrow(item, claim, progress, item.quota - progress.made - len(progress.held))
     return state.item_finish(item, claim, progress)
 
 

@@ -28,7 +28,7 @@ from .. import questions
 from ..models import Chunk, Completion, TrainingJob, WorkItem
 from ..planning import calls_budget
 from ..validation import Candidate, QuestionIndex, add_samples, pair_text, screen, shorten
-from . import completions, judging, spans, templates
+from . import completions, judging, spans, spares, templates
 from .chunks import user_turns
 
 logger = logging.getLogger(__name__)
@@ -503,6 +503,9 @@ def _screen_and_store(
         extras = [c for c in extras if c not in batch]
         scored, batch_reasons = None, _spares_used(reasons, len(batch))
     stored, accepted = stored_total, kept_total
+    if extras and judge is None and shared is not None and progress.closed:
+        # The item is full: its valid unused pairs may spare a short item a call (`spares`).
+        _through_outage(lambda: spares.bank(item, claim, extras, reply.model))
     return stored, accepted, reasons
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from masscer.lib.pricing import MILLION, parse_prices
 
 from .planning import allocate, allocate_capped, calls_budget, group_spans
-from .question_types import MULTI_HOP, MULTI_HOP_SPAN, neighbour_units, type_counts, with_fallback
+from .question_types import MULTI_HOP, MULTI_HOP_SPAN, SPREAD_PHASES, neighbour_units, type_counts, with_fallback
 
 # Tokens of the instructions, rules and reply format around the source text.
 PROMPT_OVERHEAD_TOKENS = 320
@@ -119,10 +119,14 @@ def estimate(
             quotas = allocate_capped(share, caps)
         elif question_type == MULTI_HOP:
             spans = _neighbours(chunk_tokens, sources)
-            quotas = allocate(share, [sum(chunk_tokens[span.start : span.stop]) for span in spans])
+            quotas = allocate(
+                share, [sum(chunk_tokens[span.start : span.stop]) for span in spans], phase=SPREAD_PHASES[question_type]
+            )
         else:
             spans = _spans(share, chunk_tokens, sources, min(min_pairs, per_call), span_tokens)
-            quotas = allocate(share, [sum(chunk_tokens[span.start : span.stop]) for span in spans])
+            quotas = allocate(
+                share, [sum(chunk_tokens[span.start : span.stop]) for span in spans], phase=SPREAD_PHASES[question_type]
+            )
         plan.extend(zip(spans, quotas, strict=True))
     calls = calls_max = prompt = completion = made = 0
     for span, quota in plan:

@@ -5,26 +5,28 @@ import math
 from collections.abc import Hashable, Sequence
 
 
-def allocate(count: int, token_counts: Sequence[int]) -> list[int]:
+def allocate(count: int, token_counts: Sequence[int], *, phase: float = 0.5) -> list[int]:
     """Quotas per chunk that sum to `count`.
 
     With at least as many completions as chunks, quotas are proportional to the chunks'
     tokens (largest remainder, ties to the earlier chunk). With fewer, one each goes to
-    chunks spread evenly over the sources, so a short job still samples the whole text.
+    chunks spread evenly over the sources, so a short job still samples the whole text:
+    `phase` (0 to 1) of the way into each of `count` equal stretches (the middle by default;
+    the question types of one job each use their own, so they read different chunks).
     """
     chunks = len(token_counts)
     if count <= 0 or chunks == 0:
         return [0] * chunks
     if count < chunks:
-        return _spread(count, chunks)
+        return _spread(count, chunks, phase)
     return _largest_remainder(count, token_counts)
 
 
-def _spread(count: int, chunks: int) -> list[int]:
+def _spread(count: int, chunks: int, phase: float = 0.5) -> list[int]:
     quotas = [0] * chunks
     for i in range(count):
-        # The middle of the i-th of `count` equal stretches.
-        quotas[min(chunks - 1, math.floor((i + 0.5) * chunks / count))] += 1
+        # `phase` of the way into the i-th of `count` equal stretches (each one chunk or more).
+        quotas[min(chunks - 1, math.floor((i + phase) * chunks / count))] += 1
     return quotas
 
 

@@ -24,6 +24,17 @@ QUESTION_TYPES: dict[str, str] = {
     "unanswerable": "Unanswerable (the source does not say)",
 }
 DEFAULT_TYPE = "factual"
+# Where in each stretch of text a type's items go when it has fewer pairs than there are
+# chunks (`planning.allocate`): the default type in the middle, as an untyped job; the others
+# elsewhere, so that a job's types read different chunks (more of the text, fewer near repeats).
+SPREAD_PHASES: dict[str, float] = {
+    "factual": 0.5,
+    "procedural": 0.25,
+    "explanatory": 0.75,
+    "comparison": 0.125,
+    "multi_hop": 0.375,
+    "unanswerable": 0.875,
+}
 # A multi-hop question reads this many neighbouring chunks of one source.
 MULTI_HOP = "multi_hop"
 MULTI_HOP_SPAN = 2

@@ -28,6 +28,7 @@ from ..question_types import (
     DEFAULT_TYPE,
     MULTI_HOP,
     MULTI_HOP_SPAN,
+    SPREAD_PHASES,
     clean_audience,
     clean_difficulty,
     clean_types,
@@ -395,10 +396,11 @@ def _fail_preparing(job: TrainingJob, error: str) -> None:
     job_fail(job_id=job.pk, error=error)
 
 
-def _quotas(job: TrainingJob, units: list[list[Chunk]], count: int) -> list[int]:
+def _quotas(job: TrainingJob, units: list[list[Chunk]], count: int, question_type: str) -> list[int]:
     if job.style == TrainingJob.Style.MINE:
         return allocate_capped(count, [sum(user_turns(chunk) for chunk in unit) for unit in units])
-    return allocate(count, [sum(chunk.token_count for chunk in unit) for unit in units])
+    tokens = [sum(chunk.token_count for chunk in unit) for unit in units]
+    return allocate(count, tokens, phase=SPREAD_PHASES[question_type])
 
 
 def _units(chunks: list[Chunk], question_type: str) -> list[list[Chunk]]:
@@ -436,7 +438,7 @@ def plan_items(job: TrainingJob, chunks: list[Chunk], counts: dict[str, int], no
     items = []
     for question_type, count in with_fallback(counts, bool(_units(chunks, MULTI_HOP))).items():
         units = _units(chunks, question_type) if question_type == MULTI_HOP else _spans(job, chunks, count)
-        quotas = _quotas(job, units, count)
+        quotas = _quotas(job, units, count, question_type)
         items.extend(
             WorkItem(
                 job=job, chunk=unit[0], span=len(unit), quota=quota, question_type=question_type, enqueued_at=now

@@ -181,6 +181,25 @@ def test_without_two_neighbouring_chunks_multi_hop_becomes_factual(alice) -> Non
     assert sum(item.quota for item in items) == 4
 
 
+def test_the_types_of_a_short_job_read_different_chunks(alice) -> None:
+    """Fewer pairs of a type than chunks: each type samples the text at its own places, so two
+    factual and two procedural pairs come from four chunks, not twice from the same two."""
+    job = make_job(alice, status=TrainingJob.Status.CHUNKING)
+    document = make_document(alice)
+    chunks = [make_chunk(document, index=i, text="word " * 700) for i in range(10)]
+    for chunk in chunks:
+        chunk.token_count = 800  # one chunk per item: none is small enough to share a call
+        chunk.save(update_fields=["token_count"])
+    counts = {"factual": 2, "procedural": 2, "explanatory": 2, "comparison": 2, "unanswerable": 2}
+    items = plan_items(job, chunks, counts, timezone.now())
+    read: dict[str, set[int]] = {}
+    for item in items:
+        read.setdefault(item.question_type, set()).add(item.chunk.index)
+    assert read["factual"] == {2, 7}  # an untyped job's places: the middles of two stretches
+    assert all(len(indexes) == 2 for indexes in read.values())
+    assert len(set().union(*read.values())) == 10  # five types, two pairs each: every chunk once
+
+
 def test_quota_moves_only_to_items_of_the_same_type(alice) -> None:
     job = make_job(alice, status=TrainingJob.Status.GENERATING)
     document = make_document(alice)

@@ -7,7 +7,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.db.models import Count, Prefetch, QuerySet
-from django.http import Http404, HttpRequest, HttpResponse, QueryDict, StreamingHttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest, QueryDict, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -15,6 +15,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from masscer.views import get_visible_or_404, id_or_none, int_list, paginate, posted
 from training import export
 from training.models import Assignment, Completion
+from training.question_types import QUESTION_TYPES
 from training.review import assignments_set_rule, completions_assign, completions_move, completions_unassign
 from training.selectors import completions_for, jobs_for
 from workspaces.permissions import require_change
@@ -159,6 +160,7 @@ def agent_detail(request: HttpRequest, pk: int) -> HttpResponse:
         .only("pk", "created_at")[:JOB_CHOICES],
         "formats": export.FORMATS,
         "export_statuses": export.STATUSES,
+        "question_types": QUESTION_TYPES,
         "rules": Assignment.Rule.choices,
         "budget": context_budget(agent),
     }
@@ -247,15 +249,23 @@ def agent_explain(request: HttpRequest, pk: int) -> HttpResponse:
 
 @login_required
 @require_GET
-def agent_export(request: HttpRequest, pk: int) -> StreamingHttpResponse:
+def agent_export(request: HttpRequest, pk: int) -> HttpResponse | StreamingHttpResponse:
     agent = _visible_agent(request, pk)
     fmt = request.GET.get("format", "openai-jsonl")
     status = request.GET.get("status", "approved")
     if fmt not in export.FORMATS or status not in export.STATUSES:
         raise Http404("Unknown export format or status.")
-    download = export.export_file(fmt=fmt, stem=f"{agent.slug}-{fmt}-{status}")
+    question_type = request.GET.get("question_type", "")
+    if question_type and question_type not in QUESTION_TYPES:
+        return HttpResponseBadRequest(
+            f"Unknown question type {question_type!r}; the known types are {', '.join(QUESTION_TYPES)}.",
+            content_type="text/plain; charset=utf-8",
+        )
+    stem = f"{agent.slug}-{fmt}-{status}" + (f"-{question_type}" if question_type else "")
+    download = export.export_file(fmt=fmt, stem=stem)
     response = StreamingHttpResponse(
-        export.export_lines(agent=agent, fmt=fmt, status=status), content_type=download.content_type
+        export.export_lines(agent=agent, fmt=fmt, status=status, question_type=question_type),
+        content_type=download.content_type,
     )
     response["Content-Disposition"] = f'attachment; filename="{download.name}"'
     return response

@@ -355,6 +355,20 @@ def test_records_carry_the_type_and_exports_filter_by_it(client, alice, agent, t
     assert {json.loads(line)["id"] for line in written} == {typed["factual"].pk, typed[""].pk}
 
 
+def test_the_agent_page_downloads_one_kind_of_question(client, alice, agent, typed) -> None:
+    client.force_login(alice)
+    page = client.get(f"/agents/{agent.pk}/").content.decode()
+    assert "data-export-form" in page and '<option value="unanswerable">' in page
+    response = client.get(f"/agents/{agent.pk}/export/?format=records&status=approved&question_type=unanswerable")
+    assert response.status_code == 200 and "unanswerable" in response["Content-Disposition"]
+    lines = b"".join(response.streaming_content).splitlines()
+    assert [json.loads(line)["id"] for line in lines] == [typed["unanswerable"].pk]
+    everything = client.get(f"/agents/{agent.pk}/export/?format=records&status=approved&question_type=")
+    assert len(b"".join(everything.streaming_content).splitlines()) == 4
+    bad = client.get(f"/agents/{agent.pk}/export/?format=records&question_type=trivia")
+    assert bad.status_code == 400 and "Unknown question type 'trivia'" in bad.content.decode()
+
+
 def test_the_admin_filters_completions_by_type(admin_client, typed) -> None:
     body = admin_client.get("/admin/training/completion/?question_type=procedural").content.decode()
     assert "1 completion" in body and typed["procedural"].question in body

@@ -5,6 +5,7 @@ server thread, against the fake model server. Screenshots go to artifacts/screen
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterator
@@ -233,6 +234,22 @@ def test_choose_question_types_in_the_dialog_and_review_one_kind(page: Any, app:
     wait_cards(page, "pending", 3)
     assert page.locator("[data-card] [data-question-type=procedural]").count() == 3
     shot(page, "15-review-one-kind")
+
+    # The agent's dataset, one kind of question only.
+    page.locator(".sidebar").get_by_role("link", name="Agents").click()
+    page.locator("tr[id^=agent-]", has_text="Support").get_by_role("link", name="Support").click()
+    page.locator("summary", has_text="Download dataset").click()
+    form = page.locator("form[data-export-form]")
+    form.get_by_label("Format").select_option("records")
+    form.get_by_label("Status").select_option("all")
+    form.get_by_label("Kind of question").select_option("procedural")
+    shot(page, "16-download-one-kind")
+    with page.expect_download() as download_info:
+        form.get_by_role("button", name="Download").click()
+    download = download_info.value
+    records = [json.loads(line) for line in Path(download.path()).read_text().splitlines()]
+    assert len(records) == 3 and {r["question_type"] for r in records} == {"procedural"}
+    assert download.suggested_filename == "support-records-all-procedural.jsonl"
 
 
 def test_a_failed_upload_shows_its_error(page: Any, app: str) -> None:

@@ -5,7 +5,6 @@ other with the usual message, leaving no process behind."""
 from __future__ import annotations
 
 import functools
-import io
 import os
 import signal
 import subprocess
@@ -27,7 +26,7 @@ from masscer.lib.extract.shares import (
     document_error,
 )
 from masscer.lib.tokens import count_tokens
-from masscer.tests.test_hostile_files import CASES
+from masscer.tests.test_hostile_files import CASES, _pdf
 
 SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "samples" / "pdf"
 GEOTOPO = SAMPLES / "GeoTopo-komprimiert.pdf"
@@ -338,14 +337,4 @@ def _pages_pdf(special: dict[int, bytes], *, count: int) -> bytes:
         )
         kids.append(b"%d 0 R" % len(objects))
     objects[1] = b"<< /Type /Pages /Kids [%s] /Count %d >>" % (b" ".join(kids), count)
-    out = io.BytesIO()
-    out.write(b"%PDF-1.7\n")
-    offsets = []
-    for number, body in enumerate(objects, start=1):
-        offsets.append(out.tell())
-        out.write(b"%d 0 obj\n%s\nendobj\n" % (number, body))
-    xref = out.tell()
-    out.write(b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1))
-    out.writelines(b"%010d 00000 n \n" % offset for offset in offsets)
-    out.write(b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref))
-    return out.getvalue()
+    return _pdf(objects)

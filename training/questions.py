@@ -10,11 +10,21 @@ The copy only grows from committed rows, so it never holds a question that was n
 A work item screens its replies against this copy plus its own `overlay` (what it accepted
 itself), so duplicates inside one reply and across its calls are caught before the next
 refresh sees them.
+
+Ids are handed out when rows are inserted, not when they are committed: on PostgreSQL a
+transaction holding id 100 may commit after another one's id 101 was read. So a refresh
+reads again from a floor that lags LATE_COMMIT_SECONDS behind (the newest id seen that long
+ago: every row with an id at or below it was inserted at least that long ago, and a store's
+transaction lasts milliseconds) and skips the ids it folded in already. Without it, a row
+committed late was never seen by the copy: a work item counted too few of its own
+completions, numbered new ones onto ordinals already taken (an IntegrityError that stopped
+its run) and could ask for more than its quota.
 """
 from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Collection
 
 from django.conf import settings
@@ -27,6 +37,8 @@ from .validation import QuestionIndex
 IDLE_SECONDS = 300.0
 # At most this many jobs are kept per process (the least recently used go first).
 MAX_JOBS = 16
+# How long a row's id may be known before its transaction commits (see the module's doc).
+LATE_COMMIT_SECONDS = 30.0
 
 
 class JobQuestions:
@@ -38,7 +50,12 @@ class JobQuestions:
         self.recent: list[tuple[int, str, str]] = []  # (chunk id, question type, question), oldest first
         # By (chunk id, question type): a work item's own questions are those of its type on its chunks.
         self.by_chunk: dict[tuple[int, str], list[str]] = {}
-        self.cursor = 0
+        self.cursor = 0  # the highest id folded in
+        # Every row with an id at or below `floor` is folded in (or was never committed); the
+        # ids above it that are, and (time, cursor) marks from which the floor moves up.
+        self.floor = 0
+        self.seen: set[int] = set()
+        self.marks: deque[tuple[float, int]] = deque()
         self.agent_ids: list[int] | None = None
         self.used_at = time.monotonic()
         self.refreshed_at = float("-inf")
@@ -52,13 +69,27 @@ class JobQuestions:
         if max_age and time.monotonic() - self.refreshed_at < max_age:
             return
         with self._lock:
-            self.refreshed_at = time.monotonic()
-            for pk, chunk_id, question_type, question in hotsql.questions_since(self.job_id, self.cursor):
+            now = self.refreshed_at = time.monotonic()
+            self._raise_floor(now)
+            for pk, chunk_id, question_type, question in hotsql.questions_since(self.job_id, self.floor):
+                if pk in self.seen:
+                    continue
+                self.seen.add(pk)
                 self.index.add(question)
                 self.recent.append((chunk_id, question_type, question))
                 self.by_chunk.setdefault((chunk_id, question_type), []).append(question)
-                self.cursor = pk
+                self.cursor = max(self.cursor, pk)
+            self.marks.append((now, self.cursor))
             self.used_at = time.monotonic()
+
+    def _raise_floor(self, now: float) -> None:
+        """Move the floor to the newest id seen LATE_COMMIT_SECONDS ago (or earlier)."""
+        floor = self.floor
+        while self.marks and now - self.marks[0][0] >= LATE_COMMIT_SECONDS:
+            floor = max(floor, self.marks.popleft()[1])
+        if floor != self.floor:
+            self.floor = floor
+            self.seen = {pk for pk in self.seen if pk > floor}
 
     def made_by_chunk(self, chunk_ids: Collection[int], question_type: str) -> dict[int, int]:
         """How many completions of `question_type` each of `chunk_ids` has (a work item's own;

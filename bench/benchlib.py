@@ -145,6 +145,29 @@ def bench_env(database_url: str, fake_url: str, workdir: Path) -> dict[str, str]
 # --- manage.py in a subprocess ---------------------------------------------------------------
 
 
+def inline_django(workdir: Path, **env: str) -> None:
+    """Configure Django in this process for a bench that runs the pipeline inline: a SQLite
+    database and media under `workdir`, eager Celery tasks, quiet logs (`env` adds or
+    overrides settings), then migrate."""
+    os.environ.update(
+        DJANGO_SETTINGS_MODULE="masscer.settings",
+        DATABASE_URL=f"sqlite:///{workdir / 'bench.sqlite3'}",
+        MASSCER_VAR_DIR=str(workdir),
+        MASSCER_MEDIA_ROOT=str(workdir / "media"),
+        CELERY_BROKER_URL="memory://",
+        # The whole pipeline runs inline, task by task, after each commit.
+        CELERY_TASK_ALWAYS_EAGER="true",
+        MASSCER_LOG_LEVEL="WARNING",
+        **env,
+    )
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+
+
 def migrate(env: dict[str, str]) -> None:
     from testing.processes import manage
 

@@ -14,7 +14,6 @@ the answer.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchlib import machine, markdown_block, print_table, update_benchmarks_md  # noqa: E402
+from benchlib import inline_django, machine, markdown_block, print_table, update_benchmarks_md  # noqa: E402
 
 from testing.embedded import HANDBOOK, ModelStartError, start_embedded_model  # noqa: E402
 
@@ -49,24 +48,12 @@ def peak_rss_mib(pid: int) -> float:
 
 
 def setup_django(workdir: Path, base_url: str) -> None:
-    os.environ.update(
-        DJANGO_SETTINGS_MODULE="masscer.settings",
-        DATABASE_URL=f"sqlite:///{workdir / 'bench.sqlite3'}",
-        MASSCER_VAR_DIR=str(workdir),
-        CELERY_BROKER_URL="memory://",
-        CELERY_TASK_ALWAYS_EAGER="true",
-        MASSCER_LOG_LEVEL="WARNING",
-    )
-    import django
-
-    django.setup()
+    inline_django(workdir)
     from django.conf import settings
-    from django.core.management import call_command
 
-    # Only the port differs from the embedded defaults (model, chat + JSON schema, 0.2, timeout).
+    # Only the port differs from the embedded defaults (model, chat + JSON schema, 0.2, timeout):
+    # set after the settings are read, which choose those defaults when no endpoint is given.
     settings.MASSCER_LLM_BASE_URL = base_url + "/v1"
-    settings.MEDIA_ROOT = str(workdir / "media")
-    call_command("migrate", verbosity=0)
 
 
 def run_jobs(source: Path, count: int, jobs: int) -> list[dict]:

@@ -40,7 +40,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchlib import machine, markdown_block, print_table, update_benchmarks_md  # noqa: E402
+from benchlib import inline_django, machine, markdown_block, print_table, update_benchmarks_md  # noqa: E402
 
 SAMPLES = ROOT.parent / "shared" / "samples"
 PDF = SAMPLES / "pdf" / "google-doc-document.pdf"
@@ -95,23 +95,8 @@ MODELS = {"fake": fake_model, "embedded": embedded_model}
 
 
 def setup_django(workdir: Path) -> None:
-    os.environ.update(
-        DJANGO_SETTINGS_MODULE="masscer.settings",
-        DATABASE_URL=f"sqlite:///{workdir / 'bench.sqlite3'}",
-        MASSCER_VAR_DIR=str(workdir),
-        CELERY_BROKER_URL="memory://",
-        CELERY_TASK_ALWAYS_EAGER="true",
-        MASSCER_LOG_LEVEL="WARNING",
-    )
     os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)  # the counters of this process, read in it
-    import django
-
-    django.setup()
-    from django.conf import settings
-    from django.core.management import call_command
-
-    settings.MEDIA_ROOT = str(workdir / "media")
-    call_command("migrate", verbosity=0)
+    inline_django(workdir)
 
 
 # --- running the jobs --------------------------------------------------------------------------

@@ -20,27 +20,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 SAMPLE = ROOT.parent / "shared" / "samples" / "pdf" / "pdflatex-4-pages.pdf"
 
+from benchlib import inline_django  # noqa: E402
+
 
 def setup_django(workdir: Path) -> None:
     os.environ.setdefault("DJANGO_DEBUG", "1")  # a development run
-    os.environ.update(
-        DJANGO_SETTINGS_MODULE="masscer.settings",
-        DATABASE_URL=f"sqlite:///{workdir / 'bench.sqlite3'}",
-        MASSCER_VAR_DIR=str(workdir),
-        CELERY_BROKER_URL="memory://",
-        # The whole pipeline runs inline, task by task, after each commit.
-        CELERY_TASK_ALWAYS_EAGER="true",
+    inline_django(
+        workdir,
         MASSCER_LLM_MODE="chat",
         MASSCER_LLM_MODEL="fake-model",
-        MASSCER_LOG_LEVEL="WARNING",
         MASSCER_JUDGE_DEFAULT="0",  # the figures are of generation
     )
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
 
 
 def prompt_tokens(request: dict) -> int:
